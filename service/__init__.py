@@ -1,0 +1,1 @@
+"""The HTTP API: an application factory and one blueprint per resource."""

@@ -1,0 +1,65 @@
+"""The HTTP API's application factory."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask
+from werkzeug.exceptions import InternalServerError, ServiceUnavailable
+
+from ukcancel import __version__
+from ukcancel.runtime import Runtime
+from ukcancel.service import cancellations, health
+from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.problems import ProblemApi
+from ukcancel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    """Build the API for `settings` (default: from the environment), or around an existing runtime."""
+    if runtime is None:
+        runtime = Runtime.create(settings or Settings.from_env())
+    app = Flask("ukcancel")
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE="ukssdc-cancel",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Cancel UKSSDC XRT product jobs through a queue; results as cancelProducts() tuples."},
+            "security": [{"bearerAuth": []}],
+        },
+    )
+    app.extensions["ukcancel"] = runtime
+    api = ProblemApi(app)
+    api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
+    for blueprint in (cancellations.blp,):
+        api.register_blueprint(blueprint)
+    # Probes stay open: they declare no security requirement in the OpenAPI document.
+    api.register_blueprint(health.blp)
+    for path in ("/healthz", "/readyz"):
+        for operation in api.spec._paths.get(path, {}).values():
+            operation["security"] = []
+
+    @app.errorhandler(redis.RedisError)
+    def redis_unavailable(exc: redis.RedisError):  # type: ignore[no-untyped-def]
+        log.warning("Redis error answering a request: %s", exc)
+        return api.handle_http_exception(ServiceUnavailable("The service's store (Redis) is unavailable."))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(exc, HTTPException):
+            return api.handle_http_exception(exc)
+        log.exception("unhandled error")
+        return api.handle_http_exception(InternalServerError("An internal error occurred; it has been logged."))
+
+    return app

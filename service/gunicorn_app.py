@@ -1,0 +1,30 @@
+"""`ukcancel serve` with Redis: the API under gunicorn, threaded workers for long polls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+class ApiServer(BaseApplication):
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from ukcancel.service.wsgi import app
+
+        return app
+
+
+def run_gunicorn(host: str, port: int, workers: int) -> None:
+    # gthread: a long poll (?wait=60) holds a thread, not a whole worker process.
+    ApiServer(
+        {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread", "threads": 16, "timeout": 90,
+         "accesslog": "-"}
+    ).run()

@@ -1,0 +1,45 @@
+"""Liveness and readiness probes; open to everyone, like `/openapi.json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from ukcancel.worker.celery_app import live_workers
+from ukcancel.worker.rate_limit import FleetGate
+
+blp = Blueprint("health", __name__, description="Probes")
+
+
+@blp.route("/healthz")
+class Health(MethodView):
+    @blp.response(200)
+    def get(self) -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+
+@blp.route("/readyz")
+class Ready(MethodView):
+    @blp.response(200)
+    @blp.alt_response(503, description="Redis unreachable or no live worker; the body says which.")
+    def get(self) -> tuple[dict[str, Any], int]:
+        """Ready when Redis answers and at least one worker has sent a heartbeat recently."""
+        runtime = current_app.extensions["ukcancel"]
+        checks: dict[str, Any] = {}
+        try:
+            runtime.connection.ping()
+            checks["redis"] = "ok"
+        except redis.RedisError as exc:
+            checks["redis"] = f"unreachable: {exc}"
+            return {"status": "unavailable", "checks": checks}, 503
+        workers = live_workers(runtime)
+        checks["workers"] = len(workers) if workers else "no live worker"
+        breaker = FleetGate(runtime.connection, runtime.settings).breaker_state()
+        checks["ukssdc_breaker"] = breaker["state"]
+        ready = bool(workers)
+        return {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503

@@ -1,0 +1,171 @@
+"""`ukcancel`: the one console command of ukssdc-cancel."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ukcancel.settings import Settings, SettingsError
+
+LOCAL_USER = "astro@example.org"
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(f"configuration error: {exc}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ukssdc-cancel")
+def main() -> None:
+    """Cancel UKSSDC XRT product jobs through a queue."""
+
+
+# -- running the parts ------------------------------------------------------------------------
+@main.command()
+def demo() -> None:
+    """Run API, worker and UKSSDC simulator in one process and walk the guide's scenario."""
+    from ukcancel.demo import run_demo
+
+    sys.exit(run_demo(click.echo))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes (with REDIS_URL).")
+@click.option("--local-user", default=LOCAL_USER, show_default=True,
+              help="Embedded mode only: the UKSSDC UserID of the token printed at start-up.")
+def serve(host: str, port: int, workers: int, local_user: str) -> None:
+    """Run the HTTP API (with an embedded store and worker when REDIS_URL is unset)."""
+    settings = load_settings()
+    if settings.embedded:
+        _serve_embedded(settings, host, port, local_user)
+    else:
+        from ukcancel.service.gunicorn_app import run_gunicorn
+
+        run_gunicorn(host, port, workers)
+
+
+def _serve_embedded(settings: Settings, host: str, port: int, local_user: str) -> None:
+    from werkzeug.serving import make_server
+
+    from ukcancel.embedded import EmbeddedWorker
+    from ukcancel.runtime import Runtime
+    from ukcancel.service.app import create_app
+
+    runtime = Runtime.create(settings)
+    token, record = runtime.tokens.create(local_user, name="local")
+    app = create_app(runtime=runtime)
+    click.echo("REDIS_URL is not set: running with an embedded in-memory store and worker (nothing is kept).")
+    click.echo(f"UKSSDC base URL: {settings.ukssdc_base_url}")
+    click.echo(f"Token for {record.user_id} (shown once): {token}")
+    with EmbeddedWorker(runtime):
+        server = make_server(host, port, app, threaded=True)
+        click.echo(f"API listening on http://{host}:{server.server_port}")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Worker slots (default from settings).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
+    """Run a Celery worker (needs REDIS_URL); extra arguments go to `celery worker`."""
+    settings = load_settings()
+    if settings.embedded:
+        raise click.UsageError("a stand-alone worker needs REDIS_URL (and optionally CELERY_BROKER_URL)")
+    from ukcancel.runtime import Runtime
+    from ukcancel.worker.celery_app import QUEUE
+
+    runtime = Runtime.create(settings)
+    argv = ["worker", "--loglevel=INFO", f"--queues={QUEUE}", f"--pool={pool}",
+            f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",
+            *ctx.args]
+    runtime.celery.worker_main(argv)  # type: ignore[union-attr]
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--jobs", "jobs_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON job table to load instead of the seeded one.")
+@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0, 60000),
+              help="Latency added to every reply.")
+def simulator(host: str, port: int, jobs_path: str | None, latency_ms: float) -> None:
+    """Serve the UKSSDC simulator (canceljob.php, checkProductStatus.php, listOldJobs.php, getNumJobs.php)."""
+    from ukcancel.simulator import serve_forever
+
+    serve_forever(host, port, jobs_path=jobs_path, latency_ms=latency_ms)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+@main.group()
+def token() -> None:
+    """Issue, list and revoke bearer tokens (stored in Redis as SHA-256 digests)."""
+
+
+def _token_registry() -> Any:
+    settings = load_settings()
+    if settings.embedded:
+        raise click.UsageError("token commands need REDIS_URL: an embedded store lives only inside one process")
+    from ukcancel.runtime import connect_redis
+    from ukcancel.token import TokenRegistry
+
+    return TokenRegistry(connect_redis(settings))
+
+
+@token.command("create")
+@click.option("--user", "user_id", required=True, help="The UKSSDC registered e-mail the token acts for.")
+@click.option("--name", default=None, help="A label for listings and revocation (default: derived).")
+@click.option("--admin", is_flag=True, help="May act for any user_id and read everything.")
+def token_create(user_id: str, name: str | None, admin: bool) -> None:
+    """Create a token and print it once."""
+    from marshmallow import ValidationError, validate
+
+    from ukcancel.token import TokenError
+
+    try:
+        validate.Email()(user_id)
+    except ValidationError:
+        raise click.BadParameter(f"{user_id!r} is not an e-mail address", param_hint="--user") from None
+    try:
+        secret, record = _token_registry().create(user_id, name=name, admin=admin)
+    except TokenError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"name:            {record.name}")
+    click.echo(f"user_id:         {record.user_id}{'  (admin)' if admin else ''}")
+    click.echo(f"callback secret: {record.callback_secret}")
+    click.echo(f"token:           {secret}")
+    click.echo("The token is shown only now; only its SHA-256 digest is stored.", err=True)
+
+
+@token.command("list")
+def token_list() -> None:
+    """List tokens (names, users, prefixes; never the tokens themselves)."""
+    from datetime import datetime, timezone
+
+    for record in _token_registry().list():
+        created = datetime.fromtimestamp(record.created_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        click.echo(f"{record.name}\t{record.user_id}\t{'admin' if record.admin else 'user'}\t{record.prefix}...\t{created}")
+
+
+@token.command("revoke")
+@click.argument("name_or_prefix")
+def token_revoke(name_or_prefix: str) -> None:
+    """Revoke a token by its name or the start of the token; effective on the next request."""
+    from ukcancel.token import TokenError
+
+    try:
+        record = _token_registry().revoke(name_or_prefix)
+    except TokenError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"revoked {record.name} ({record.user_id})")

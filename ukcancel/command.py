@@ -1,0 +1,334 @@
+"""A cancel command and its record in Redis, the service's source of truth.
+
+States move forward only::
+
+    queued ──> running <──> retrying
+      │           │            │
+      │           └──> completed <┘
+      └──> aborted (withdrawn)     (queued may also complete: retry budget spent before a call)
+
+`completed` and `aborted` are terminal: no later transition, duplicate delivery or race changes
+them. Every transition is one Lua script, so a check and its write cannot interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from ukcancel import keys
+
+QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED = "queued", "running", "retrying", "completed", "aborted"
+STATES = (QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED)
+TERMINAL = frozenset({COMPLETED, ABORTED})
+ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
+
+Clock = Callable[[], float]
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class CancelCommand:
+    """One request to cancel products of one UKSSDC job on behalf of one UKSSDC user."""
+
+    job_id: int
+    user_id: str
+    products: list[str] | str  # long names, or "all"
+    id: str = field(default_factory=new_command_id)
+    state: str = QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    result: list[Any] | None = None
+    server_ok: int | None = None
+    submitted_by: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    batch_id: str | None = None
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    # Worker progress, kept on the record so a retry or a redelivery carries on where it stopped.
+    resolved: list[str] | None = None  # short names "all" resolved to
+    settled: dict[str, dict[str, Any]] = field(default_factory=dict)  # short -> {"code", "text"}
+    ambiguous: bool = False  # an earlier attempt may have reached the server
+    unlisted: bool = False  # "all" on a job listOldJobs did not list: drop code-2 entries
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    # -- Redis hash encoding ---------------------------------------------------------------
+    _JSON_FIELDS = ("products", "result", "history", "callback", "resolved", "settled")
+
+    def to_hash(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in self.__dict__.items():
+            if value is None:
+                continue
+            if name in self._JSON_FIELDS:
+                out[name] = json.dumps(value, separators=(",", ":"))
+            elif isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        if not self.settled:
+            out.pop("settled", None)
+        if not self.ambiguous:
+            out.pop("ambiguous", None)
+        if not self.unlisted:
+            out.pop("unlisted", None)
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes | str, bytes | str]) -> CancelCommand:
+        data = {_text(k): _text(v) for k, v in raw.items()}
+
+        def loads(name: str, default: Any = None) -> Any:
+            return json.loads(data[name]) if data.get(name) else default
+
+        def opt_int(name: str) -> int | None:
+            return int(data[name]) if data.get(name) not in (None, "") else None
+
+        return cls(
+            id=data["id"],
+            job_id=int(data["job_id"]),
+            user_id=data["user_id"],
+            products=loads("products"),
+            state=data["state"],
+            attempts=int(data.get("attempts") or 0),
+            last_error=data.get("last_error") or None,
+            created_at=float(data["created_at"]),
+            updated_at=float(data["updated_at"]),
+            result=loads("result"),
+            server_ok=opt_int("server_ok"),
+            submitted_by=data.get("submitted_by") or None,
+            history=loads("history", []),
+            batch_id=data.get("batch_id") or None,
+            callback_url=data.get("callback_url") or None,
+            callback=loads("callback"),
+            resolved=loads("resolved"),
+            settled=loads("settled", {}),
+            ambiguous=data.get("ambiguous") == "1",
+            unlisted=data.get("unlisted") == "1",
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# KEYS[1] command hash
+# ARGV[1] target state   ARGV[2] comma-separated states it may move from   ARGV[3] now (epoch s)
+# ARGV[4] 1 to count an attempt   ARGV[5] events channel   ARGV[6] TTL seconds when terminal
+# ARGV[7..] field/value pairs to write with the transition
+# Publishes the new state on ARGV[5], and on the batch's channel (`keys.batch_events`) when the
+# command becomes terminal and belongs to a batch.
+# Returns {1, state} when moved, {0, current state} when refused, {-1, ""} when there is no record.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '[^,]+') do
+  if s == current then allowed = true end
+end
+if not allowed then return {0, current} end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+for i = 7, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local entry = string.format('{"state":"%s","at":%s}', ARGV[1], ARGV[3])
+local history = redis.call('HGET', KEYS[1], 'history')
+if (not history) or history == '[]' or history == '' then history = '[' .. entry .. ']'
+else history = string.sub(history, 1, -2) .. ',' .. entry .. ']' end
+redis.call('HSET', KEYS[1], 'history', history)
+if ARGV[1] == 'completed' or ARGV[1] == 'aborted' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+  local batch = redis.call('HGET', KEYS[1], 'batch_id')
+  if batch then redis.call('PUBLISH', 'ukcancel:events:batch:' .. batch, ARGV[1]) end
+end
+redis.call('PUBLISH', ARGV[5], ARGV[1])
+return {1, ARGV[1]}
+"""
+
+# KEYS[1] command hash
+# ARGV[1] 1 to count an attempt   ARGV[2..] field/value pairs
+# Writes progress fields only while the command is not terminal; returns 1 if written.
+_PROGRESS = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if (not current) or current == 'completed' or current == 'aborted' then return 0 end
+if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Transition:
+    moved: bool
+    state: str | None  # None: no such command
+
+
+class CommandRegistry:
+    """Stores cancel commands and moves them between states.
+
+    Redis keys owned: ``ukcancel:cmd:{id}``, ``ukcancel:user:{user_id}:cmds`` and the pub/sub
+    channel ``ukcancel:events:{id}`` (see `ukcancel.keys`).
+    """
+
+    def __init__(self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time) -> None:
+        self.connection = connection
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._transition = connection.register_script(_TRANSITION)
+        self._progress = connection.register_script(_PROGRESS)
+
+    # -- writing ------------------------------------------------------------------------------
+    def add(self, command: CancelCommand, pipeline: redis.client.Pipeline | None = None) -> CancelCommand:
+        """Write a new queued command (into `pipeline` when given, so batches go in one round trip)."""
+        now = self.clock()
+        command.created_at = command.updated_at = now
+        command.history = [{"state": QUEUED, "at": now}]
+        pipe = pipeline if pipeline is not None else self.connection.pipeline(transaction=True)
+        key = keys.command(command.id)
+        pipe.hset(key, mapping=command.to_hash())
+        pipe.expire(key, self.ttl_seconds)
+        index = keys.user_commands(command.user_id)
+        pipe.zadd(index, {command.id: now})
+        pipe.zremrangebyscore(index, "-inf", now - self.ttl_seconds)
+        pipe.expire(index, self.ttl_seconds)
+        if pipeline is None:
+            pipe.execute()
+        return command
+
+    def transition(
+        self,
+        command_id: str,
+        to_state: str,
+        allowed_from: Iterable[str],
+        *,
+        count_attempt: bool = False,
+        fields: dict[str, Any] | None = None,
+    ) -> Transition:
+        """Move a command to `to_state` if it is in one of `allowed_from`; atomic."""
+        args: list[Any] = [
+            to_state,
+            ",".join(allowed_from),
+            repr(self.clock()),
+            "1" if count_attempt else "0",
+            keys.command_events(command_id),
+            self.ttl_seconds,
+        ]
+        for name, value in (fields or {}).items():
+            args.extend([name, _encode_field(value)])
+        moved, state = self._transition(keys=[keys.command(command_id)], args=args)
+        if moved == -1:
+            return Transition(False, None)
+        return Transition(moved == 1, _text(state))
+
+    def start_attempt(self, command_id: str) -> Transition:
+        """queued/retrying (or running, on redelivery after a crash) -> running, counting an attempt."""
+        return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING), count_attempt=True)
+
+    def start_running(self, command_id: str) -> Transition:
+        """queued/retrying/running -> running without counting (resuming after a wait for capacity)."""
+        return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING))
+
+    def mark_retrying(self, command_id: str, error: str) -> Transition:
+        return self.transition(command_id, RETRYING, (RUNNING,), fields={"last_error": error})
+
+    def note_error(self, command_id: str, error: str) -> None:
+        """Record the latest error of a command that stays where it is (e.g. waiting behind the breaker)."""
+        self.record_progress(command_id, last_error=error)
+
+    def complete(
+        self, command_id: str, result: list[Any], *, server_ok: int | None = None, error: str | None = None
+    ) -> Transition:
+        """Store the final tuple; a command that is already terminal keeps its first result."""
+        fields: dict[str, Any] = {"result": result}
+        if server_ok is not None:
+            fields["server_ok"] = server_ok
+        if error is not None:
+            fields["last_error"] = error
+        return self.transition(command_id, COMPLETED, (QUEUED, RUNNING, RETRYING), fields=fields)
+
+    def withdraw(self, command_id: str) -> Transition:
+        """queued -> aborted; refused once a worker has started it."""
+        return self.transition(command_id, ABORTED, (QUEUED,), fields={"last_error": "withdrawn by the client"})
+
+    def record_progress(self, command_id: str, *, count_attempt: bool = False, **fields: Any) -> bool:
+        """Write worker progress fields (and count an attempt) unless the command is terminal."""
+        args: list[Any] = ["1" if count_attempt else "0"]
+        for name, value in fields.items():
+            args.extend([name, _encode_field(value)])
+        return bool(self._progress(keys=[keys.command(command_id)], args=args))
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, command_id: str) -> CancelCommand | None:
+        raw = self.connection.hgetall(keys.command(command_id))
+        return CancelCommand.from_hash(raw) if raw else None
+
+    def get_many(self, command_ids: list[str]) -> list[CancelCommand | None]:
+        pipe = self.connection.pipeline(transaction=False)
+        for command_id in command_ids:
+            pipe.hgetall(keys.command(command_id))
+        return [CancelCommand.from_hash(raw) if raw else None for raw in pipe.execute()]
+
+    def wait_terminal(self, command_id: str, timeout: float) -> CancelCommand | None:
+        """The command once it is terminal, or as it stands after `timeout` seconds.
+
+        Subscribes before reading, so a transition between the read and the wait is not missed;
+        waits on the pub/sub socket, never polling the record.
+        """
+        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(keys.command_events(command_id))
+            command = self.get(command_id)
+            deadline = time.monotonic() + timeout
+            while command is not None and not command.terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                message = pubsub.get_message(timeout=min(remaining, 1.0))
+                if message is not None:
+                    command = self.get(command_id)
+            return command
+        finally:
+            pubsub.close()
+
+    def ids_for_user(
+        self, user_id: str, *, newest_before: float = float("inf"), oldest_after: float = 0.0, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        """Command ids of one user, newest first, created strictly after `oldest_after`."""
+        rows = self.connection.zrevrangebyscore(
+            keys.user_commands(user_id),
+            f"({newest_before}" if newest_before != float("inf") else "+inf",
+            f"({oldest_after}",
+            start=0,
+            num=limit,
+            withscores=True,
+        )
+        return [(_text(member), score) for member, score in rows]
+
+
+def _encode_field(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)

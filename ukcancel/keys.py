@@ -1,0 +1,119 @@
+"""The Redis key layout of ukssdc-cancel: every key the service writes, in one place.
+
+All keys start with ``ukcancel:`` so one Redis database can be shared with other tenants.
+The service's own records are the source of truth; Celery's result backend is not used.
+
+Commands (`ukcancel.command.CommandRegistry`)
+    ``ukcancel:cmd:{id}``                 hash, one cancel command: id, job_id, user_id, products
+                                          (JSON), state, attempts, last_error, created_at,
+                                          updated_at, result (JSON tuple), server_ok, submitted_by,
+                                          history (JSON list of state changes), batch_id,
+                                          callback_url, callback (JSON delivery outcome) and the
+                                          worker's progress fields (resolved, settled, ambiguous,
+                                          unlisted). Expires `result_ttl_seconds` after creation,
+                                          renewed when it becomes terminal.
+    ``ukcancel:user:{user_id}:cmds``      sorted set, command ids of one UKSSDC user scored by
+                                          created_at; entries of expired commands are pruned lazily.
+    ``ukcancel:events:{id}``              pub/sub channel, a state name on every transition (long poll).
+
+Dispatch (`ukcancel.queue.CancelQueue`)
+    ``ukcancel:fair:users``               list, round-robin ring of user ids with waiting commands.
+    ``ukcancel:fair:q:{user_id}``         list, that user's waiting command ids, oldest first.
+    ``ukcancel:fair:claims``              hash, Celery task id -> command id it has taken; lets a
+                                          redelivered or retried task resume the same command.
+
+Batches (`ukcancel.batch.BatchRegistry`)
+    ``ukcancel:batch:{id}``               hash: id, user_id, submitted_by, created_at, total, state.
+    ``ukcancel:batch:{id}:items``         list, the batch's command ids in item order.
+    ``ukcancel:user:{user_id}:batches``   sorted set, batch ids scored by created_at.
+    ``ukcancel:events:batch:{id}``        pub/sub channel, notified when an item becomes terminal.
+
+Tokens (`ukcancel.token.TokenRegistry`)
+    ``ukcancel:token:{sha256}``           hash: name, user_id, admin, created_at, callback_secret.
+                                          Only the SHA-256 of a token is stored.
+    ``ukcancel:tokens``                   hash, token name -> sha256 (listing and revocation).
+    ``ukcancel:idem:{token}:{key}``       string, Idempotency-Key -> "command id|body digest".
+
+Fleet toward the UKSSDC (`ukcancel.worker.rate_limit.FleetGate`)
+    ``ukcancel:fleet:config``             hash, run-time overrides: rate_per_second, max_in_flight.
+    ``ukcancel:fleet:inflight``           sorted set, permit ids scored by their expiry time.
+    ``ukcancel:fleet:paused_until``       string, epoch seconds before which no call is made
+                                          (a 429/503 Retry-After pauses the whole fleet).
+    ``ukcancel:fleet:breaker``            hash: state, failures, opened_at; the circuit breaker.
+    ``ukcancel:fleet:probe``              string with expiry, held by the one half-open probe.
+    ``LIMITS:LIMITER/ukcancel-fleet/...`` the `limits` library's moving-window entries.
+    ``ukcancel:workers``                  sorted set, worker host names scored by last heartbeat.
+
+Streams (`ukcancel.stream`)
+    ``ukcancel:commands``                 stream that pipelines XADD commands to (consumer group
+                                          ``ukcancel``).
+    ``ukcancel:commands:accepted``        stream, stream entry id -> command id published back.
+    ``ukcancel:deadletter``               stream, rejected entries with the reason.
+    ``ukcancel:results``                  stream, every terminal result.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ukcancel"
+
+
+def command(command_id: str) -> str:
+    return f"{PREFIX}:cmd:{command_id}"
+
+
+def user_commands(user_id: str) -> str:
+    return f"{PREFIX}:user:{user_id}:cmds"
+
+
+def command_events(command_id: str) -> str:
+    return f"{PREFIX}:events:{command_id}"
+
+
+FAIR_USERS = f"{PREFIX}:fair:users"
+FAIR_CLAIMS = f"{PREFIX}:fair:claims"
+
+
+def fair_queue(user_id: str) -> str:
+    return f"{PREFIX}:fair:q:{user_id}"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_items(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:items"
+
+
+def user_batches(user_id: str) -> str:
+    return f"{PREFIX}:user:{user_id}:batches"
+
+
+def batch_events(batch_id: str) -> str:
+    return f"{PREFIX}:events:batch:{batch_id}"
+
+
+def token(digest: str) -> str:
+    return f"{PREFIX}:token:{digest}"
+
+
+TOKENS = f"{PREFIX}:tokens"
+
+
+def idempotency(token_name: str, key: str) -> str:
+    return f"{PREFIX}:idem:{token_name}:{key}"
+
+
+FLEET_CONFIG = f"{PREFIX}:fleet:config"
+FLEET_INFLIGHT = f"{PREFIX}:fleet:inflight"
+FLEET_PAUSED_UNTIL = f"{PREFIX}:fleet:paused_until"
+FLEET_BREAKER = f"{PREFIX}:fleet:breaker"
+FLEET_PROBE = f"{PREFIX}:fleet:probe"
+FLEET_LIMITER_NAMESPACE = "ukcancel-fleet"
+WORKERS = f"{PREFIX}:workers"
+
+COMMAND_STREAM = f"{PREFIX}:commands"
+COMMAND_STREAM_GROUP = PREFIX
+ACCEPTED_STREAM = f"{PREFIX}:commands:accepted"
+DEADLETTER_STREAM = f"{PREFIX}:deadletter"
+RESULTS_STREAM = f"{PREFIX}:results"

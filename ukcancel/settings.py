@@ -1,0 +1,161 @@
+"""Every setting of the service, read from the environment in this one place.
+
+`REDIS_URL`, `CELERY_BROKER_URL` and `UKSSDC_BASE_URL` keep the names operators expect from
+Redis and Celery deployments; every other setting carries the `UKCANCEL_` prefix. An invalid
+value stops start-up with a `SettingsError` that names the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+PRODUCTION_BASE_URL = "https://www.swift.ac.uk/user_objects"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value the service cannot run with."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL")
+    return raw.rstrip("/")
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _broker_url(raw: str) -> str:
+    if not urlsplit(raw).scheme:
+        raise ValueError("must be a broker URL such as redis://... or amqp://...")
+    return raw
+
+
+def _host_list(raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if "/" in host or " " in host:
+            raise ValueError("must be a comma-separated list of host names (optionally host:port)")
+    return hosts
+
+
+def _rate_limit(raw: str) -> str:
+    # Parsed by `limits`, the library that enforces it, so both agree on the grammar.
+    from limits import parse_many
+
+    parse_many(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; `Settings.from_env()` is the only reader of the environment."""
+
+    redis_url: str | None = None
+    broker_url: str | None = None
+    ukssdc_base_url: str = PRODUCTION_BASE_URL
+    ukssdc_api_version: str = "1.12"
+    ukssdc_connect_timeout_seconds: float = 5.0
+    ukssdc_timeout_seconds: float = 30.0
+    max_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    retry_max_delay_seconds: float = 300.0
+    result_ttl_seconds: int = 7 * 24 * 3600
+    max_wait_seconds: int = 60
+    broker_visibility_timeout_seconds: int = 3600
+    fleet_rate_per_second: float = 2.0
+    fleet_max_in_flight: int = 4
+    fleet_max_wait_seconds: float = 2.0
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    api_rate_limit: str = "600 per minute"
+    callback_allowed_hosts: tuple[str, ...] = ()
+    callback_max_attempts: int = 5
+    worker_concurrency: int = 8
+
+    # (environment variable, field, parser); the README's settings table mirrors this list.
+    ENVIRONMENT: tuple[tuple[str, str, Callable[[str], Any]], ...] = field(
+        default=(
+            ("REDIS_URL", "redis_url", _redis_url),
+            ("CELERY_BROKER_URL", "broker_url", _broker_url),
+            ("UKSSDC_BASE_URL", "ukssdc_base_url", _http_url),
+            ("UKCANCEL_UKSSDC_API_VERSION", "ukssdc_api_version", str),
+            ("UKCANCEL_UKSSDC_CONNECT_TIMEOUT_SECONDS", "ukssdc_connect_timeout_seconds", _positive_float),
+            ("UKCANCEL_UKSSDC_TIMEOUT_SECONDS", "ukssdc_timeout_seconds", _positive_float),
+            ("UKCANCEL_MAX_ATTEMPTS", "max_attempts", _positive_int),
+            ("UKCANCEL_RETRY_BASE_SECONDS", "retry_base_seconds", _positive_float),
+            ("UKCANCEL_RETRY_MAX_DELAY_SECONDS", "retry_max_delay_seconds", _positive_float),
+            ("UKCANCEL_RESULT_TTL_SECONDS", "result_ttl_seconds", _positive_int),
+            ("UKCANCEL_MAX_WAIT_SECONDS", "max_wait_seconds", _positive_int),
+            ("UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS", "broker_visibility_timeout_seconds", _positive_int),
+            ("UKCANCEL_FLEET_RATE_PER_SECOND", "fleet_rate_per_second", _positive_float),
+            ("UKCANCEL_FLEET_MAX_IN_FLIGHT", "fleet_max_in_flight", _positive_int),
+            ("UKCANCEL_FLEET_MAX_WAIT_SECONDS", "fleet_max_wait_seconds", _positive_float),
+            ("UKCANCEL_BREAKER_FAILURE_THRESHOLD", "breaker_failure_threshold", _positive_int),
+            ("UKCANCEL_BREAKER_COOLDOWN_SECONDS", "breaker_cooldown_seconds", _positive_float),
+            ("UKCANCEL_API_RATE_LIMIT", "api_rate_limit", _rate_limit),
+            ("UKCANCEL_CALLBACK_ALLOWED_HOSTS", "callback_allowed_hosts", _host_list),
+            ("UKCANCEL_CALLBACK_MAX_ATTEMPTS", "callback_max_attempts", _positive_int),
+            ("UKCANCEL_WORKER_CONCURRENCY", "worker_concurrency", _positive_int),
+        ),
+        repr=False,
+        compare=False,
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default `os.environ`); raise `SettingsError` on a bad value."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, name, parse in cls.ENVIRONMENT:
+            raw = environ.get(variable, "").strip()
+            if not raw:
+                continue
+            try:
+                values[name] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"{variable}={raw!r} is invalid: {exc}") from None
+        settings = cls(**values)
+        if settings.retry_base_seconds > settings.retry_max_delay_seconds:
+            raise SettingsError("UKCANCEL_RETRY_BASE_SECONDS must not exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS")
+        if settings.broker_visibility_timeout_seconds <= settings.retry_max_delay_seconds:
+            # A delayed retry that outlives the visibility timeout would be redelivered twice.
+            raise SettingsError(
+                "UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS"
+            )
+        return settings
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis configured: the store is in-process fakeredis and the broker in memory."""
+        return self.redis_url is None
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url or "memory://"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,129 @@
+"""Bearer tokens of the facility's users and integrations. Only SHA-256 digests are stored.
+
+A token is 256 bits from `secrets`, shown once at creation. Looking it up by its digest means
+the secret itself is never compared byte by byte; the stored digest is still checked with
+`hmac.compare_digest`. Revoking deletes the digest, so it takes effect on the next request.
+Each token also has a callback secret, the HMAC key for signing its callbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from ukcancel import keys
+
+TOKEN_PREFIX = "ukc_"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    name: str
+    user_id: str
+    admin: bool
+    created_at: float
+    prefix: str  # the first characters of the token, to recognise it in listings
+    callback_secret: str
+
+
+class TokenError(ValueError):
+    pass
+
+
+class TokenRegistry:
+    """Issues, checks, lists and revokes bearer tokens.
+
+    Redis keys owned: ``ukcancel:token:{sha256}`` and ``ukcancel:tokens`` (see `ukcancel.keys`).
+    """
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+
+    def create(self, user_id: str, name: str | None = None, admin: bool = False) -> tuple[str, TokenRecord]:
+        """A new token (returned once, never stored) and its record."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        prefix = token[: len(TOKEN_PREFIX) + 6]
+        name = name or f"{user_id.split('@')[0]}-{prefix[len(TOKEN_PREFIX):]}"
+        if not NAME_PATTERN.match(name):
+            raise TokenError(f"token name {name!r} must be 1-64 letters, digits or ._@-")
+        record = TokenRecord(name, user_id, admin, time.time(), prefix, secrets.token_hex(32))
+        token_digest = digest(token)
+        if not self.connection.hsetnx(keys.TOKENS, name, token_digest):
+            raise TokenError(f"a token named {name!r} exists already")
+        self.connection.hset(
+            keys.token(token_digest),
+            mapping={
+                "name": name,
+                "user_id": user_id,
+                "admin": "1" if admin else "0",
+                "created_at": repr(record.created_at),
+                "prefix": prefix,
+                "digest": token_digest,
+                "callback_secret": record.callback_secret,
+            },
+        )
+        return token, record
+
+    def verify(self, token: str) -> TokenRecord | None:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return None
+        token_digest = digest(token)
+        raw = self.connection.hgetall(keys.token(token_digest))
+        if not raw:
+            return None
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        if not hmac.compare_digest(data.get("digest", ""), token_digest):
+            return None
+        return _record(data)
+
+    def by_name(self, name: str) -> TokenRecord | None:
+        token_digest = self.connection.hget(keys.TOKENS, name)
+        if token_digest is None:
+            return None
+        raw = self.connection.hgetall(keys.token(_text(token_digest)))
+        return _record({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+    def list(self) -> list[TokenRecord]:
+        records = [self.by_name(_text(name)) for name in self.connection.hkeys(keys.TOKENS)]
+        return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
+
+    def revoke(self, name_or_prefix: str) -> TokenRecord:
+        """Revoke the token with this name, or the only token whose prefix starts with it."""
+        matches = [r for r in self.list() if r.name == name_or_prefix]
+        if not matches and len(name_or_prefix) >= len(TOKEN_PREFIX) + 4:
+            matches = [r for r in self.list() if r.prefix.startswith(name_or_prefix)]
+        if len(matches) != 1:
+            raise TokenError(f"no single token matches {name_or_prefix!r} ({len(matches)} found)")
+        record = matches[0]
+        token_digest = _text(self.connection.hget(keys.TOKENS, record.name))
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.delete(keys.token(token_digest))
+        pipe.hdel(keys.TOKENS, record.name)
+        pipe.execute()
+        return record
+
+
+def _record(data: dict[str, str]) -> TokenRecord:
+    return TokenRecord(
+        name=data["name"],
+        user_id=data["user_id"],
+        admin=data.get("admin") == "1",
+        created_at=float(data.get("created_at", 0)),
+        prefix=data.get("prefix", ""),
+        callback_secret=data.get("callback_secret", ""),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,289 @@
+"""Performing one cancel command against the UKSSDC: the worker's side of the data flow.
+
+One `CancellationRun` is one execution of a Celery task. It takes a permit from the fleet gate,
+takes the next command (fair between users), makes the UKSSDC calls, and either stores the
+final tuple or asks Celery to run it again later (`Reschedule`). Everything it learned on the
+way (products resolved from "all", products already settled, whether an earlier request may
+have reached the server) is written to the command's record, so the next run carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ukcancel import products as product_names
+from ukcancel.command import CancelCommand
+from ukcancel.outcome import (
+    ACTIVE_STATES,
+    CANCELLED,
+    CANCELLED_BY_USER,
+    CONFIRMED_CANCELLED_TEXT,
+    CONFIRMED_FINISHED_TEXT,
+    NO_RECORD,
+    NOT_CANCELLED_FINISHED,
+    OUTCOME_UNKNOWN,
+    ProductOutcome,
+    error_tuple,
+    processed_tuple,
+)
+from ukcancel.runtime import Runtime
+from ukcancel.worker.rate_limit import FleetGate, Permit, Wait
+from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
+
+log = logging.getLogger(__name__)
+
+# Once a run has begun calling the UKSSDC it waits this much longer for each further permit,
+# so a command finishes rather than going to the back of the line mid-way.
+IN_RUN_WAIT_FACTOR = 5
+
+
+class Reschedule(Exception):
+    """Run this task again in `countdown` seconds (Celery `retry`), for `reason`."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.reason = reason
+
+
+def backoff_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rand: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Exponential back-off with full jitter, never sooner than the server's Retry-After, at most `cap`."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = rand(0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, cap)
+
+
+@dataclass
+class RunResult:
+    """What a run did, for logs and tests."""
+
+    command_id: str | None
+    state: str | None
+
+
+class _NeedsRetry(Exception):
+    """Some products' outcome is still unknown; `fallback` is the tuple to report if the budget runs out."""
+
+    def __init__(self, message: str, fallback: list[Any]) -> None:
+        super().__init__(message)
+        self.fallback = fallback
+
+
+class CancellationRun:
+    def __init__(
+        self,
+        runtime: Runtime,
+        task_id: str,
+        gate: FleetGate,
+        client: UkssdcClient,
+        rand: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.registry = runtime.registry
+        self.queue = runtime.queue
+        self.task_id = task_id
+        self.gate = gate
+        self.client = client
+        self.rand = rand
+        self._permit: Permit | None = None
+
+    # -- entry point ---------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Take (or resume) a command and carry it as far as it goes; may raise `Reschedule`."""
+        while True:
+            self._take_permit(self.settings.fleet_max_wait_seconds)
+            command_id = self.queue.claim(self.task_id)
+            if command_id is None:
+                self._give_back_permit(failed=False)
+                return RunResult(None, None)
+            command = self.registry.get(command_id)
+            if command is None or command.terminal:
+                # Withdrawn (aborted), expired, or finished by a duplicate delivery: take the next.
+                self.queue.release(self.task_id)
+                continue
+            try:
+                return self._perform(command)
+            finally:
+                self._give_back_permit(failed=False)
+
+    # -- permits -------------------------------------------------------------------------------
+    def _take_permit(self, max_wait: float) -> None:
+        if self._permit is not None:
+            return
+        outcome = self.gate.acquire(max_wait)
+        if isinstance(outcome, Wait):
+            # Free the worker slot; spread the retries so waiting tasks do not stampede.
+            raise Reschedule(outcome.seconds + self.rand(0, max(0.05, outcome.seconds / 2)), outcome.reason)
+        self._permit = outcome
+
+    def _give_back_permit(self, failed: bool) -> None:
+        if self._permit is not None:
+            self.gate.release(self._permit, transient_failure=failed)
+            self._permit = None
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One UKSSDC call under a permit; the breaker hears how it went."""
+        self._take_permit(self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR)
+        try:
+            result = fn(*args)
+        except UkssdcFailure as failure:
+            self._give_back_permit(failed=failure.transient)
+            if failure.retry_after is not None and failure.status_code in (429, 503):
+                self.gate.pause(failure.retry_after)
+            raise
+        self._give_back_permit(failed=False)
+        return result
+
+    # -- one command -----------------------------------------------------------------------------
+    def _perform(self, command: CancelCommand) -> RunResult:
+        started = self.registry.start_attempt(command.id)
+        if not started.moved:
+            self.queue.release(self.task_id)
+            return RunResult(command.id, started.state)
+        attempt = command.attempts + 1
+        try:
+            result, server_ok = self._cancel(command)
+        except _NeedsRetry as exc:
+            return self._retry_or_fail(command, attempt, str(exc), None, fallback=exc.fallback)
+        except UkssdcFailure as failure:
+            if failure.maybe_processed:
+                self.registry.record_progress(command.id, ambiguous=True)
+            if not failure.transient:
+                return self._finish(command, error_tuple(-1, str(failure)), error=str(failure))
+            return self._retry_or_fail(command, attempt, str(failure), failure.retry_after)
+        except Reschedule as wait:
+            # No capacity for a further call mid-run: wait in state retrying, keep what was learned.
+            self.registry.mark_retrying(command.id, f"waiting: {wait.reason}")
+            raise
+        except Exception as exc:  # a defect must not leave the command running for ever
+            log.exception("internal error performing command %s", command.id)
+            message = f"internal error in the worker: {type(exc).__name__}"
+            return self._finish(command, error_tuple(-1, message), error=message)
+        return self._finish(command, result, server_ok=server_ok)
+
+    def _retry_or_fail(
+        self,
+        command: CancelCommand,
+        attempt: int,
+        error: str,
+        retry_after: float | None,
+        fallback: list[Any] | None = None,
+    ) -> RunResult:
+        if attempt >= self.settings.max_attempts:
+            message = f"gave up after {attempt} attempts: {error}"
+            return self._finish(command, fallback or error_tuple(-1, message), error=message)
+        self.registry.mark_retrying(command.id, error)
+        delay = backoff_delay(
+            attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds, retry_after, self.rand
+        )
+        raise Reschedule(delay, error)
+
+    def _finish(
+        self, command: CancelCommand, result: list[Any], *, server_ok: int | None = None, error: str | None = None
+    ) -> RunResult:
+        done = self.registry.complete(command.id, result, server_ok=server_ok, error=error)
+        self.queue.release(self.task_id)
+        if done.moved:
+            for hook in self.runtime.terminal_hooks:
+                hook(command.id)
+        return RunResult(command.id, done.state)
+
+    # -- the UKSSDC conversation -------------------------------------------------------------
+    def _cancel(self, command: CancelCommand) -> tuple[list[Any], int | None]:
+        """The final tuple and the server's own OK; raises `_NeedsRetry`/`UkssdcFailure` to go again."""
+        resolved, unlisted = self._resolve(command)
+        if isinstance(resolved, ServerError):
+            return error_tuple(0, resolved.message), 0
+        settled = {short: ProductOutcome(**entry) for short, entry in command.settled.items()}
+        pending = [short for short in resolved if short not in settled]
+        server_ok = command.server_ok
+        if pending:
+            reply = self._call(self.client.cancel_job, command.user_id, command.job_id, pending)
+            if reply.ok == 0:
+                return error_tuple(0, reply.error or ""), 0
+            server_ok = reply.ok
+            still_unknown = self._settle(command, reply.outcomes, settled)
+            self.registry.record_progress(
+                command.id, settled={s: o.as_dict() for s, o in settled.items()}, server_ok=server_ok
+            )
+            if still_unknown:
+                unknown = {**settled, **{s: reply.outcomes[s] for s in still_unknown}}
+                raise _NeedsRetry(
+                    "outcome unknown and product still active: "
+                    + ", ".join(product_names.SHORT_TO_LONG[s] for s in still_unknown),
+                    fallback=processed_tuple({s: unknown[s] for s in resolved if s in unknown}),
+                )
+        if unlisted:
+            # "all" for a job listOldJobs did not show: drop what the job never had.
+            settled = {s: o for s, o in settled.items() if o.code != NO_RECORD}
+        ordered = {short: settled[short] for short in resolved if short in settled}
+        return processed_tuple(ordered), server_ok
+
+    def _resolve(self, command: CancelCommand) -> tuple[list[str] | ServerError, bool]:
+        """Short names to cancel: the command's own, or "all" resolved through listOldJobs.php."""
+        if command.products != product_names.ALL:
+            return product_names.short_names(command.products), False
+        if command.resolved is not None:
+            return command.resolved, command.unlisted
+        jobs = self._call(self.client.old_jobs, command.user_id)
+        if isinstance(jobs, ServerError):
+            return jobs, False
+        listed = next((job for job in jobs if _same_job(job.get("JobID"), command.job_id)), None)
+        asked = [long for long in product_names.LONG_TO_SHORT if listed is not None and listed.get(long) is True]
+        unlisted = not asked
+        resolved = list(product_names.SHORT_TO_LONG) if unlisted else product_names.short_names(asked)
+        self.registry.record_progress(command.id, resolved=resolved, unlisted=unlisted)
+        return resolved, unlisted
+
+    def _settle(
+        self, command: CancelCommand, outcomes: dict[str, ProductOutcome], settled: dict[str, ProductOutcome]
+    ) -> list[str]:
+        """Fold a reply into `settled`; confirm doubtful codes with a status check. Returns still-unknown."""
+        doubtful = [
+            short
+            for short, outcome in outcomes.items()
+            if outcome.code == OUTCOME_UNKNOWN or (outcome.code == NOT_CANCELLED_FINISHED and command.ambiguous)
+        ]
+        for short, outcome in outcomes.items():
+            if short not in doubtful:
+                settled[short] = outcome
+        if not doubtful:
+            return []
+        states = self._call(self.client.product_states, command.user_id, command.job_id, doubtful)
+        if isinstance(states, ServerError):
+            states = {}
+        still_unknown: list[str] = []
+        for short in doubtful:
+            reported, state = outcomes[short], states.get(short)
+            if state == CANCELLED_BY_USER:
+                # Our earlier request (or this one, code 4) did cancel it.
+                settled[short] = ProductOutcome(CANCELLED, CONFIRMED_CANCELLED_TEXT)
+            elif reported.code == NOT_CANCELLED_FINISHED:
+                settled[short] = reported
+            elif state is not None and state not in ACTIVE_STATES:
+                settled[short] = ProductOutcome(NOT_CANCELLED_FINISHED, CONFIRMED_FINISHED_TEXT)
+            elif state in ACTIVE_STATES:
+                still_unknown.append(short)
+            else:
+                settled[short] = reported  # the status check could not tell either
+        return still_unknown
+
+
+def _same_job(listed: Any, job_id: int) -> bool:
+    try:
+        return int(listed) == job_id
+    except (TypeError, ValueError):
+        return False

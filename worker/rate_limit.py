@@ -1,0 +1,223 @@
+"""One polite rate toward the UKSSDC for the whole fleet of workers, kept in Redis.
+
+Celery's `rate_limit` counts per worker instance; this gate is shared by every worker process
+on every host. Before each UKSSDC call a worker asks the gate for a permit, which requires:
+
+1. no fleet-wide pause (a 429/503 with Retry-After pauses every worker for that long);
+2. the circuit breaker closed, or this call being its single half-open probe;
+3. a free slot among `max_in_flight` concurrent calls (a lease, so a killed worker's slot frees
+   itself);
+4. room in the moving window of `rate_per_second` (the `limits` library, Redis storage).
+
+Rate and in-flight cap can be changed at run time (`ukcancel fleet --rate ...`); every acquire
+reads them from Redis, so workers need no restart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import redis
+from limits import RateLimitItemPerSecond
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from ukcancel import keys
+from ukcancel.settings import Settings
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+# KEYS[1] in-flight sorted set (permit id -> lease expiry)
+# ARGV[1] now   ARGV[2] permit id   ARGV[3] lease expiry   ARGV[4] max in flight
+# Drops expired leases, then takes a slot if one is free. Returns 1 if taken, else 0.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] breaker hash   KEYS[2] probe key
+# ARGV[1] now   ARGV[2] failure threshold
+# Counts a consecutive transient failure; opens the breaker at the threshold, and re-opens it
+# when the failed call was the half-open probe. Returns 1 when the breaker is (now) open.
+_RECORD_FAILURE = """
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('DEL', KEYS[2])
+if state == 'open' or failures >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] pause key   ARGV[1] epoch seconds until which to pause
+# Extends the fleet pause, never shortens it.
+_PAUSE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(tonumber(ARGV[1]) - current) + 1)
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to make one UKSSDC call; give it back with `FleetGate.release`."""
+
+    id: str
+    probe: bool
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No permit yet: try again in `seconds`, because of `reason`."""
+
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class FleetLimits:
+    rate_per_second: float
+    max_in_flight: int
+
+
+def rate_item(rate_per_second: float) -> RateLimitItemPerSecond:
+    """`rate_per_second` as a whole number of calls per whole number of seconds (0.5/s -> 1 per 2 s)."""
+    fraction = Fraction(rate_per_second).limit_denominator(60)
+    amount, seconds = max(1, fraction.numerator), max(1, fraction.denominator)
+    return RateLimitItemPerSecond(amount, seconds)
+
+
+class FleetGate:
+    """Grants permits for UKSSDC calls across every worker process.
+
+    Redis keys owned: ``ukcancel:fleet:config``, ``ukcancel:fleet:inflight``,
+    ``ukcancel:fleet:paused_until``, ``ukcancel:fleet:breaker``, ``ukcancel:fleet:probe`` and the
+    `limits` moving window under ``LIMITS:LIMITER/ukcancel-fleet``.
+    """
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        # Share the connection pool so fakeredis (embedded mode) and real Redis behave alike.
+        storage = RedisStorage("redis://", connection_pool=connection.connection_pool)
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.lease_seconds = settings.ukssdc_connect_timeout_seconds + settings.ukssdc_timeout_seconds + 5
+        self._take_slot = connection.register_script(_TAKE_SLOT)
+        self._record_failure = connection.register_script(_RECORD_FAILURE)
+        self._pause = connection.register_script(_PAUSE)
+
+    # -- run-time configuration ------------------------------------------------------------
+    def limits(self) -> FleetLimits:
+        raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in self.connection.hgetall(keys.FLEET_CONFIG).items()}
+        rate = float(raw["rate_per_second"]) if "rate_per_second" in raw else self.settings.fleet_rate_per_second
+        in_flight = int(raw["max_in_flight"]) if "max_in_flight" in raw else self.settings.fleet_max_in_flight
+        return FleetLimits(rate, in_flight)
+
+    def configure(self, rate_per_second: float | None = None, max_in_flight: int | None = None) -> FleetLimits:
+        if rate_per_second is not None:
+            if not rate_per_second > 0:
+                raise ValueError("rate_per_second must be positive")
+            self.connection.hset(keys.FLEET_CONFIG, "rate_per_second", repr(float(rate_per_second)))
+        if max_in_flight is not None:
+            if max_in_flight < 1:
+                raise ValueError("max_in_flight must be at least 1")
+            self.connection.hset(keys.FLEET_CONFIG, "max_in_flight", str(int(max_in_flight)))
+        return self.limits()
+
+    # -- permits ---------------------------------------------------------------------------
+    def acquire(self, max_wait: float | None = None) -> Permit | Wait:
+        """A permit, waiting up to `max_wait` seconds for one; otherwise how long to wait and why."""
+        max_wait = self.settings.fleet_max_wait_seconds if max_wait is None else max_wait
+        deadline = self.clock() + max_wait
+        while True:
+            outcome = self._try_acquire()
+            if isinstance(outcome, Permit):
+                return outcome
+            if self.clock() + outcome.seconds > deadline:
+                return outcome
+            self.sleep(outcome.seconds)
+
+    def _try_acquire(self) -> Permit | Wait:
+        now = self.clock()
+        paused_until = float(self.connection.get(keys.FLEET_PAUSED_UNTIL) or 0)
+        if paused_until > now:
+            return Wait(paused_until - now, "fleet paused by the UKSSDC's Retry-After")
+        probe = False
+        breaker = self.breaker_state(now)
+        if breaker["state"] == OPEN:
+            return Wait(max(0.05, breaker["retry_in"]), "circuit breaker open")
+        if breaker["state"] == HALF_OPEN:
+            if not self.connection.set(keys.FLEET_PROBE, "1", nx=True, ex=math.ceil(self.lease_seconds)):
+                return Wait(1.0, "circuit breaker half-open, probe in flight")
+            probe = True
+        fleet = self.limits()
+        permit_id = uuid.uuid4().hex
+        if not self._take_slot(
+            keys=[keys.FLEET_INFLIGHT], args=[repr(now), permit_id, repr(now + self.lease_seconds), fleet.max_in_flight]
+        ):
+            self._drop_probe(probe)
+            return Wait(0.05, f"{fleet.max_in_flight} UKSSDC calls already in flight")
+        item = rate_item(fleet.rate_per_second)
+        if not self.limiter.hit(item, "calls"):
+            self.connection.zrem(keys.FLEET_INFLIGHT, permit_id)
+            self._drop_probe(probe)
+            reset_at = self.limiter.get_window_stats(item, "calls").reset_time
+            return Wait(max(0.01, min(reset_at - time.time(), item.get_expiry())), "fleet rate limit reached")
+        return Permit(permit_id, probe)
+
+    def _drop_probe(self, probe: bool) -> None:
+        if probe:
+            self.connection.delete(keys.FLEET_PROBE)
+
+    def release(self, permit: Permit, *, transient_failure: bool) -> None:
+        """Give the slot back and tell the breaker how the call went."""
+        self.connection.zrem(keys.FLEET_INFLIGHT, permit.id)
+        if transient_failure:
+            self._record_failure(
+                keys=[keys.FLEET_BREAKER, keys.FLEET_PROBE],
+                args=[repr(self.clock()), self.settings.breaker_failure_threshold],
+            )
+        else:
+            pipe = self.connection.pipeline(transaction=True)
+            pipe.hset(keys.FLEET_BREAKER, mapping={"state": CLOSED, "failures": 0})
+            pipe.delete(keys.FLEET_PROBE)
+            pipe.execute()
+
+    def pause(self, seconds: float) -> None:
+        """Stop every worker calling the UKSSDC for `seconds` (a Retry-After)."""
+        self._pause(keys=[keys.FLEET_PAUSED_UNTIL], args=[repr(self.clock() + seconds)])
+
+    # -- state, for /readyz and metrics ----------------------------------------------------
+    def breaker_state(self, now: float | None = None) -> dict[str, float | str | int]:
+        now = self.clock() if now is None else now
+        raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in self.connection.hgetall(keys.FLEET_BREAKER).items()}
+        failures = int(raw.get("failures", 0))
+        if (raw.get("state", b"closed") in (b"open", "open")):
+            reopen_at = float(raw.get("opened_at", 0)) + self.settings.breaker_cooldown_seconds
+            if now < reopen_at:
+                return {"state": OPEN, "failures": failures, "retry_in": reopen_at - now}
+            return {"state": HALF_OPEN, "failures": failures, "retry_in": 0.0}
+        return {"state": CLOSED, "failures": failures, "retry_in": 0.0}
+
+    def in_flight(self) -> int:
+        return int(self.connection.zcount(keys.FLEET_INFLIGHT, repr(self.clock()), "+inf"))

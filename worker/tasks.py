@@ -1,0 +1,71 @@
+"""The Celery tasks: thin glue between a broker message and a `CancellationRun`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from celery import Celery, Task
+
+from ukcancel.worker.cancellation import CancellationRun, Reschedule
+from ukcancel.worker.rate_limit import FleetGate
+from ukcancel.worker.ukssdc import UkssdcClient
+
+log = logging.getLogger(__name__)
+
+RUN_NEXT = "ukcancel.run_next"
+FAN_OUT = "ukcancel.fan_out"
+# Above this many turns, the API sends one fan-out message and a worker sends the turns, so
+# accepting a 10,000-item batch costs the API one broker round trip.
+FAN_OUT_THRESHOLD = 16
+
+
+@functools.cache
+def _parts(app: Celery) -> tuple[FleetGate, UkssdcClient]:
+    """Per-process gate and HTTP session, built lazily so prefork children build their own."""
+    settings = app.runtime.settings
+    gate = FleetGate(app.runtime.connection, settings)
+    client = UkssdcClient(
+        settings.ukssdc_base_url,
+        settings.ukssdc_api_version,
+        settings.ukssdc_connect_timeout_seconds,
+        settings.ukssdc_timeout_seconds,
+    )
+    return gate, client
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(bind=True, name=RUN_NEXT, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+    def run_next(self: Task) -> dict[str, Any]:
+        """Take a turn: perform the next waiting command (or resume the one this task holds)."""
+        gate, client = _parts(app)
+        try:
+            result = CancellationRun(app.runtime, self.request.id, gate, client).run()
+        except Reschedule as later:
+            log.info("task %s rescheduled in %.2f s: %s", self.request.id, later.countdown, later.reason)
+            # Celery's retry re-sends this message with the same task id, so the claim carries over.
+            raise self.retry(countdown=later.countdown, max_retries=None) from None
+        return {"command": result.command_id, "state": result.state}
+
+    @app.task(bind=True, name=FAN_OUT, acks_late=True, reject_on_worker_lost=True)
+    def fan_out(self: Task, count: int) -> int:
+        """Send `count` turns. A redelivery may send extra turns; a turn with nothing to do is a no-op."""
+        send_turns(app, count)
+        return count
+
+    def dispatch(count: int) -> None:
+        if count <= 0:
+            return
+        if count > FAN_OUT_THRESHOLD:
+            app.send_task(FAN_OUT, args=[count])
+        else:
+            send_turns(app, count)
+
+    app.runtime.queue.dispatch = dispatch
+
+
+def send_turns(app: Celery, count: int) -> None:
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            app.send_task(RUN_NEXT, producer=producer)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ukcancel import products as product_names
-from ukcancel.command import CancelCommand
+from ukcancel.command import RUNNING, CancelCommand
 from ukcancel.outcome import (
     ACTIVE_STATES,
     CANCELLED,
@@ -149,10 +149,16 @@ class CancellationRun:
 
     # -- one command -----------------------------------------------------------------------------
     def _perform(self, command: CancelCommand) -> RunResult:
+        # Found "running": the run that set it died (worker killed) and this is the redelivery.
+        # Its request may have reached the server, so a "not cancelled" answer must be checked.
+        redelivered = command.state == RUNNING
         started = self.registry.start_attempt(command.id)
         if not started.moved:
             self.queue.release(self.task_id)
             return RunResult(command.id, started.state)
+        if redelivered and not command.ambiguous:
+            command.ambiguous = True
+            self.registry.record_progress(command.id, ambiguous=True)
         attempt = command.attempts + 1
         try:
             result, server_ok = self._cancel(command)

@@ -1,0 +1,209 @@
+"""Shared fixtures: the simulator, a real Redis server, real Celery worker processes, the API.
+
+Real Redis: the server on 127.0.0.1:6379 when it answers (each test that needs one gets a
+database number of its own from 9-15, flushed before and after), otherwise a `redis-server` this
+session starts on a free port (installing Debian's package if the binary is missing).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from ukcancel.simulator import SimulatorServer, SimulatorState
+
+REDIS_DATABASES = range(9, 16)
+UKCANCEL = str(Path(sys.executable).with_name("ukcancel"))
+
+
+# -- the UKSSDC simulator ------------------------------------------------------------------------
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    """A fresh simulator per test, on a free port, with the default seeded job table."""
+    with SimulatorServer(state=SimulatorState()) as sim:
+        yield sim
+
+
+# -- a real Redis server ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """`redis://host:port` of a real Redis server (without a database number)."""
+    if _answers("redis://127.0.0.1:6379/0"):
+        yield "redis://127.0.0.1:6379"
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True, capture_output=True)
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while not _answers(url + "/0"):
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def _free_databases() -> queue.SimpleQueue[int]:
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for number in REDIS_DATABASES:
+        free.put(number)
+    return free
+
+
+@pytest.fixture
+def redis_url(redis_server: str, _free_databases: queue.SimpleQueue[int]) -> Iterator[str]:
+    """A Redis database of this test's own, empty at the start and flushed at the end."""
+    number = _free_databases.get_nowait()
+    url = f"{redis_server}/{number}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+        _free_databases.put(number)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# -- real Celery worker processes ---------------------------------------------------------------
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def kill(self) -> None:
+        """SIGKILL the worker and all its children (a crash, not a shutdown)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class WorkerFactory:
+    """Starts `ukcancel worker` processes with a given environment and stops them at teardown."""
+
+    tmp_path: Path
+    started: list[WorkerProcess] = field(default_factory=list)
+
+    def __call__(self, env: dict[str, str], *, pool: str = "threads", concurrency: int = 4,
+                 wait_ready: bool = True, name: str | None = None) -> WorkerProcess:
+        name = name or f"w{len(self.started) + 1}"
+        log_path = self.tmp_path / f"worker-{name}.log"
+        full_env = {**_clean_environment(), **env}
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [UKCANCEL, "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--hostname={name}@%h"],
+                env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        worker = WorkerProcess(process, log_path)
+        self.started.append(worker)
+        if wait_ready:
+            _wait_for_worker(env["REDIS_URL"], name, worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+def _clean_environment() -> dict[str, str]:
+    """This environment without any ukcancel/Celery setting that could leak into a test's worker."""
+    prefixes = ("UKCANCEL_", "REDIS_URL", "CELERY_", "UKSSDC_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+def _wait_for_worker(redis_url: str, name: str, worker: WorkerProcess, timeout: float = 30) -> None:
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.process.returncode}:\n{worker.log()}")
+        members = [m.decode() for m in client.zrange("ukcancel:workers", 0, -1)]
+        if any(m.startswith(f"{name}@") for m in members) and b"ready" in worker.log_path.read_bytes():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"worker {name} not ready after {timeout} s:\n{worker.log()}")
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+def worker_env(redis_url: str, simulator: SimulatorServer, **extra: str) -> dict[str, str]:
+    """The environment of a worker against `redis_url` and the simulator, with fast retries."""
+    env = {
+        "REDIS_URL": redis_url,
+        "UKSSDC_BASE_URL": simulator.base_url,
+        "UKCANCEL_RETRY_BASE_SECONDS": "0.05",
+        "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5",
+        "UKCANCEL_UKSSDC_TIMEOUT_SECONDS": "1",
+        "UKCANCEL_FLEET_RATE_PER_SECOND": "50",
+        "UKCANCEL_FLEET_MAX_IN_FLIGHT": "8",
+        "UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS": "30",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def make_worker_env() -> Callable[..., dict[str, str]]:
+    return worker_env

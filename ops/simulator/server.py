@@ -54,14 +54,7 @@ CANCEL_TEXTS: dict[int, str] = {
 }
 
 # Request-flag names listOldJobs.php reports per job, by product short name (no SourceDet flag).
-OLD_JOB_FLAGS: dict[str, str] = {
-    "lc": "LightCurve",
-    "spec": "Spectrum",
-    "psf": "StandardPos",
-    "enh": "EnhancedPos",
-    "xastrom": "AstromPos",
-    "image": "Image",
-}
+OLD_JOB_FLAGS: dict[str, str] = {short: long for short, long in PRODUCTS.items() if short != "sourceDet"}
 
 HTTP_REASONS: dict[int, tuple[str, str]] = {
     404: ("Not Found", "The requested URL was not found on this server."),

@@ -18,18 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ukcancel.products import SHORT_TO_LONG
+
 API_VERSION = "1.12"
 
-# Short (wire) name -> long name, in the order the UKSSDC documents them.
-PRODUCTS: dict[str, str] = {
-    "lc": "LightCurve",
-    "spec": "Spectrum",
-    "psf": "StandardPos",
-    "enh": "EnhancedPos",
-    "xastrom": "AstromPos",
-    "image": "Image",
-    "sourceDet": "SourceDet",
-}
+# Short (wire) name -> long name: the project's one product table.
+PRODUCTS: dict[str, str] = SHORT_TO_LONG
 
 # Product states as checkProductStatus.php reports them.
 PRODUCT_STATE_TEXTS: dict[int, str] = {

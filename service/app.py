@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             "security": [{"bearerAuth": []}],
         },
     )
+    app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     app.extensions["ukcancel"] = runtime
     api = ProblemApi(app)
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)

@@ -85,3 +85,16 @@ def require_json_body() -> None:
 
     if request.method in ("POST", "PUT", "PATCH") and request.mimetype != "application/json":
         raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
+    if request.method in ("POST", "PUT", "PATCH"):
+        import json as stdlib_json
+
+        from werkzeug.exceptions import BadRequest
+
+        try:
+            stdlib_json.loads(request.get_data(cache=True) or b"null")
+        except (ValueError, RecursionError):
+            # Syntax errors would get webargs' 400 anyway; nesting too deep for the parser and numbers
+            # too long to convert escape webargs as a 500, so every unparsable body is answered here.
+            invalid = BadRequest("The request body is not valid JSON.")
+            invalid.data = {"messages": {"json": ["Invalid JSON body."]}}  # type: ignore[attr-defined]
+            raise invalid from None

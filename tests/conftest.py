@@ -7,6 +7,7 @@ session starts on a free port (installing Debian's package if the binary is miss
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import shutil
@@ -14,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +81,27 @@ def redis_server() -> Iterator[str]:
     process.wait(10)
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The AMQP URL of the RabbitMQ on 127.0.0.1:5672, started (or installed) when it is not running."""
+    if not _port_open(5672):
+        if shutil.which("rabbitmq-server") is None:
+            subprocess.run(["apt-get", "install", "-y", "-q", "rabbitmq-server"], check=True, capture_output=True)
+        subprocess.run(["rabbitmq-server", "-detached"], check=True, capture_output=True)
+        deadline = time.monotonic() + 90
+        while not _port_open(5672):
+            if time.monotonic() > deadline:
+                raise RuntimeError("RabbitMQ did not start on 127.0.0.1:5672")
+            time.sleep(0.5)
+    return "amqp://guest:guest@127.0.0.1:5672//"
+
+
 @pytest.fixture(scope="session")
 def _free_databases() -> queue.SimpleQueue[int]:
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -86,19 +110,48 @@ def _free_databases() -> queue.SimpleQueue[int]:
     return free
 
 
+@contextmanager
+def _database_lease(redis_server: str, free: queue.SimpleQueue[int], timeout: float = 600) -> Iterator[int]:
+    """A database number no other test is using, in this pytest session or in another one.
+
+    Several pytest sessions on one host share the Redis on 6379; a file lock per database
+    keeps one session from flushing a database another session's test is using.
+    """
+    deadline = time.monotonic() + timeout
+    port = redis_server.rsplit(":", 1)[-1]
+    while True:
+        number = free.get_nowait()
+        lock = (Path(tempfile.gettempdir()) / f"ukcancel-test-redis-{port}-db{number}.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            free.put(number)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no free Redis database in {list(REDIS_DATABASES)} after {timeout} s") from None
+            time.sleep(0.1)
+            continue
+        try:
+            yield number
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+            free.put(number)
+        return
+
+
 @pytest.fixture
 def redis_url(redis_server: str, _free_databases: queue.SimpleQueue[int]) -> Iterator[str]:
     """A Redis database of this test's own, empty at the start and flushed at the end."""
-    number = _free_databases.get_nowait()
-    url = f"{redis_server}/{number}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield url
-    finally:
+    with _database_lease(redis_server, _free_databases) as number:
+        url = f"{redis_server}/{number}"
+        client = redis.Redis.from_url(url)
         client.flushdb()
-        client.close()
-        _free_databases.put(number)
+        try:
+            yield url
+        finally:
+            client.flushdb()
+            client.close()
 
 
 @pytest.fixture

@@ -136,6 +136,8 @@ def _text(value: bytes | str) -> str:
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {-1, ''} end
+-- Terminal is final whatever the caller allows: no duplicate delivery or race reopens it.
+if current == 'completed' or current == 'aborted' then return {0, current} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '[^,]+') do
   if s == current then allowed = true end
@@ -176,6 +178,15 @@ return 1
 """
 
 
+# KEYS[1] command hash   ARGV[1] callback outcome (JSON)
+# Writes the field only while the record exists, so an expired command is not revived as a stub.
+_CALLBACK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'callback', ARGV[1])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Transition:
     moved: bool
@@ -185,8 +196,8 @@ class Transition:
 class CommandRegistry:
     """Stores cancel commands and moves them between states.
 
-    Redis keys owned: ``ukcancel:cmd:{id}``, ``ukcancel:user:{user_id}:cmds`` and the pub/sub
-    channel ``ukcancel:events:{id}`` (see `ukcancel.keys`).
+    Redis keys owned: ``ukcancel:cmd:{id}``, ``ukcancel:user:{user_id}:cmds``, ``ukcancel:cmds``
+    and the pub/sub channel ``ukcancel:events:{id}`` (see `ukcancel.keys`).
     """
 
     def __init__(self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time) -> None:
@@ -195,6 +206,7 @@ class CommandRegistry:
         self.clock = clock
         self._transition = connection.register_script(_TRANSITION)
         self._progress = connection.register_script(_PROGRESS)
+        self._callback = connection.register_script(_CALLBACK)
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, command: CancelCommand, pipeline: redis.client.Pipeline | None = None) -> CancelCommand:
@@ -210,6 +222,8 @@ class CommandRegistry:
         pipe.zadd(index, {command.id: now})
         pipe.zremrangebyscore(index, "-inf", now - self.ttl_seconds)
         pipe.expire(index, self.ttl_seconds)
+        pipe.zadd(keys.ALL_COMMANDS, {command.id: now})
+        pipe.zremrangebyscore(keys.ALL_COMMANDS, "-inf", now - self.ttl_seconds)
         if pipeline is None:
             pipe.execute()
         return command
@@ -268,6 +282,10 @@ class CommandRegistry:
     def withdraw(self, command_id: str) -> Transition:
         """queued -> aborted; refused once a worker has started it."""
         return self.transition(command_id, ABORTED, (QUEUED,), fields={"last_error": "withdrawn by the client"})
+
+    def record_callback(self, command_id: str, outcome: dict[str, Any]) -> bool:
+        """Store the callback's delivery outcome; unlike progress, written after the command ended."""
+        return bool(self._callback(keys=[keys.command(command_id)], args=[_encode_field(outcome)]))
 
     def record_progress(self, command_id: str, *, count_attempt: bool = False, **fields: Any) -> bool:
         """Write worker progress fields (and count an attempt) unless the command is terminal."""

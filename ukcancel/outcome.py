@@ -75,11 +75,13 @@ def parse_json_reply(body: bytes | str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         snippet = body.strip()[:80].replace("\n", " ")
         raise UnintelligibleReply(f"reply is not JSON ({exc.msg}): {snippet!r}") from None
+    except (ValueError, RecursionError) as exc:  # a number too long to convert; nesting too deep
+        raise UnintelligibleReply(f"reply is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(payload, dict):
         raise UnintelligibleReply("reply is JSON but not an object")
     if "OK" not in payload:
         raise UnintelligibleReply("reply has no OK key")
-    if payload["OK"] not in (0, 1, 2) or isinstance(payload["OK"], bool):
+    if type(payload["OK"]) is not int or payload["OK"] not in (0, 1, 2):
         raise UnintelligibleReply(f"reply has an OK value outside 0, 1, 2: {payload['OK']!r}")
     return payload
 
@@ -110,7 +112,7 @@ def parse_cancel_reply(payload: Mapping[str, Any], asked: list[str]) -> CancelRe
     outcomes: dict[str, ProductOutcome] = {}
     for short in asked:
         code = codes.get(short)
-        if isinstance(code, str) and code.lstrip("-").isdigit():
+        if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 9:
             code = int(code)  # PHP servers are known to quote numbers.
         if not isinstance(code, int) or isinstance(code, bool) or code not in PRODUCT_CODES:
             raise UnintelligibleReply(f"reply has no valid status code for {short!r}: {code!r}")

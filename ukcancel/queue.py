@@ -20,12 +20,12 @@ from ukcancel.command import CancelCommand, CommandRegistry
 
 # KEYS[1] the user's waiting list   KEYS[2] the round-robin ring of users
 # ARGV[1] user id   ARGV[2..] command ids to append
-# Appends the ids; puts the user on the ring when its list was empty before (so the ring holds
-# exactly the users with waiting commands).
+# Appends the ids; puts the user on the ring when its list was empty before and the user is not
+# on the ring already (a withdrawal can empty a list while its user still waits for a turn).
 _PUSH = """
 local before = redis.call('LLEN', KEYS[1])
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
-if before == 0 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+if before == 0 and not redis.call('LPOS', KEYS[2], ARGV[1]) then redis.call('RPUSH', KEYS[2], ARGV[1]) end
 return before
 """
 
@@ -54,6 +54,7 @@ return false
 """
 
 Dispatch = Callable[[int], None]
+PUSH_CHUNK = 1000
 
 
 class CancelQueue:
@@ -78,7 +79,10 @@ class CancelQueue:
             self.registry.add(command, pipe)
             by_user[command.user_id].append(command.id)
         for user_id, ids in by_user.items():
-            self._push(keys=[keys.fair_queue(user_id), keys.FAIR_USERS], args=[user_id, *ids], client=pipe)
+            # Lua's unpack() takes a few thousand values at most (a 10,000-item batch would fail).
+            for start in range(0, len(ids), PUSH_CHUNK):
+                chunk = ids[start : start + PUSH_CHUNK]
+                self._push(keys=[keys.fair_queue(user_id), keys.FAIR_USERS], args=[user_id, *chunk], client=pipe)
         pipe.execute()
         self.dispatch(len(commands))
 

@@ -48,15 +48,27 @@ class _MissingToken(Unauthorized):
         return [*super().get_headers(environ, scope), ("WWW-Authenticate", CHALLENGE)]
 
 
+def bearer_token() -> str | None:
+    """The token of a well-formed `Authorization: Bearer <token>` header, else None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def bearer_record() -> TokenRecord | None:
+    """The record of this request's bearer token, looked up once per request (rate limit, then auth)."""
+    if "token_record" not in g:
+        token = bearer_token()
+        g.token_record = current_app.extensions["ukcancel"].tokens.verify(token) if token else None
+    return g.token_record
+
+
 def authenticate() -> None:
     """`before_request` of every `/v1` blueprint: sets `g.principal` or answers 401."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
+    if not request.headers.get("Authorization", ""):
         raise _MissingToken("An Authorization: Bearer token is required.")
-    if scheme.lower() != "bearer" or not token.strip():
+    if bearer_token() is None:
         raise _InvalidToken("The Authorization header must be 'Bearer <token>'.")
-    record = current_app.extensions["ukcancel"].tokens.verify(token.strip())
+    record = bearer_record()
     if record is None:
         raise _InvalidToken("The bearer token is unknown or revoked.")
     g.principal = Principal.from_token(record)

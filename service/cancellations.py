@@ -1,21 +1,36 @@
-"""`/v1/cancellations`: enqueue a cancel command, read it back (long poll), withdraw it."""
+"""`/v1/cancellations`: enqueue a cancel command, list them, read one back (long poll), withdraw it."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import current_app, url_for
+import redis
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from kombu.exceptions import KombuError
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 
-from ukcancel.command import QUEUED, CancelCommand
+from ukcancel import keys, submission
+from ukcancel.command import QUEUED, CancelCommand, Transition
+from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import Principal, authenticate, principal
 from ukcancel.service.problems import require_json_body
-from ukcancel.service.schemas import AcceptedSchema, CancellationRequestSchema, CancellationSchema, WaitQuerySchema
+from ukcancel.service.schemas import (
+    AcceptedSchema,
+    CancellationListQuerySchema,
+    CancellationPageSchema,
+    CancellationRequestSchema,
+    CancellationSchema,
+    IdempotencyHeaderSchema,
+    WaitQuerySchema,
+    submission_policy,
+)
 
 blp = Blueprint("cancellations", __name__, url_prefix="/v1/cancellations", description="Cancel commands")
 blp.before_request(authenticate)
@@ -41,33 +56,93 @@ def announce_terminal(command_id: str) -> None:
         hook(command_id)
 
 
+def under_submission_policy(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Load the view's request schemas against this service's policy (e.g. allowed callback hosts)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with submission_policy(runtime().settings):
+            return view(*args, **kwargs)
+
+    return wrapper
+
+
+def body_digest() -> str:
+    """SHA-256 of the JSON body in canonical form: key order and spacing do not make a different body."""
+    canonical = json.dumps(request.get_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 @blp.route("")
 class Cancellations(MethodView):
+    @blp.arguments(CancellationListQuerySchema, location="query")
+    @blp.response(200, CancellationPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """The caller's cancel commands, newest first, a page at a time.
+
+        Follow `next_cursor` (as `cursor`) until it is null; with filters a page may hold fewer
+        than `limit` items before the end. An admin token lists every user's commands unless
+        `user_id` names one.
+        """
+        caller = principal()
+        if caller.admin and query.get("user_id") is None:
+            index = keys.ALL_COMMANDS
+        else:
+            index = keys.user_commands(caller.acting_for(query.get("user_id")))
+        created_after = query.get("created_after")
+        where = CommandFilter(
+            state=query.get("state"),
+            job_id=query.get("job_id"),
+            created_after=created_after.timestamp() if created_after is not None else None,
+        )
+        page = CommandListing(runtime().registry).page(index, where, query.get("cursor"), query["limit"])
+        return {"items": page.items, "next_cursor": page.next_cursor}
+
+    @under_submission_policy
     @blp.arguments(CancellationRequestSchema)
+    @blp.arguments(IdempotencyHeaderSchema, location="headers")
     @blp.response(202, AcceptedSchema, description="Accepted; poll the Location for the result.")
-    @blp.alt_response(422, description="Invalid request (problem+json naming the field).")
-    def post(self, request_data: dict[str, Any]) -> tuple[dict[str, str], int, dict[str, str]]:
+    @blp.alt_response(
+        200, schema=CancellationSchema, success=True,
+        description="Replay: this Idempotency-Key and body were seen before; the original command.",
+    )
+    @blp.alt_response(422, description="Invalid request, or an Idempotency-Key reused with a different body.")
+    @blp.alt_response(503, description="The task broker is unavailable; nothing was enqueued.")
+    def post(
+        self, request_data: dict[str, Any], headers: dict[str, Any]
+    ) -> tuple[dict[str, str], int, dict[str, str]] | Response:
         """Enqueue a cancel command for one job."""
         caller = principal()
-        command = CancelCommand(
-            job_id=request_data["job_id"],
-            user_id=caller.acting_for(request_data["user_id"]),
-            products=request_data["products"],
-            submitted_by=caller.token_name,
-        )
-        enqueue(command)
+        key = headers["idempotency_key"]
+        reservation = submission.Reservation(keys.idempotency(caller.token_name, key), body_digest()) if key else None
+        try:
+            submitted = submission.submit(runtime(), caller, request_data, reservation)
+        except submission.ReservationMismatch as exc:
+            raise UnprocessableEntity(
+                f"Idempotency-Key {key!r} was already used with a different request body (command "
+                f"{exc.command_id}); use a new key for a new request."
+            ) from None
+        except submission.BrokerUnavailable:
+            raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
+        command = submitted.command
         location = url_for("cancellations.Cancellation", command_id=command.id)
+        if not submitted.created:
+            replay = current_app.json.response(CancellationSchema().dump(command))
+            replay.headers["Location"] = location
+            return replay
         return {"id": command.id, "state": QUEUED}, 202, {"Location": location}
 
 
 def enqueue(command: CancelCommand) -> None:
     """Store and dispatch; if the broker cannot take the turn, withdraw the record and answer 503."""
-    rt = runtime()
+    enqueue_all([command])
+
+
+def enqueue_all(commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
+    """`enqueue` for many commands (a batch), written with whatever `pipeline` already holds."""
     try:
-        rt.queue.enqueue([command])
-    except KombuError as exc:
-        rt.registry.transition(command.id, "aborted", (QUEUED,), fields={"last_error": f"broker unavailable: {exc}"})
-        rt.queue.remove_waiting(command)
+        submission.enqueue(runtime(), commands, pipeline)
+    except submission.BrokerUnavailable:
         raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
 
 
@@ -88,9 +163,19 @@ class Cancellation(MethodView):
     def delete(self, command_id: str) -> CancelCommand:
         """Withdraw a command that has not started: it becomes aborted and the UKSSDC is never called."""
         command = visible_command(command_id, principal())
-        outcome = runtime().registry.withdraw(command_id)
+        outcome = withdraw(command)
         if not outcome.moved:
             raise Conflict(f"Command {command_id} is {outcome.state}; only a queued command can be withdrawn.")
-        runtime().queue.remove_waiting(command)
-        announce_terminal(command_id)
         return runtime().registry.get(command_id) or command
+
+
+def withdraw(command: CancelCommand) -> Transition:
+    """Withdraw a command that has not started: aborted, out of its user's line, terminal hooks told.
+
+    Refused (`moved` false) once a worker has started it. Used by the batch DELETE as well.
+    """
+    outcome = runtime().registry.withdraw(command.id)
+    if outcome.moved:
+        runtime().queue.remove_waiting(command)
+        announce_terminal(command.id)
+    return outcome

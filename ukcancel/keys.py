@@ -14,6 +14,8 @@ Commands (`ukcancel.command.CommandRegistry`)
                                           renewed when it becomes terminal.
     ``ukcancel:user:{user_id}:cmds``      sorted set, command ids of one UKSSDC user scored by
                                           created_at; entries of expired commands are pruned lazily.
+    ``ukcancel:cmds``                     sorted set, every command id scored by created_at (an
+                                          admin's listing across users); pruned like the above.
     ``ukcancel:events:{id}``              pub/sub channel, a state name on every transition (long poll).
 
 Dispatch (`ukcancel.queue.CancelQueue`)
@@ -23,16 +25,32 @@ Dispatch (`ukcancel.queue.CancelQueue`)
                                           redelivered or retried task resume the same command.
 
 Batches (`ukcancel.batch.BatchRegistry`)
-    ``ukcancel:batch:{id}``               hash: id, user_id, submitted_by, created_at, total, state.
+    ``ukcancel:batch:{id}``               hash: id, user_id, submitted_by, created_at, total, state
+                                          (expanding, running, failed), error, and for `all_active`
+                                          the expansion's progress: jobs (job id -> products still to
+                                          check, JSON), found (job id -> active products, JSON),
+                                          attempts.
+                                          Expires `result_ttl_seconds` after creation.
     ``ukcancel:batch:{id}:items``         list, the batch's command ids in item order.
     ``ukcancel:user:{user_id}:batches``   sorted set, batch ids scored by created_at.
-    ``ukcancel:events:batch:{id}``        pub/sub channel, notified when an item becomes terminal.
+    ``ukcancel:events:batch:{id}``        pub/sub channel, notified when an item becomes terminal and
+                                          when an `all_active` expansion ends (long poll).
 
 Tokens (`ukcancel.token.TokenRegistry`)
     ``ukcancel:token:{sha256}``           hash: name, user_id, admin, created_at, callback_secret.
                                           Only the SHA-256 of a token is stored.
     ``ukcancel:tokens``                   hash, token name -> sha256 (listing and revocation).
-    ``ukcancel:idem:{token}:{key}``       string, Idempotency-Key -> "command id|body digest".
+
+Submission (`ukcancel.submission`): reservations, each naming at most one command; written in the
+same transaction as the command, expiring `result_ttl_seconds` after it.
+    ``ukcancel:idem:{token}:{key}``       string, "command id|body digest": an Idempotency-Key of
+                                          the token named {token} (scoped per token).
+    ``ukcancel:stream:entry:{entry_id}``  string, "command id|": the command made from that entry
+                                          of ``ukcancel:commands``, so a redelivery makes no second.
+
+HTTP API rate limit (`ukcancel.service.rate_limit`)
+    ``LIMITS:LIMITER/ukcancel-api/...``   Flask-Limiter's fixed-window counters, one per token name
+                                          (``token:{name}``) or, unauthenticated, per client address.
 
 Fleet toward the UKSSDC (`ukcancel.worker.rate_limit.FleetGate`)
     ``ukcancel:fleet:config``             hash, run-time overrides: rate_per_second, max_in_flight.
@@ -41,15 +59,24 @@ Fleet toward the UKSSDC (`ukcancel.worker.rate_limit.FleetGate`)
                                           (a 429/503 Retry-After pauses the whole fleet).
     ``ukcancel:fleet:breaker``            hash: state, failures, opened_at; the circuit breaker.
     ``ukcancel:fleet:probe``              string with expiry, held by the one half-open probe.
-    ``LIMITS:LIMITER/ukcancel-fleet/...`` the `limits` library's moving-window entries.
+    ``ukcancel:fleet:calls``              sorted set, permit id -> when it was granted: the sliding
+                                          window of the fleet rate limit.
     ``ukcancel:workers``                  sorted set, worker host names scored by last heartbeat.
 
 Streams (`ukcancel.stream`)
     ``ukcancel:commands``                 stream that pipelines XADD commands to (consumer group
-                                          ``ukcancel``).
-    ``ukcancel:commands:accepted``        stream, stream entry id -> command id published back.
-    ``ukcancel:deadletter``               stream, rejected entries with the reason.
-    ``ukcancel:results``                  stream, every terminal result.
+                                          ``ukcancel``): token, job_id (JSON number), products
+                                          (JSON text, or a comma list), optional user_id,
+                                          callback_url, request_id. An entry is deleted once
+                                          handled, so tokens do not stay at rest.
+    ``ukcancel:commands:accepted``        stream, capped at ~100,000: entry_id, command_id,
+                                          request_id (when given).
+    ``ukcancel:deadletter``               stream: the rejected entry's fields (token cut to its
+                                          prefix), reason (JSON validation messages), entry_id.
+                                          Not trimmed by the service.
+    ``ukcancel:results``                  stream, capped at ~100,000: command_id, user_id, job_id,
+                                          state, result (JSON), error (when there is one); one
+                                          entry per terminal command.
 """
 
 from __future__ import annotations
@@ -63,6 +90,9 @@ def command(command_id: str) -> str:
 
 def user_commands(user_id: str) -> str:
     return f"{PREFIX}:user:{user_id}:cmds"
+
+
+ALL_COMMANDS = f"{PREFIX}:cmds"
 
 
 def command_events(command_id: str) -> str:
@@ -104,12 +134,19 @@ def idempotency(token_name: str, key: str) -> str:
     return f"{PREFIX}:idem:{token_name}:{key}"
 
 
+def stream_entry(entry_id: str) -> str:
+    return f"{PREFIX}:stream:entry:{entry_id}"
+
+
+API_LIMITER_PREFIX = "ukcancel-api"
+
+
 FLEET_CONFIG = f"{PREFIX}:fleet:config"
 FLEET_INFLIGHT = f"{PREFIX}:fleet:inflight"
 FLEET_PAUSED_UNTIL = f"{PREFIX}:fleet:paused_until"
 FLEET_BREAKER = f"{PREFIX}:fleet:breaker"
 FLEET_PROBE = f"{PREFIX}:fleet:probe"
-FLEET_LIMITER_NAMESPACE = "ukcancel-fleet"
+FLEET_CALLS = f"{PREFIX}:fleet:calls"
 WORKERS = f"{PREFIX}:workers"
 
 COMMAND_STREAM = f"{PREFIX}:commands"

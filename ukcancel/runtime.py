@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from ukcancel.batch import BatchRegistry
 from ukcancel.command import CommandRegistry
 from ukcancel.queue import CancelQueue
 from ukcancel.settings import Settings
@@ -42,6 +43,7 @@ class Runtime:
     registry: CommandRegistry = field(init=False)
     queue: CancelQueue = field(init=False)
     tokens: TokenRegistry = field(init=False)
+    batches: BatchRegistry = field(init=False)
     celery: Celery | None = None
     # Called with a command id once it becomes terminal (results stream, callbacks).
     terminal_hooks: list[Callable[[str], None]] = field(default_factory=list)
@@ -50,12 +52,16 @@ class Runtime:
         self.registry = CommandRegistry(self.connection, self.settings.result_ttl_seconds)
         self.queue = CancelQueue(self.connection, self.registry, _no_broker)
         self.tokens = TokenRegistry(self.connection)
+        self.batches = BatchRegistry(self.connection, self.settings.result_ttl_seconds)
 
     @classmethod
     def create(cls, settings: Settings, connection: redis.Redis | None = None) -> Runtime:
         """A runtime with its Celery app attached (API and worker alike send and run tasks)."""
+        from ukcancel.stream import ResultStream
+        from ukcancel.worker.callbacks import CallbackScheduler
         from ukcancel.worker.celery_app import create_celery
 
         runtime = cls(settings, connection if connection is not None else connect_redis(settings))
         create_celery(runtime)
+        runtime.terminal_hooks += [ResultStream(runtime), CallbackScheduler(runtime)]
         return runtime

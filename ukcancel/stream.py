@@ -1,0 +1,359 @@
+"""Redis streams for pipelines: commands in (``ukcancel:commands``), outcomes out.
+
+A pipeline that already speaks Redis can submit cancel commands without HTTP:
+
+    XADD ukcancel:commands * token <bearer token> job_id 1001 products '["lc","psf"]' request_id r-17
+
+Entry fields:
+  token         a bearer token, checked exactly like `Authorization: Bearer` (required)
+  job_id        the UKSSDC JobID as a JSON number, e.g. ``1001`` (required)
+  products      JSON text (``"all"``, ``["LightCurve","psf"]``) or a comma list (``lc,psf``); the
+                bare word ``all`` works too; default "all"
+  user_id       act for this UKSSDC user (admin tokens; others only their own), optional
+  callback_url  as in the HTTP API, optional
+  request_id    any text of the pipeline's, echoed on the accepted entry, optional
+Any other field is refused, as an unknown JSON field is by the HTTP API.
+
+The request is loaded by the same `CancellationRequestSchema` as `POST /v1/cancellations` and
+submitted through the same `ukcancel.submission.submit`. Then exactly one of:
+  - ``ukcancel:commands:accepted`` gets ``entry_id, command_id[, request_id]``;
+  - ``ukcancel:deadletter`` gets the entry's fields (the token cut to its recognisable prefix),
+    ``reason`` (JSON: field -> messages, as in the HTTP problem) and ``entry_id``.
+Publishing, XACK and XDEL happen in one script, so an entry delivered twice is published once;
+the entry is deleted so tokens do not stay at rest in the stream.
+
+Consumers share the group ``ukcancel``. An entry read by a consumer that died before
+acknowledging it stays pending; any consumer takes it over with XAUTOCLAIM once it has been idle
+for `min_idle_ms`. The command is made at most once per entry: the entry id is a `Reservation`
+written in the same transaction as the command.
+
+Results: every command that becomes terminal (completed, or aborted by a withdrawal) is appended
+to ``ukcancel:results`` by `ResultStream`, a terminal hook of the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from marshmallow import ValidationError
+from werkzeug.exceptions import Forbidden
+
+from ukcancel import keys
+from ukcancel.runtime import Runtime
+from ukcancel.service.auth import Principal
+from ukcancel.service.schemas import CancellationRequestSchema, submission_policy
+from ukcancel.submission import BrokerUnavailable, Reservation, submit
+from ukcancel.token import TOKEN_PREFIX
+
+log = logging.getLogger(__name__)
+
+GROUP = keys.COMMAND_STREAM_GROUP
+ENVELOPE_FIELDS = ("token", "request_id")
+TOKEN_SHOWN = len(TOKEN_PREFIX) + 6  # as much of a token as `ukcancel token list` shows
+RESULTS_MAXLEN = 100_000
+DELETED_REASON = {"_entry": ["deleted from the stream before it was handled"]}
+ACCEPTED_MAXLEN = 100_000
+
+# KEYS[1] the command stream   KEYS[2] the stream to publish to (accepted or dead letters)
+# ARGV[1] consumer group   ARGV[2] entry id   ARGV[3] MAXLEN (~) of KEYS[2], 0 for none
+# ARGV[4..] field/value pairs to publish
+# Acknowledges the entry and, only if this call acknowledged it, publishes and deletes it: a
+# duplicate delivery (two consumers on one entry) publishes nothing twice. Returns 1 if published.
+_SETTLE = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+else
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+end
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What became of one entry: accepted as `command_id`, rejected for `reason`, or left pending."""
+
+    entry_id: str
+    command_id: str | None = None
+    reason: dict[str, Any] | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.command_id is None and self.reason is None
+
+
+class EntryRejected(Exception):
+    def __init__(self, reason: dict[str, Any]) -> None:
+        super().__init__(json.dumps(reason))
+        self.reason = reason
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def request_from_fields(fields: dict[str, str]) -> dict[str, Any]:
+    """The JSON body an entry stands for: the envelope removed, job_id and products decoded.
+
+    Values that do not decode are passed on as text, so the schema names the field and says why.
+    """
+    body: dict[str, Any] = {name: value for name, value in fields.items() if name not in ENVELOPE_FIELDS}
+    if "job_id" in body:
+        body["job_id"] = _json_or_text(body["job_id"])
+    if "products" in body:
+        body["products"] = _products(body["products"])
+    return body
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _products(value: str) -> Any:
+    text = value.strip()
+    if text.startswith(("[", '"')):
+        return _json_or_text(text)
+    if text == "all":
+        return text
+    return [name.strip() for name in text.split(",")]
+
+
+class CommandStreamConsumer:
+    """One consumer of ``ukcancel:commands`` in group ``ukcancel``.
+
+    Redis keys: reads, acknowledges and deletes entries of ``ukcancel:commands``; appends to
+    ``ukcancel:commands:accepted`` and ``ukcancel:deadletter``; entry reservations
+    ``ukcancel:stream:entry:{entry_id}`` are written by `ukcancel.submission` (see `ukcancel.keys`).
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        name: str | None = None,
+        *,
+        block_ms: int = 2000,
+        min_idle_ms: int = 60_000,
+        count: int = 16,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.runtime = runtime
+        self.connection: redis.Redis = runtime.connection
+        self.name = name or default_consumer_name()
+        self.block_ms = block_ms
+        self.min_idle_ms = min_idle_ms
+        self.count = count
+        self.max_deliveries = max_deliveries
+        self.schema = CancellationRequestSchema()
+        self._settle = self.connection.register_script(_SETTLE)
+        self._own_pending_done = False
+
+    # -- the loop -------------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        """Create the group (and stream) if needed, from the stream's start: entries added before
+        the first consumer ran are handled too."""
+        try:
+            self.connection.xgroup_create(keys.COMMAND_STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, stop: threading.Event) -> None:
+        """Handle entries until `stop` is set; Redis outages are waited out, not fatal."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.ensure_group()
+                while not stop.is_set():
+                    self.step()
+                    delay = 0.5
+            except redis.RedisError as exc:
+                log.warning("command stream: Redis error, retrying in %.1f s: %s", delay, exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[CommandStreamConsumer]:
+        """Run the loop in a background thread for the duration of the `with` block."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self.run, args=(stop,), name=f"ukcancel-stream-{self.name}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(self.block_ms / 1000 + 5)
+
+    def step(self) -> list[Handled]:
+        """One round: this consumer's own unacknowledged entries (after a restart), entries idle
+        too long at other consumers, then new entries (waiting up to `block_ms` for them)."""
+        handled: list[Handled] = []
+        while not self._own_pending_done:
+            own = self._read("0", block=None)
+            handled += self.handle_all(own)
+            self._own_pending_done = len(own) < self.count
+        handled += self.reclaim()
+        handled += self.handle_all(self._read(">", block=self.block_ms))
+        return handled
+
+    def reclaim(self) -> list[Handled]:
+        """Take over entries pending longer than `min_idle_ms` (their consumer died) and handle them."""
+        handled: list[Handled] = []
+        start = "0-0"
+        while True:
+            reply = self.connection.xautoclaim(
+                keys.COMMAND_STREAM, GROUP, self.name, self.min_idle_ms, start_id=start, count=self.count
+            )
+            start, entries = _text(reply[0]), reply[1]
+            for entry_id in reply[2] if len(reply) > 2 else []:
+                # Redis 7 has already dropped these from the pending list; say so, once.
+                handled.append(self._report_deleted(_text(entry_id)))
+            for entry_id, fields in entries:
+                entry_id = _text(entry_id)
+                if fields is None:  # how Redis before 7 reports a deleted entry: still pending
+                    handled.append(self._reject(entry_id, {}, DELETED_REASON))
+                else:
+                    handled.append(self._handle_reclaimed(entry_id, _fields(fields)))
+            if start == "0-0":
+                return handled
+
+    def _read(self, from_id: str, block: int | None) -> list[tuple[str, dict[str, str]]]:
+        reply = self.connection.xreadgroup(
+            GROUP, self.name, {keys.COMMAND_STREAM: from_id}, count=self.count, block=block
+        )
+        out: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:  # own pending history lists deleted entries with no fields; they were acked
+                    out.append((_text(entry_id), _fields(fields)))
+        return out
+
+    def handle_all(self, entries: list[tuple[str, dict[str, str]]]) -> list[Handled]:
+        return [self._handle_guarded(entry_id, fields) for entry_id, fields in entries]
+
+    def _handle_guarded(self, entry_id: str, fields: dict[str, str]) -> Handled:
+        try:
+            return self.handle(entry_id, fields)
+        except redis.RedisError:
+            raise  # the loop waits Redis out; the entry stays pending
+        except Exception:
+            # A defect must not stop the consumer; the entry stays pending, is retried after
+            # `min_idle_ms`, and is dead-lettered after `max_deliveries`.
+            log.exception("command stream: entry %s failed; it stays pending", entry_id)
+            return Handled(entry_id)
+
+    # -- one entry ------------------------------------------------------------------------------
+    def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
+        """Accept or dead-letter one entry; leave it pending (for a retry) when the broker is down."""
+        try:
+            caller, request = self.validate(fields)
+            submitted = submit(self.runtime, caller, request, Reservation(keys.stream_entry(entry_id)))
+        except EntryRejected as rejected:
+            return self._reject(entry_id, fields, rejected.reason)
+        except Forbidden as exc:  # acting for another user without an admin token
+            return self._reject(entry_id, fields, {"user_id": [str(exc.description)]})
+        except BrokerUnavailable as exc:
+            log.warning("command stream: entry %s left pending, broker unavailable: %s", entry_id, exc)
+            return Handled(entry_id)
+        accepted = {"entry_id": entry_id, "command_id": submitted.command.id}
+        if fields.get("request_id"):
+            accepted["request_id"] = fields["request_id"]
+        self._publish(entry_id, keys.ACCEPTED_STREAM, ACCEPTED_MAXLEN, accepted)
+        return Handled(entry_id, command_id=submitted.command.id)
+
+    def validate(self, fields: dict[str, str]) -> tuple[Principal, dict[str, Any]]:
+        """The caller and the loaded request, or `EntryRejected` with messages keyed by field."""
+        token = fields.get("token")
+        if not token:
+            raise EntryRejected({"token": ["Missing data for required field."]})
+        record = self.runtime.tokens.verify(token)
+        if record is None:
+            raise EntryRejected({"token": ["The token is unknown or revoked."]})
+        caller = Principal.from_token(record)
+        try:
+            with submission_policy(self.runtime.settings):
+                request = self.schema.load(request_from_fields(fields))
+        except ValidationError as exc:
+            raise EntryRejected(_messages(exc.messages)) from None
+        return caller, request
+
+    def _handle_reclaimed(self, entry_id: str, fields: dict[str, str]) -> Handled:
+        deliveries = self._deliveries(entry_id)
+        if deliveries > self.max_deliveries:
+            # Taken over this often, it keeps failing in a way a retry does not cure: stop retrying.
+            return self._reject(entry_id, fields, {"_entry": [f"not handled after {deliveries - 1} deliveries"]})
+        return self._handle_guarded(entry_id, fields)
+
+    def _deliveries(self, entry_id: str) -> int:
+        rows = self.connection.xpending_range(keys.COMMAND_STREAM, GROUP, min=entry_id, max=entry_id, count=1)
+        return int(rows[0]["times_delivered"]) if rows else 0
+
+    def _reject(self, entry_id: str, fields: dict[str, str], reason: dict[str, Any]) -> Handled:
+        letter = {name: value for name, value in fields.items() if name != "token"}
+        if "token" in fields:
+            letter["token"] = fields["token"][:TOKEN_SHOWN] + "..."  # never the whole bearer token
+        letter["reason"] = json.dumps(reason, separators=(",", ":"))
+        letter["entry_id"] = entry_id
+        self._publish(entry_id, keys.DEADLETTER_STREAM, 0, letter)
+        log.info("command stream: entry %s dead-lettered: %s", entry_id, letter["reason"])
+        return Handled(entry_id, reason=reason)
+
+    def _report_deleted(self, entry_id: str) -> Handled:
+        reason = json.dumps(DELETED_REASON, separators=(",", ":"))
+        self.connection.xadd(keys.DEADLETTER_STREAM, {"reason": reason, "entry_id": entry_id})
+        log.warning("command stream: entry %s was deleted before it was handled", entry_id)
+        return Handled(entry_id, reason=DELETED_REASON)
+
+    def _publish(self, entry_id: str, stream: str, maxlen: int, fields: dict[str, str]) -> None:
+        pairs = [item for pair in fields.items() for item in pair]
+        self._settle(keys=[keys.COMMAND_STREAM, stream], args=[GROUP, entry_id, maxlen, *pairs])
+
+
+class ResultStream:
+    """Appends every terminal command to ``ukcancel:results`` (capped at about 100,000 entries).
+
+    Used as a terminal hook of the runtime (see `ukcancel.runtime.Runtime.create`).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def __call__(self, command_id: str) -> None:
+        command = self.runtime.registry.get(command_id)
+        if command is None:
+            return
+        fields = {
+            "command_id": command.id,
+            "user_id": command.user_id,
+            "job_id": str(command.job_id),
+            "state": command.state,
+            "result": json.dumps(command.result, separators=(",", ":")),
+        }
+        if command.last_error:
+            fields["error"] = command.last_error
+        self.runtime.connection.xadd(keys.RESULTS_STREAM, fields, maxlen=RESULTS_MAXLEN, approximate=True)
+
+
+def _messages(messages: Any) -> dict[str, Any]:
+    return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _fields(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -10,9 +10,10 @@ from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
 from ukcancel import __version__
 from ukcancel.runtime import Runtime
-from ukcancel.service import cancellations, health
+from ukcancel.service import batches, cancellations, health, metrics
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.problems import ProblemApi
+from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     app.extensions["ukcancel"] = runtime
+    install_rate_limit(app, runtime)
     api = ProblemApi(app)
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
-    for blueprint in (cancellations.blp,):
+    for blueprint in (cancellations.blp, batches.blp, metrics.blp):
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -134,3 +134,85 @@ class Client:
             if not page.get("next_cursor"):
                 return
             params["cursor"] = page["next_cursor"]
+
+    # -- batches ----------------------------------------------------------------------------
+    def submit_batch(
+        self,
+        items: Iterable[Mapping[str, Any] | tuple[int, str | Sequence[str]]] | None = None,
+        all_active: bool = False,
+        user_id: str | None = None,
+    ) -> str:
+        """Enqueue a batch; returns its id.
+
+        `items` are ``{"job_id": ..., "products": ...}`` mappings or ``(job_id, what)`` pairs;
+        with `all_active=True` the service finds every product of the user still being built.
+        """
+        if all_active == (items is not None):
+            raise ValueError("give either items or all_active=True")
+        body: dict[str, Any] = {"all_active": True} if all_active else {"items": [_batch_item(i) for i in items or ()]}
+        if user_id is not None:
+            body["user_id"] = user_id
+        return self.request("POST", "/v1/batches", json=body).json()["id"]
+
+    def get_batch(
+        self, batch_id: str, wait: int = 0, cursor: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The batch's progress and one page of its items (`next_cursor` leads to the next)."""
+        params: dict[str, Any] = {}
+        if wait:
+            params["wait"] = wait
+        if cursor is not None:
+            params["cursor"] = cursor
+        if limit is not None:
+            params["limit"] = limit
+        return self.request("GET", f"/v1/batches/{batch_id}", params=params or None).json()
+
+    def batch_items(self, batch_id: str) -> Iterable[dict[str, Any]]:
+        """Every item of the batch, in order, following the pagination cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.get_batch(batch_id, cursor=cursor, limit=BATCH_PAGE)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """The batch once every item is terminal (or it failed), with all its items.
+
+        Long polls of up to 60 s; with a `progress` callback, which is handed each view as it
+        comes, the polls are shorter so the caller can show progress.
+        """
+        poll = PROGRESS_POLL_SECONDS if progress is not None else 60
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = poll if deadline is None else max(0, min(poll, int(deadline - time.monotonic())))
+            view = self.get_batch(batch_id, wait=remaining, limit=1)
+            if progress is not None:
+                progress(view)
+            if view["state"] in BATCH_ENDED or (deadline is not None and time.monotonic() >= deadline):
+                break
+        view["items"] = list(self.batch_items(batch_id))
+        view["next_cursor"] = None
+        return view
+
+    def withdraw_batch(self, batch_id: str) -> dict[str, Any]:
+        """Withdraw every item of the batch that has not started."""
+        return self.request("DELETE", f"/v1/batches/{batch_id}").json()
+
+
+BATCH_ENDED = ("completed", "failed")
+BATCH_PAGE = 1000
+PROGRESS_POLL_SECONDS = 2
+
+
+def _batch_item(item: Mapping[str, Any] | tuple[int, str | Sequence[str]]) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    job_id, what = item
+    return {"job_id": job_id, "products": what if isinstance(what, str) else list(what)}

@@ -25,6 +25,9 @@ class EmbeddedWorker:
         app = runtime.celery
         # The in-memory transport polls; poll often so the demo answers promptly.
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "polling_interval": 0.05}
+        # The thread pool looks tasks up in Celery's default app; the tasks are this app's alone
+        # (shared=False, see worker/tasks.py), so this app must be the default while it runs.
+        app.set_default()
         self.controller = WorkController(
             app=app,
             pool_cls="threads",

@@ -35,6 +35,19 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a non-negative number")
+    return value
+
+
+def _directory(raw: str) -> str:
+    if not os.path.isdir(raw):
+        raise ValueError("must be an existing directory")
+    return raw
+
+
 def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -95,6 +108,11 @@ class Settings:
     callback_allowed_hosts: tuple[str, ...] = ()
     callback_max_attempts: int = 5
     worker_concurrency: int = 8
+    fleet_guard_seconds: float = 0.1
+    metrics_multiproc_dir: str | None = None
+    # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
+    api_url: str = "http://127.0.0.1:8000"
+    token: str | None = None
 
     # (environment variable, field, parser); the README's settings table mirrors this list.
     ENVIRONMENT: tuple[tuple[str, str, Callable[[str], Any]], ...] = field(
@@ -120,6 +138,10 @@ class Settings:
             ("UKCANCEL_CALLBACK_ALLOWED_HOSTS", "callback_allowed_hosts", _host_list),
             ("UKCANCEL_CALLBACK_MAX_ATTEMPTS", "callback_max_attempts", _positive_int),
             ("UKCANCEL_WORKER_CONCURRENCY", "worker_concurrency", _positive_int),
+            ("UKCANCEL_FLEET_GUARD_SECONDS", "fleet_guard_seconds", _non_negative_float),
+            ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
+            ("UKCANCEL_API_URL", "api_url", _http_url),
+            ("UKCANCEL_TOKEN", "token", str),
         ),
         repr=False,
         compare=False,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ukcancel import metrics
 from ukcancel import products as product_names
 from ukcancel.command import RUNNING, CancelCommand
 from ukcancel.outcome import (
@@ -58,7 +59,7 @@ def backoff_delay(
     rand: Callable[[float, float], float] = random.uniform,
 ) -> float:
     """Exponential back-off with full jitter, never sooner than the server's Retry-After, at most `cap`."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    ceiling = min(cap, base * (2 ** min(max(0, attempt - 1), 62)))  # bounded: no float overflow
     delay = rand(0, ceiling)
     if retry_after is not None:
         delay = max(delay, retry_after)
@@ -107,7 +108,7 @@ class CancellationRun:
             self._take_permit(self.settings.fleet_max_wait_seconds)
             command_id = self.queue.claim(self.task_id)
             if command_id is None:
-                self._give_back_permit(failed=False)
+                self._return_unused_permit()
                 return RunResult(None, None)
             command = self.registry.get(command_id)
             if command is None or command.terminal:
@@ -117,7 +118,7 @@ class CancellationRun:
             try:
                 return self._perform(command)
             finally:
-                self._give_back_permit(failed=False)
+                self._return_unused_permit()  # every call gave its own permit back
 
     # -- permits -------------------------------------------------------------------------------
     def _take_permit(self, max_wait: float) -> None:
@@ -134,15 +135,22 @@ class CancellationRun:
             self.gate.release(self._permit, transient_failure=failed)
             self._permit = None
 
+    def _return_unused_permit(self) -> None:
+        # No call was made with it: neither a success nor a failure for the breaker.
+        if self._permit is not None:
+            self.gate.release_unused(self._permit)
+            self._permit = None
+
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """One UKSSDC call under a permit; the breaker hears how it went."""
         self._take_permit(self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR)
         try:
             result = fn(*args)
         except UkssdcFailure as failure:
-            self._give_back_permit(failed=failure.transient)
+            # Pause before the slot is free again, so no other worker's call slips in between.
             if failure.retry_after is not None and failure.status_code in (429, 503):
                 self.gate.pause(failure.retry_after)
+            self._give_back_permit(failed=failure.transient)
             raise
         self._give_back_permit(failed=False)
         return result
@@ -195,6 +203,7 @@ class CancellationRun:
         delay = backoff_delay(
             attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds, retry_after, self.rand
         )
+        metrics.RETRIES.inc()
         raise Reschedule(delay, error)
 
     def _finish(
@@ -203,6 +212,7 @@ class CancellationRun:
         done = self.registry.complete(command.id, result, server_ok=server_ok, error=error)
         self.queue.release(self.task_id)
         if done.moved:
+            metrics.count_result(result)
             for hook in self.runtime.terminal_hooks:
                 hook(command.id)
         return RunResult(command.id, done.state)
@@ -251,6 +261,10 @@ class CancellationRun:
         asked = [long for long in product_names.LONG_TO_SHORT if listed is not None and listed.get(long) is True]
         unlisted = not asked
         resolved = list(product_names.SHORT_TO_LONG) if unlisted else product_names.short_names(asked)
+        if listed is not None and not unlisted and "SourceDet" not in listed:
+            # listOldJobs.php has no SourceDet flag: ask for it too, dropping its code 2 if the job has none.
+            resolved.append(product_names.LONG_TO_SHORT["SourceDet"])
+            unlisted = True
         self.registry.record_progress(command.id, resolved=resolved, unlisted=unlisted)
         return resolved, unlisted
 

@@ -89,8 +89,12 @@ def create_celery(runtime: Runtime) -> Celery:
     app.runtime = runtime  # type: ignore[attr-defined]
     app.steps["worker"].add(WorkerHeartbeat)
 
+    from ukcancel.worker.all_active import register_all_active
+    from ukcancel.worker.callbacks import register_callback_tasks
     from ukcancel.worker.tasks import register_tasks
 
     register_tasks(app)
+    register_all_active(app)
+    register_callback_tasks(app)
     runtime.celery = app
     return app

@@ -7,10 +7,16 @@ on every host. Before each UKSSDC call a worker asks the gate for a permit, whic
 2. the circuit breaker closed, or this call being its single half-open probe;
 3. a free slot among `max_in_flight` concurrent calls (a lease, so a killed worker's slot frees
    itself);
-4. room in the moving window of `rate_per_second` (the `limits` library, Redis storage).
+4. room in the sliding window of `rate_per_second`: a log of permit times in Redis.
 
 Rate and in-flight cap can be changed at run time (`ukcancel fleet --rate ...`); every acquire
 reads them from Redis, so workers need no restart.
+
+The limit is kept at permit time, but the UKSSDC sees a call when it arrives, a few milliseconds
+(more on a loaded host) after the permit. Two permits exactly one window apart can therefore
+arrive less than a window apart. So the window is lengthened by a guard interval
+(`fleet_guard_seconds`, 0.1 s by default) larger than that jitter: the UKSSDC never sees more
+than the limit in any window, at the cost of a slightly lower peak rate.
 """
 
 from __future__ import annotations
@@ -23,14 +29,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import redis
-from limits import RateLimitItemPerSecond
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
 
-from ukcancel import keys
+from ukcancel import keys, metrics
 from ukcancel.settings import Settings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+PAUSED_REASON = "fleet paused by the UKSSDC's Retry-After"
 
 # KEYS[1] in-flight sorted set (permit id -> lease expiry)
 # ARGV[1] now   ARGV[2] permit id   ARGV[3] lease expiry   ARGV[4] max in flight
@@ -42,6 +46,24 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
   return 1
 end
 return 0
+"""
+
+# KEYS[1] calls sorted set (permit id -> time the permit was granted)
+# ARGV[1] now   ARGV[2] permit id   ARGV[3] calls allowed per window   ARGV[4] window seconds
+# Drops permits that left the window, then records this one if fewer than ARGV[3] remain.
+# Returns "-1" when recorded, else the seconds (as a string: Lua numbers would be truncated)
+# until the permit that blocks it leaves the window.
+_TAKE_RATE = """
+local now, limit, window = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+  return '-1'
+end
+local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+return tostring(tonumber(blocking[2]) + window - now)
 """
 
 # KEYS[1] breaker hash   KEYS[2] probe key
@@ -59,12 +81,12 @@ end
 return 0
 """
 
-# KEYS[1] pause key   ARGV[1] epoch seconds until which to pause
-# Extends the fleet pause, never shortens it.
+# KEYS[1] pause key   ARGV[1] epoch seconds until which to pause   ARGV[2] now
+# Extends the fleet pause, never shortens it; the key expires soon after the pause ends.
 _PAUSE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(tonumber(ARGV[1]) - current) + 1)
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(tonumber(ARGV[1]) - tonumber(ARGV[2])) + 1)
 end
 return 1
 """
@@ -92,19 +114,18 @@ class FleetLimits:
     max_in_flight: int
 
 
-def rate_item(rate_per_second: float) -> RateLimitItemPerSecond:
-    """`rate_per_second` as a whole number of calls per whole number of seconds (0.5/s -> 1 per 2 s)."""
+def rate_window(rate_per_second: float) -> tuple[int, int]:
+    """`rate_per_second` as (calls, per whole seconds): 2 -> (2, 1), 0.5 -> (1, 2), 2.5 -> (5, 2)."""
     fraction = Fraction(rate_per_second).limit_denominator(60)
-    amount, seconds = max(1, fraction.numerator), max(1, fraction.denominator)
-    return RateLimitItemPerSecond(amount, seconds)
+    return max(1, fraction.numerator), max(1, fraction.denominator)
 
 
 class FleetGate:
     """Grants permits for UKSSDC calls across every worker process.
 
     Redis keys owned: ``ukcancel:fleet:config``, ``ukcancel:fleet:inflight``,
-    ``ukcancel:fleet:paused_until``, ``ukcancel:fleet:breaker``, ``ukcancel:fleet:probe`` and the
-    `limits` moving window under ``LIMITS:LIMITER/ukcancel-fleet``.
+    ``ukcancel:fleet:paused_until``, ``ukcancel:fleet:breaker``, ``ukcancel:fleet:probe`` and
+    ``ukcancel:fleet:calls`` (see `ukcancel.keys`).
     """
 
     def __init__(
@@ -118,11 +139,9 @@ class FleetGate:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
-        # Share the connection pool so fakeredis (embedded mode) and real Redis behave alike.
-        storage = RedisStorage("redis://", connection_pool=connection.connection_pool)
-        self.limiter = MovingWindowRateLimiter(storage)
         self.lease_seconds = settings.ukssdc_connect_timeout_seconds + settings.ukssdc_timeout_seconds + 5
         self._take_slot = connection.register_script(_TAKE_SLOT)
+        self._take_rate = connection.register_script(_TAKE_RATE)
         self._record_failure = connection.register_script(_RECORD_FAILURE)
         self._pause = connection.register_script(_PAUSE)
 
@@ -148,12 +167,15 @@ class FleetGate:
     def acquire(self, max_wait: float | None = None) -> Permit | Wait:
         """A permit, waiting up to `max_wait` seconds for one; otherwise how long to wait and why."""
         max_wait = self.settings.fleet_max_wait_seconds if max_wait is None else max_wait
-        deadline = self.clock() + max_wait
+        started = self.clock()
+        deadline = started + max_wait
         while True:
             outcome = self._try_acquire()
             if isinstance(outcome, Permit):
+                metrics.PERMIT_WAIT_SECONDS.labels("granted").observe(self.clock() - started)
                 return outcome
             if self.clock() + outcome.seconds > deadline:
+                metrics.PERMIT_WAIT_SECONDS.labels("deferred").observe(self.clock() - started)
                 return outcome
             self.sleep(outcome.seconds)
 
@@ -161,7 +183,7 @@ class FleetGate:
         now = self.clock()
         paused_until = float(self.connection.get(keys.FLEET_PAUSED_UNTIL) or 0)
         if paused_until > now:
-            return Wait(paused_until - now, "fleet paused by the UKSSDC's Retry-After")
+            return Wait(paused_until - now, PAUSED_REASON)
         probe = False
         breaker = self.breaker_state(now)
         if breaker["state"] == OPEN:
@@ -177,12 +199,24 @@ class FleetGate:
         ):
             self._drop_probe(probe)
             return Wait(0.05, f"{fleet.max_in_flight} UKSSDC calls already in flight")
-        item = rate_item(fleet.rate_per_second)
-        if not self.limiter.hit(item, "calls"):
+        calls, seconds = rate_window(fleet.rate_per_second)
+        # A fresh reading of the clock: the permit's time is as close as possible to the call's.
+        blocked_for = float(
+            self._take_rate(
+                keys=[keys.FLEET_CALLS],
+                args=[repr(self.clock()), permit_id, calls, repr(seconds + self.settings.fleet_guard_seconds)],
+            )
+        )
+        if blocked_for >= 0:
             self.connection.zrem(keys.FLEET_INFLIGHT, permit_id)
             self._drop_probe(probe)
-            reset_at = self.limiter.get_window_stats(item, "calls").reset_time
-            return Wait(max(0.01, min(reset_at - time.time(), item.get_expiry())), "fleet rate limit reached")
+            return Wait(max(0.01, blocked_for), "fleet rate limit reached")
+        # A worker that got a 429/503 pauses the fleet before it frees its slot, so a pause set
+        # while this permit was being taken is seen here: nothing slips in behind a Retry-After.
+        paused_for = self.paused_for()
+        if paused_for > 0:
+            self.release_unused(Permit(permit_id, probe))
+            return Wait(paused_for, PAUSED_REASON)
         return Permit(permit_id, probe)
 
     def _drop_probe(self, probe: bool) -> None:
@@ -203,9 +237,20 @@ class FleetGate:
             pipe.delete(keys.FLEET_PROBE)
             pipe.execute()
 
+    def release_unused(self, permit: Permit) -> None:
+        """Give back a permit no call was made with (nothing to do): the breaker learns nothing
+        from it, and its place in the rate window goes back to the fleet."""
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.zrem(keys.FLEET_INFLIGHT, permit.id)
+        pipe.zrem(keys.FLEET_CALLS, permit.id)
+        if permit.probe:
+            pipe.delete(keys.FLEET_PROBE)
+        pipe.execute()
+
     def pause(self, seconds: float) -> None:
         """Stop every worker calling the UKSSDC for `seconds` (a Retry-After)."""
-        self._pause(keys=[keys.FLEET_PAUSED_UNTIL], args=[repr(self.clock() + seconds)])
+        now = self.clock()
+        self._pause(keys=[keys.FLEET_PAUSED_UNTIL], args=[repr(now + seconds), repr(now)])
 
     # -- state, for /readyz and metrics ----------------------------------------------------
     def breaker_state(self, now: float | None = None) -> dict[str, float | str | int]:
@@ -218,6 +263,10 @@ class FleetGate:
                 return {"state": OPEN, "failures": failures, "retry_in": reopen_at - now}
             return {"state": HALF_OPEN, "failures": failures, "retry_in": 0.0}
         return {"state": CLOSED, "failures": failures, "retry_in": 0.0}
+
+    def paused_for(self) -> float:
+        """Seconds left of a fleet-wide pause (0 when none)."""
+        return max(0.0, float(self.connection.get(keys.FLEET_PAUSED_UNTIL) or 0) - self.clock())
 
     def in_flight(self) -> int:
         return int(self.connection.zcount(keys.FLEET_INFLIGHT, repr(self.clock()), "+inf"))

@@ -36,7 +36,9 @@ def _parts(app: Celery) -> tuple[FleetGate, UkssdcClient]:
 
 
 def register_tasks(app: Celery) -> None:
-    @app.task(bind=True, name=RUN_NEXT, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+    # shared=False: a task is bound to this app's runtime; Celery would otherwise add it to every
+    # app the process creates later, whose worker would then run it against the wrong store.
+    @app.task(bind=True, name=RUN_NEXT, max_retries=None, acks_late=True, reject_on_worker_lost=True, shared=False)
     def run_next(self: Task) -> dict[str, Any]:
         """Take a turn: perform the next waiting command (or resume the one this task holds)."""
         gate, client = _parts(app)
@@ -48,7 +50,7 @@ def register_tasks(app: Celery) -> None:
             raise self.retry(countdown=later.countdown, max_retries=None) from None
         return {"command": result.command_id, "state": result.state}
 
-    @app.task(bind=True, name=FAN_OUT, acks_late=True, reject_on_worker_lost=True)
+    @app.task(bind=True, name=FAN_OUT, acks_late=True, reject_on_worker_lost=True, shared=False)
     def fan_out(self: Task, count: int) -> int:
         """Send `count` turns. A redelivery may send extra turns; a turn with nothing to do is a no-op."""
         send_turns(app, count)

@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from ukcancel import metrics
 from ukcancel.outcome import CancelReply, UnintelligibleReply, parse_cancel_reply, parse_json_reply
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,14 @@ class UkssdcFailure(Exception):
 
     transient = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None, maybe_processed: bool = False):
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, maybe_processed: bool = False, kind: str = "transport"
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         self.maybe_processed = maybe_processed
         self.status_code: int | None = None
+        self.kind = kind  # the outcome label of the call in metrics
 
 
 class TransientFailure(UkssdcFailure):
@@ -95,18 +99,34 @@ class UkssdcClient:
         """The reply's JSON object (OK may be 0); raises `UkssdcFailure` when there is no answer."""
         if endpoint not in ENDPOINTS:
             raise ValueError(f"not a UKSSDC endpoint this service calls: {endpoint}")
+        started, outcome = time.perf_counter(), "error"
+        try:
+            parsed = self._exchange(endpoint, body)
+            outcome = "ok" if parsed["OK"] else "refused"
+            return parsed
+        except UkssdcFailure as failure:
+            outcome = failure.kind
+            raise
+        finally:
+            metrics.count_call(endpoint, outcome, time.perf_counter() - started)
+
+    def _exchange(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         payload = {**body, "api_name": "xrt_prods", "api_version": self.api_version}
         url = f"{self.base_url}/{endpoint}"
         try:
             reply = self.session.post(url, json=payload, timeout=self.timeout, allow_redirects=False)
         except requests.exceptions.ConnectTimeout as exc:
-            raise TransientFailure(f"connect timeout to {url}: {exc}") from None
+            raise TransientFailure(f"connect timeout to {url}: {exc}", kind="connect_timeout") from None
         except requests.exceptions.ReadTimeout:
             # The request was sent: the server may have acted on it.
-            raise TransientFailure(f"read timeout after {self.timeout[1]} s from {url}", maybe_processed=True) from None
+            raise TransientFailure(
+                f"read timeout after {self.timeout[1]} s from {url}", maybe_processed=True, kind="read_timeout"
+            ) from None
         except requests.exceptions.ConnectionError as exc:
             sent = not _is_connect_failure(exc)
-            raise TransientFailure(f"connection failed for {url}: {_brief(exc)}", maybe_processed=sent) from None
+            raise TransientFailure(
+                f"connection failed for {url}: {_brief(exc)}", maybe_processed=sent, kind="connection"
+            ) from None
         except requests.exceptions.RequestException as exc:  # e.g. ChunkedEncodingError mid-body
             raise TransientFailure(f"transport error from {url}: {_brief(exc)}", maybe_processed=True) from None
 
@@ -115,6 +135,7 @@ class UkssdcClient:
             failure = failure_class(
                 f"HTTP {reply.status_code} {reply.reason} from {url}",
                 retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                kind=f"http_{reply.status_code}",
             )
             failure.status_code = reply.status_code
             raise failure
@@ -122,7 +143,9 @@ class UkssdcClient:
             parsed = parse_json_reply(reply.content)
         except UnintelligibleReply as exc:
             # A 200 that is not the promised JSON: the server may still have acted on the request.
-            raise TransientFailure(f"unintelligible reply from {url}: {exc}", maybe_processed=True) from None
+            raise TransientFailure(
+                f"unintelligible reply from {url}: {exc}", maybe_processed=True, kind="unintelligible"
+            ) from None
         self._log_deprecation(parsed)
         return parsed
 
@@ -150,7 +173,7 @@ class UkssdcClient:
         states: dict[str, int] = {}
         for short in shorts:
             entry = payload.get(short)
-            if isinstance(entry, dict) and isinstance(entry.get("statusCode"), int):
+            if isinstance(entry, dict) and type(entry.get("statusCode")) is int:  # bool is not a state
                 states[short] = entry["statusCode"]
         return states
 

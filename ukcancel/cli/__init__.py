@@ -62,6 +62,7 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str) -
     from ukcancel.embedded import EmbeddedWorker
     from ukcancel.runtime import Runtime
     from ukcancel.service.app import create_app
+    from ukcancel.stream import CommandStreamConsumer
 
     runtime = Runtime.create(settings)
     token, record = runtime.tokens.create(local_user, name="local")
@@ -69,7 +70,7 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str) -
     click.echo("REDIS_URL is not set: running with an embedded in-memory store and worker (nothing is kept).")
     click.echo(f"UKSSDC base URL: {settings.ukssdc_base_url}")
     click.echo(f"Token for {record.user_id} (shown once): {token}")
-    with EmbeddedWorker(runtime):
+    with EmbeddedWorker(runtime), CommandStreamConsumer(runtime, "embedded").running():
         server = make_server(host, port, app, threaded=True)
         click.echo(f"API listening on http://{host}:{server.server_port}")
         try:
@@ -112,9 +113,13 @@ def simulator(host: str, port: int, jobs_path: str | None, latency_ms: float) ->
 
 
 def _attach_subcommands() -> None:
-    from ukcancel.cli import tokens
+    from ukcancel.cli import commands, fleet, stream, tokens
 
     main.add_command(tokens.token)
+    main.add_command(fleet.fleet)
+    for command in (commands.cancel, commands.batch, commands.status):
+        main.add_command(command)
+    main.add_command(stream.stream_consumer)
 
 
 _attach_subcommands()

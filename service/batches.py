@@ -1,0 +1,167 @@
+"""`/v1/batches`: many cancellations (or every active product of a user) in one request.
+
+Accepting a batch costs one Redis round trip and one broker message, whatever its size: the
+commands, their places in the fair queue and the batch's item order go in one pipeline, and
+the turns to run them are sent as one fan-out message (`ukcancel.worker.tasks`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from kombu.exceptions import KombuError
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+
+from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
+from ukcancel.command import QUEUED, CancelCommand
+from ukcancel.service.auth import Principal, authenticate, principal
+from ukcancel.service.batch_schemas import (
+    BatchAcceptedSchema,
+    BatchQuerySchema,
+    BatchRequestSchema,
+    BatchSchema,
+)
+from ukcancel.service.cancellations import enqueue_all, runtime, withdraw
+from ukcancel.service.problems import require_json_body
+from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
+from ukcancel.worker.rate_limit import OPEN, FleetGate
+
+blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")
+
+# 10,000 items of up to seven product names each; the service's default body limit is for one item.
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
+BATCH_ID = re.compile(r"^[0-9a-f]{32}$")
+# Items read per round trip when withdrawing a whole batch.
+WITHDRAW_CHUNK = 1000
+
+
+def allow_batch_body() -> None:
+    """`before_request`: lift the body limit for this blueprint only, before anything reads the body."""
+    request.max_content_length = MAX_BATCH_BODY_BYTES
+
+
+blp.before_request(allow_batch_body)
+blp.before_request(authenticate)
+blp.before_request(require_json_body)
+
+
+def visible_batch(batch_id: str, caller: Principal) -> Batch:
+    """The batch if it exists and the caller may see it; 404 otherwise, so existence does not leak."""
+    batch = runtime().batches.get(batch_id) if BATCH_ID.match(batch_id) else None
+    if batch is None or not caller.may_see(batch.user_id):
+        raise NotFound(f"No batch {batch_id}.")
+    return batch
+
+
+def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any]:
+    """The batch with counts over all its items, an ETA and one page of items."""
+    rt = runtime()
+    progress = rt.batches.progress(batch.id)
+    state = rt.batches.state_of(batch, progress)
+    eta = None
+    if state == RUNNING:
+        gate = FleetGate(rt.connection, rt.settings)
+        breaker = gate.breaker_state()
+        blocked_for = max(gate.paused_for(), float(breaker["retry_in"]) if breaker["state"] == OPEN else 0.0)
+        eta = estimate_seconds(
+            progress, rt.queue.depth(), batch.user_id, gate.limits().rate_per_second, blocked_for
+        )
+    items = rt.batches.items(batch.id, cursor, limit) if cursor < batch.total else []
+    following = cursor + len(items)
+    return {
+        "id": batch.id,
+        "user_id": batch.user_id,
+        "submitted_by": batch.submitted_by,
+        "created_at": batch.created_at,
+        "state": state,
+        "error": batch.error,
+        "total": batch.total,
+        "counts": progress.counts,
+        "results": progress.results,
+        "done_fraction": round(progress.terminal / batch.total, 4) if batch.total else (1.0 if state == DONE else 0.0),
+        "eta_seconds": eta,
+        "items": items,
+        "next_cursor": str(following) if following < batch.total else None,
+    }
+
+
+@blp.route("")
+class Batches(MethodView):
+    @blp.arguments(BatchRequestSchema)
+    @blp.response(202, BatchAcceptedSchema, description="Accepted; follow the Location for progress and results.")
+    @blp.alt_response(422, description="Invalid request; item errors are pointers such as /items/3/job_id.")
+    @blp.alt_response(503, description="The task broker is unavailable; nothing was enqueued.")
+    def post(self, request_data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
+        caller = principal()
+        user_id = caller.acting_for(request_data["user_id"])
+        if request_data["all_active"]:
+            batch = start_expansion(Batch(user_id, caller.token_name, state=EXPANDING))
+        else:
+            commands = [
+                CancelCommand(job_id=item["job_id"], user_id=user_id, products=item["products"],
+                              submitted_by=caller.token_name)
+                for item in request_data["items"]
+            ]
+            batch = enqueue_batch(Batch(user_id, caller.token_name, state=RUNNING), commands)
+        location = url_for("batches.BatchResource", batch_id=batch.id)
+        return {"id": batch.id, "state": batch.state, "total": batch.total}, 202, {"Location": location}
+
+
+def enqueue_batch(batch: Batch, commands: list[CancelCommand]) -> Batch:
+    """The batch, its commands and their places in line in one pipeline; then one dispatch."""
+    rt = runtime()
+    pipe = rt.connection.pipeline(transaction=True)
+    rt.batches.add(batch, commands, pipe)
+    try:
+        enqueue_all(commands, pipe)
+    except ServiceUnavailable:
+        rt.batches.fail(batch.id, "the task broker was unavailable; nothing was enqueued")
+        raise
+    return batch
+
+
+def start_expansion(batch: Batch) -> Batch:
+    rt = runtime()
+    pipe = rt.connection.pipeline(transaction=True)
+    rt.batches.add(batch, [], pipe)
+    pipe.execute()
+    try:
+        rt.celery.send_task(EXPAND_ALL_ACTIVE, args=[batch.id])  # type: ignore[union-attr]
+    except KombuError:
+        rt.batches.fail(batch.id, "the task broker was unavailable; nothing was enqueued")
+        raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
+    return batch
+
+
+@blp.route("/<batch_id>")
+class BatchResource(MethodView):
+    @blp.arguments(BatchQuerySchema, location="query")
+    @blp.response(200, BatchSchema)
+    def get(self, query: dict[str, Any], batch_id: str) -> dict[str, Any]:
+        """A batch's progress, ETA and a page of its items. `?wait=N` waits up to N s for every item to end."""
+        batch = visible_batch(batch_id, principal())
+        wait = min(query["wait"], runtime().settings.max_wait_seconds)
+        if wait and batch.state != FAILED:
+            runtime().batches.wait_done(batch_id, wait)
+            batch = runtime().batches.get(batch_id) or batch
+        return batch_view(batch, query["cursor"], query["limit"])
+
+    @blp.response(200, BatchSchema)
+    @blp.alt_response(409, description="The batch is still expanding; its items do not exist yet.")
+    def delete(self, batch_id: str) -> dict[str, Any]:
+        """Withdraw every item that has not started; started and finished items are left as they are."""
+        batch = visible_batch(batch_id, principal())
+        if batch.state == EXPANDING:
+            raise Conflict(f"Batch {batch_id} is still expanding; withdraw it once it is running.")
+        rt = runtime()
+        ids = rt.batches.command_ids(batch_id)
+        for start in range(0, len(ids), WITHDRAW_CHUNK):
+            for command in rt.registry.get_many(ids[start : start + WITHDRAW_CHUNK]):
+                if command is not None and command.state == QUEUED:
+                    withdraw(command)
+        return batch_view(rt.batches.get(batch_id) or batch)

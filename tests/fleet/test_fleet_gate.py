@@ -1,0 +1,199 @@
+"""The fleet gate on its own: breaker, sliding window, pause, unused permits (fakeredis, a fake clock)."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from ukcancel.settings import Settings
+from ukcancel.worker.rate_limit import CLOSED, HALF_OPEN, OPEN, FleetGate, Permit, Wait, rate_window
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_gate(clock: FakeClock, **settings: object) -> FleetGate:
+    values = {"fleet_rate_per_second": 1000.0, "fleet_max_in_flight": 100, "breaker_failure_threshold": 3,
+              "breaker_cooldown_seconds": 30.0, "fleet_guard_seconds": 0.1, **settings}
+    connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return FleetGate(connection, Settings(**values), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+
+
+def permit(gate: FleetGate) -> Permit:
+    outcome = gate.acquire(max_wait=0)
+    assert isinstance(outcome, Permit), outcome
+    return outcome
+
+
+def test_breaker_opens_after_threshold_consecutive_failures_and_refuses_permits() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    for _ in range(2):
+        gate.release(permit(gate), transient_failure=True)
+    assert gate.breaker_state()["state"] == CLOSED
+    gate.release(permit(gate), transient_failure=True)
+
+    assert gate.breaker_state()["state"] == OPEN
+    refused = gate.acquire(max_wait=0)
+    assert isinstance(refused, Wait)
+    assert refused.reason == "circuit breaker open"
+    assert refused.seconds == pytest.approx(30.0)
+
+
+def test_a_success_resets_the_count_of_consecutive_failures() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    for _ in range(2):
+        gate.release(permit(gate), transient_failure=True)
+    gate.release(permit(gate), transient_failure=False)
+    for _ in range(2):
+        gate.release(permit(gate), transient_failure=True)
+    assert gate.breaker_state()["state"] == CLOSED
+
+
+def open_breaker(gate: FleetGate) -> None:
+    for _ in range(3):
+        gate.release(permit(gate), transient_failure=True)
+    assert gate.breaker_state()["state"] == OPEN
+
+
+def test_after_the_cool_down_exactly_one_probe_and_its_success_closes() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    open_breaker(gate)
+    clock.now += 29.9
+    assert isinstance(gate.acquire(max_wait=0), Wait)
+    clock.now += 0.2
+
+    assert gate.breaker_state()["state"] == HALF_OPEN
+    probe = permit(gate)
+    assert probe.probe
+    for _ in range(5):  # everyone else waits while the probe is out
+        outcome = gate.acquire(max_wait=0)
+        assert isinstance(outcome, Wait) and "probe in flight" in outcome.reason
+
+    gate.release(probe, transient_failure=False)
+    assert gate.breaker_state()["state"] == CLOSED
+    assert [permit(gate).probe for _ in range(3)] == [False, False, False]
+
+
+def test_a_failed_probe_opens_the_breaker_again_for_a_full_cool_down() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    open_breaker(gate)
+    clock.now += 31
+    probe = permit(gate)
+    assert probe.probe
+    gate.release(probe, transient_failure=True)
+
+    assert gate.breaker_state()["state"] == OPEN
+    refused = gate.acquire(max_wait=0)
+    assert isinstance(refused, Wait) and refused.seconds == pytest.approx(30.0)
+    clock.now += 30.5
+    assert permit(gate).probe
+
+
+def test_an_unused_probe_lets_the_next_caller_probe_and_tells_the_breaker_nothing() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    open_breaker(gate)
+    clock.now += 31
+    gate.release_unused(permit(gate))  # e.g. the turn found no waiting command
+    assert gate.breaker_state()["state"] == HALF_OPEN
+    assert permit(gate).probe
+
+
+def test_an_unused_permit_does_not_reset_consecutive_failures() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    for _ in range(2):
+        gate.release(permit(gate), transient_failure=True)
+    gate.release_unused(permit(gate))
+    gate.release(permit(gate), transient_failure=True)
+    assert gate.breaker_state()["state"] == OPEN
+
+
+def test_sliding_window_never_grants_more_than_the_rate_in_any_window() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=10.0, fleet_guard_seconds=0.1)
+    granted: list[float] = []
+    while clock.now < 1_000_010.0:
+        outcome = gate.acquire(max_wait=0)
+        if isinstance(outcome, Permit):
+            granted.append(clock.now)
+            gate.release(outcome, transient_failure=False)
+            clock.now += 0.013  # callers keep asking
+        else:
+            clock.now += outcome.seconds
+
+    # Any 11 consecutive permits span at least the window plus the guard.
+    assert all(granted[i + 10] - granted[i] >= 1.1 - 1e-9 for i in range(len(granted) - 10))
+    # ... and the gate is not needlessly slow: 10 per 1.1 s.
+    assert len(granted) >= 10 * (10 / 1.1) - 1
+
+
+def test_an_unused_permit_gives_its_place_in_the_window_back() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=2.0)
+    gate.release_unused(permit(gate))
+    permit(gate)
+    permit(gate)
+    assert isinstance(gate.acquire(max_wait=0), Wait)
+
+
+def test_in_flight_cap() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_max_in_flight=2)
+    first, _ = permit(gate), permit(gate)
+    outcome = gate.acquire(max_wait=0)
+    assert isinstance(outcome, Wait) and "in flight" in outcome.reason
+    gate.release(first, transient_failure=False)
+    permit(gate)
+
+
+def test_pause_holds_every_permit_until_it_ends_and_is_never_shortened() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    gate.pause(2.0)
+    gate.pause(0.5)
+    outcome = gate.acquire(max_wait=0)
+    assert isinstance(outcome, Wait) and outcome.seconds == pytest.approx(2.0)
+    assert gate.paused_for() == pytest.approx(2.0)
+    clock.now += 2.01
+    permit(gate)
+    assert gate.connection.ttl("ukcancel:fleet:paused_until") <= 4
+
+
+def test_acquire_waits_within_max_wait() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.1)
+    permit(gate)
+    started = clock.now
+    assert isinstance(gate.acquire(max_wait=0.5), Wait)
+    assert isinstance(gate.acquire(max_wait=2.0), Permit)
+    assert clock.now - started == pytest.approx(1.1)
+
+
+def test_run_time_configuration_is_read_at_every_acquire() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=1.0)
+    permit(gate)
+    assert isinstance(gate.acquire(max_wait=0), Wait)
+    limits = gate.configure(rate_per_second=5, max_in_flight=7)
+    assert (limits.rate_per_second, limits.max_in_flight) == (5.0, 7)
+    permit(gate)
+    with pytest.raises(ValueError):
+        gate.configure(rate_per_second=0)
+
+
+@pytest.mark.parametrize(("rate", "window"), [(2.0, (2, 1)), (0.5, (1, 2)), (2.5, (5, 2)), (50, (50, 1))])
+def test_rate_window(rate: float, window: tuple[int, int]) -> None:
+    assert rate_window(rate) == window

@@ -1,0 +1,49 @@
+"""`ukcancel fleet`: show, and change at run time, the limits every worker keeps toward the UKSSDC."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ukcancel.cli import load_settings
+
+
+@click.command()
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1000), default=None,
+              help="UKSSDC calls per second for the whole fleet (e.g. 2, or 0.5 for one every 2 s).")
+@click.option("--in-flight", type=click.IntRange(min=1, max=1000), default=None,
+              help="UKSSDC calls the whole fleet may have open at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fleet(rate: float | None, in_flight: int | None, as_json: bool) -> None:
+    """Show the fleet's rate limit, in-flight cap, breaker and pause; --rate/--in-flight change them.
+
+    A change is stored in Redis and taken up by every worker at its next UKSSDC call, without a
+    restart; it outlives the settings UKCANCEL_FLEET_RATE_PER_SECOND / _MAX_IN_FLIGHT.
+    """
+    settings = load_settings()
+    if settings.embedded:
+        raise click.UsageError("fleet needs REDIS_URL: an embedded store lives only inside one process")
+    from ukcancel.runtime import connect_redis
+    from ukcancel.worker.rate_limit import FleetGate
+
+    gate = FleetGate(connect_redis(settings), settings)
+    limits = gate.configure(rate, in_flight) if rate is not None or in_flight is not None else gate.limits()
+    breaker = gate.breaker_state()
+    state = {
+        "rate_per_second": limits.rate_per_second,
+        "max_in_flight": limits.max_in_flight,
+        "in_flight": gate.in_flight(),
+        "paused_seconds": round(gate.paused_for(), 1),
+        "breaker": breaker["state"],
+        "breaker_failures": breaker["failures"],
+        "breaker_retry_in_seconds": round(float(breaker["retry_in"]), 1),
+    }
+    if as_json:
+        click.echo(json.dumps(state))
+        return
+    click.echo(f"rate limit:      {limits.rate_per_second:g} calls/s (fleet-wide)")
+    click.echo(f"in-flight cap:   {limits.max_in_flight} (now {state['in_flight']})")
+    click.echo(f"paused:          {state['paused_seconds']:g} s left" if state["paused_seconds"] else "paused:          no")
+    retry = f", probe in {state['breaker_retry_in_seconds']:g} s" if breaker["state"] == "open" else ""
+    click.echo(f"circuit breaker: {breaker['state']} ({breaker['failures']} consecutive failures{retry})")

@@ -1,0 +1,181 @@
+"""Prometheus metrics of ukssdc-cancel: what the processes count, and what a scrape reads from Redis.
+
+Counters and histograms are counted where things happen (the UKSSDC client, the fleet gate, the
+cancellation run), in whichever process that is. Under gunicorn and Celery prefork every process
+keeps its own values; with ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client writes them to
+files in that directory and `scrape_registry` adds them up, so one scrape of any API process sees
+the whole host. Figures Redis already holds (commands by state, queue depth per user, breaker
+state, fleet limits) are read at scrape time instead, so every API process reports the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ukcancel import keys
+from ukcancel.command import STATES
+
+if TYPE_CHECKING:
+    from ukcancel.runtime import Runtime
+
+UKSSDC_CALLS = Counter(
+    "ukcancel_ukssdc_calls",
+    "UKSSDC calls by endpoint and outcome (ok, refused = OK 0, http_<status>, read_timeout, ...).",
+    ["endpoint", "outcome"],
+)
+UKSSDC_CALL_SECONDS = Histogram(
+    "ukcancel_ukssdc_call_duration_seconds",
+    "Time from sending a UKSSDC request to having its answer (or failure).",
+    ["endpoint"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+PERMIT_WAIT_SECONDS = Histogram(
+    "ukcancel_fleet_permit_wait_seconds",
+    "Time a worker waited in the fleet gate; outcome granted, or deferred (the task is rescheduled).",
+    ["outcome"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+RETRIES = Counter(
+    "ukcancel_command_retries",
+    "Cancel commands sent round again after a transient failure or an unsettled outcome.",
+)
+RESULTS = Counter(
+    "ukcancel_command_results",
+    "Cancel commands completed, by the status of their cancelProducts() tuple (-1, 0, 1, 2).",
+    ["status"],
+)
+
+BREAKER_STATES = ("closed", "half-open", "open")
+SCAN_BATCH = 1000
+
+
+def count_call(endpoint: str, outcome: str, seconds: float) -> None:
+    UKSSDC_CALLS.labels(endpoint, outcome).inc()
+    UKSSDC_CALL_SECONDS.labels(endpoint).observe(seconds)
+
+
+def count_result(result: list[Any]) -> None:
+    RESULTS.labels(str(result[0])).inc()
+
+
+class StoreCollector(Collector):
+    """Gauges read from Redis at scrape time: commands by state, queue depth, the fleet's state."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        from ukcancel.worker.rate_limit import FleetGate
+
+        yield self._commands_by_state()
+        depth = GaugeMetricFamily(
+            "ukcancel_queue_depth", "Commands waiting for a worker, per UKSSDC user's queue.", labels=["user"]
+        )
+        for user, waiting in sorted(self.runtime.queue.depth().items()):
+            depth.add_metric([user], waiting)
+        yield depth
+
+        gate = FleetGate(self.runtime.connection, self.runtime.settings)
+        breaker = gate.breaker_state()
+        state = GaugeMetricFamily(
+            "ukcancel_fleet_breaker_state", "1 for the circuit breaker's current state.", labels=["state"]
+        )
+        for name in BREAKER_STATES:
+            state.add_metric([name], 1.0 if breaker["state"] == name else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "ukcancel_fleet_breaker_failures", "Consecutive transient UKSSDC failures.", value=float(breaker["failures"])
+        )
+        yield GaugeMetricFamily("ukcancel_fleet_in_flight", "UKSSDC calls holding a permit now.", value=gate.in_flight())
+        yield GaugeMetricFamily(
+            "ukcancel_fleet_paused_seconds", "Seconds left of a fleet pause (Retry-After).", value=gate.paused_for()
+        )
+        limits = gate.limits()
+        yield GaugeMetricFamily(
+            "ukcancel_fleet_rate_limit_per_second", "The fleet's rate limit now.", value=limits.rate_per_second
+        )
+        yield GaugeMetricFamily(
+            "ukcancel_fleet_max_in_flight", "The fleet's concurrency cap now.", value=limits.max_in_flight
+        )
+
+    def _commands_by_state(self) -> GaugeMetricFamily:
+        """Commands held in Redis by state, and completed ones also by result status.
+
+        A SCAN over the records: O(records) per scrape, which at the retention of a week of a
+        facility's cancellations is a few thousand pipelined reads.
+        """
+        connection = self.runtime.connection
+        tally: Tally[tuple[str, str]] = Tally()
+        batch: list[bytes] = []
+
+        def read(found: list[bytes]) -> None:
+            pipe = connection.pipeline(transaction=False)
+            for key in found:
+                pipe.hmget(key, "state", "result")
+            for state, result in pipe.execute():
+                if state is None:
+                    continue  # expired between SCAN and read
+                tally[(_text(state), _status_of(result))] += 1
+
+        for key in connection.scan_iter(match=keys.command("*"), count=SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                read(batch)
+                batch = []
+        if batch:
+            read(batch)
+        family = GaugeMetricFamily(
+            "ukcancel_commands",
+            "Cancel commands held in Redis by state and, once completed, by result status (-1, 0, 1, 2).",
+            labels=["state", "status"],
+        )
+        for state in STATES:
+            statuses = sorted(status for (s, status) in tally if s == state) or [""]
+            for status in statuses:
+                family.add_metric([state, status], tally[(state, status)])
+        return family
+
+
+def _status_of(result: bytes | None) -> str:
+    if not result:
+        return ""
+    try:
+        return str(json.loads(result)[0])
+    except (ValueError, IndexError, TypeError, KeyError):
+        return ""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _ProcessCollector(Collector):
+    """This process's own metrics (the default registry), when there is no multiprocess directory."""
+
+    def collect(self) -> Iterator[Metric]:
+        return REGISTRY.collect()
+
+
+def scrape_registry(runtime: Runtime) -> CollectorRegistry:
+    """The registry one API process answers `/metrics` from."""
+    registry = CollectorRegistry(auto_describe=False)
+    if runtime.settings.metrics_multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry, path=runtime.settings.metrics_multiproc_dir)
+    else:
+        registry.register(_ProcessCollector())
+    registry.register(StoreCollector(runtime))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+

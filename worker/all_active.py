@@ -1,0 +1,166 @@
+"""Expanding an ``all_active`` batch: the user's products still being built, as cancel commands.
+
+A worker asks the UKSSDC, through the fleet gate like every other call (a permit per call; no
+permit means the task is rescheduled, not that it waits in a worker slot): listOldJobs.php for
+the user's jobs, then checkProductStatus.php for each job's products. Every product in state 1,
+2, 3 or 5 (requested, queued, running, waiting for the position) goes into one cancel command
+per job, naming exactly those products. The commands are enqueued as the batch's items in one
+pipeline, and the batch becomes `running`.
+
+What was learned is written to the batch record after every call, so a task that is
+rescheduled (no permit, a transient failure) or redelivered (worker killed) carries on where
+it stopped rather than asking the UKSSDC again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from ukcancel import products as product_names
+from ukcancel.batch import EXPANDING
+from ukcancel.command import CancelCommand
+from ukcancel.outcome import ACTIVE_STATES
+from ukcancel.runtime import Runtime
+from ukcancel.worker.cancellation import Reschedule, backoff_delay
+from ukcancel.worker.rate_limit import FleetGate, Wait
+from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
+
+log = logging.getLogger(__name__)
+
+EXPAND_ALL_ACTIVE = "ukcancel.expand_all_active"
+# listOldJobs.php has no flag for these, so every job is asked about them (a product a job
+# never had is simply absent from the status reply).
+UNLISTED_PRODUCTS = ("SourceDet",)
+
+
+class ActiveJobsExpansion:
+    """One execution of the expansion task for one batch; may raise `Reschedule`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        batch_id: str,
+        gate: FleetGate,
+        client: UkssdcClient,
+        rand: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.runtime = runtime
+        self.batches = runtime.batches
+        self.settings = runtime.settings
+        self.batch_id = batch_id
+        self.gate = gate
+        self.client = client
+        self.rand = rand
+
+    def run(self) -> int | None:
+        """Commands enqueued, or None when there was nothing (more) to do or the batch failed."""
+        batch = self.batches.get(self.batch_id)
+        if batch is None or batch.state != EXPANDING:
+            return None  # expired, or finished by an earlier delivery of this task
+        progress = self.batches.expansion(self.batch_id)
+        try:
+            jobs = progress["jobs"]
+            if jobs is None:
+                jobs = self._list_jobs(batch.user_id)
+                if jobs is None:
+                    return None
+            found: dict[str, list[str]] = progress["found"]
+            for job_id, shorts in list(jobs.items()):
+                active = self._active_products(batch.user_id, int(job_id), shorts)
+                if active:
+                    found[job_id] = active
+                del jobs[job_id]
+                self.batches.record_expansion(self.batch_id, jobs=jobs, found=found)
+        except UkssdcFailure as failure:
+            return self._retry_or_fail(failure, progress["attempts"] + 1)
+        commands = [
+            CancelCommand(job_id=int(job_id), user_id=batch.user_id, products=products, submitted_by=batch.submitted_by)
+            for job_id, products in found.items()
+        ]
+        pipe = self.runtime.connection.pipeline(transaction=True)
+        self.batches.expanded(self.batch_id, commands, pipe)
+        self.runtime.queue.enqueue(commands, pipe)
+        log.info("batch %s: %d jobs with active products", self.batch_id, len(commands))
+        return len(commands)
+
+    def _list_jobs(self, user_id: str) -> dict[str, list[str]] | None:
+        """Job id -> short names to ask about, newest job first; None when the UKSSDC refused."""
+        listed = self._call(self.client.old_jobs, user_id)
+        if isinstance(listed, ServerError):
+            self.batches.fail(self.batch_id, f"the UKSSDC would not list the jobs of {user_id}: {listed.message}")
+            return None
+        jobs: dict[str, list[str]] = {}
+        for job in listed:
+            try:
+                job_id = int(job.get("JobID"))
+            except (TypeError, ValueError):
+                continue
+            asked = [long for long in product_names.LONG_TO_SHORT if job.get(long) is True or long in UNLISTED_PRODUCTS]
+            jobs[str(job_id)] = product_names.short_names(asked)
+        self.batches.record_expansion(self.batch_id, jobs=jobs)
+        return jobs
+
+    def _active_products(self, user_id: str, job_id: int, shorts: list[str]) -> list[str]:
+        """Long names of the job's products that can still be cancelled."""
+        states = self._call(self.client.product_states, user_id, job_id, shorts)
+        if isinstance(states, ServerError):
+            log.warning("batch %s: status of job %s refused: %s", self.batch_id, job_id, states.message)
+            return []
+        return [product_names.SHORT_TO_LONG[short] for short in shorts if states.get(short) in ACTIVE_STATES]
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One UKSSDC call under a fleet permit; the breaker and the fleet pause hear how it went."""
+        permit = self.gate.acquire()
+        if isinstance(permit, Wait):
+            # Free the worker slot; spread the retries so waiting tasks do not stampede.
+            raise Reschedule(permit.seconds + self.rand(0, max(0.05, permit.seconds / 2)), permit.reason)
+        try:
+            result = fn(*args)
+        except UkssdcFailure as failure:
+            # Pause before the slot is free again, so no other worker's call slips in between.
+            if failure.retry_after is not None and failure.status_code in (429, 503):
+                self.gate.pause(failure.retry_after)
+            self.gate.release(permit, transient_failure=failure.transient)
+            raise
+        except BaseException:
+            self.gate.release_unused(permit)
+            raise
+        self.gate.release(permit, transient_failure=False)
+        return result
+
+    def _retry_or_fail(self, failure: UkssdcFailure, attempt: int) -> None:
+        if not failure.transient or attempt >= self.settings.max_attempts:
+            self.batches.fail(self.batch_id, f"finding the active jobs failed after {attempt} attempts: {failure}")
+            return None
+        self.batches.record_expansion(self.batch_id, attempts=attempt)
+        delay = backoff_delay(
+            attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds, failure.retry_after,
+            self.rand,
+        )
+        raise Reschedule(delay, str(failure))
+
+
+def register_all_active(app: Celery) -> None:
+    """Register the expansion task on the service's Celery app (called by `create_celery`)."""
+    from ukcancel.worker.tasks import _parts
+
+    # shared=False: the task belongs to this app (and its runtime) only, not to every Celery app
+    # the process creates later.
+    @app.task(bind=True, name=EXPAND_ALL_ACTIVE, max_retries=None, acks_late=True, reject_on_worker_lost=True,
+              shared=False)
+    def expand_all_active(self: Task, batch_id: str) -> int | None:
+        gate, client = _parts(app)
+        try:
+            return ActiveJobsExpansion(app.runtime, batch_id, gate, client).run()
+        except Reschedule as later:
+            log.info("expansion of batch %s rescheduled in %.2f s: %s", batch_id, later.countdown, later.reason)
+            raise self.retry(countdown=later.countdown, max_retries=None) from None
+        except Exception as exc:  # a defect must not leave the batch expanding for ever
+            log.exception("internal error expanding batch %s", batch_id)
+            app.runtime.batches.fail(batch_id, f"internal error in the worker: {type(exc).__name__}")
+            return None

@@ -59,8 +59,10 @@ Fleet toward the UKSSDC (`ukcancel.worker.rate_limit.FleetGate`)
                                           (a 429/503 Retry-After pauses the whole fleet).
     ``ukcancel:fleet:breaker``            hash: state, failures, opened_at; the circuit breaker.
     ``ukcancel:fleet:probe``              string with expiry, held by the one half-open probe.
-    ``ukcancel:fleet:calls``              sorted set, permit id -> when it was granted: the sliding
-                                          window of the fleet rate limit.
+    ``ukcancel:fleet:calls``              sorted set, permit id -> when it was granted (moved to when
+                                          its call was sent): the sliding window of the rate limit.
+    ``ukcancel:fleet:next_due``           string with expiry, epoch seconds the next permit is due:
+                                          the pacing schedule that spreads calls over the window.
     ``ukcancel:workers``                  sorted set, worker host names scored by last heartbeat.
 
 Streams (`ukcancel.stream`)
@@ -147,6 +149,7 @@ FLEET_PAUSED_UNTIL = f"{PREFIX}:fleet:paused_until"
 FLEET_BREAKER = f"{PREFIX}:fleet:breaker"
 FLEET_PROBE = f"{PREFIX}:fleet:probe"
 FLEET_CALLS = f"{PREFIX}:fleet:calls"
+FLEET_NEXT_DUE = f"{PREFIX}:fleet:next_due"
 WORKERS = f"{PREFIX}:workers"
 
 COMMAND_STREAM = f"{PREFIX}:commands"

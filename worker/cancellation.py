@@ -121,14 +121,16 @@ class CancellationRun:
                 self._return_unused_permit()  # every call gave its own permit back
 
     # -- permits -------------------------------------------------------------------------------
-    def _take_permit(self, max_wait: float) -> None:
+    def _take_permit(self, max_wait: float) -> Permit:
+        """The permit this run holds, or a new one; raises `Reschedule` when none comes in time."""
         if self._permit is not None:
-            return
+            return self._permit
         outcome = self.gate.acquire(max_wait)
         if isinstance(outcome, Wait):
             # Free the worker slot; spread the retries so waiting tasks do not stampede.
             raise Reschedule(outcome.seconds + self.rand(0, max(0.05, outcome.seconds / 2)), outcome.reason)
         self._permit = outcome
+        return outcome
 
     def _give_back_permit(self, failed: bool) -> None:
         if self._permit is not None:
@@ -143,7 +145,7 @@ class CancellationRun:
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """One UKSSDC call under a permit; the breaker hears how it went."""
-        self._take_permit(self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR)
+        self.gate.stamp(self._take_permit(self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR))
         try:
             result = fn(*args)
         except UkssdcFailure as failure:

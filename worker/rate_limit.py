@@ -12,11 +12,13 @@ on every host. Before each UKSSDC call a worker asks the gate for a permit, whic
 Rate and in-flight cap can be changed at run time (`ukcancel fleet --rate ...`); every acquire
 reads them from Redis, so workers need no restart.
 
-The limit is kept at permit time, but the UKSSDC sees a call when it arrives, a few milliseconds
-(more on a loaded host) after the permit. Two permits exactly one window apart can therefore
-arrive less than a window apart. So the window is lengthened by a guard interval
-(`fleet_guard_seconds`, 0.1 s by default) larger than that jitter: the UKSSDC never sees more
-than the limit in any window, at the cost of a slightly lower peak rate.
+Permits are paced one interval (1/rate) apart, so calls are spread over the window rather than
+sent in a burst at its start; a permit's time is re-stamped just before its call goes out
+(`stamp`). The UKSSDC still sees a call a little after that, by a varying delay (more on a
+loaded host), so two calls one window apart at the gate can arrive less than a window apart.
+The window is therefore lengthened by a guard interval (`fleet_guard_seconds`) larger than
+that jitter: the UKSSDC never sees more than the limit in any window, at the cost of a peak
+rate of limit / (window + guard).
 """
 
 from __future__ import annotations
@@ -48,22 +50,32 @@ end
 return 0
 """
 
-# KEYS[1] calls sorted set (permit id -> time the permit was granted)
+# KEYS[1] calls sorted set (permit id -> time the permit was granted, or its call was sent)
+# KEYS[2] the time the next permit is due (pacing schedule)
 # ARGV[1] now   ARGV[2] permit id   ARGV[3] calls allowed per window   ARGV[4] window seconds
-# Drops permits that left the window, then records this one if fewer than ARGV[3] remain.
-# Returns "-1" when recorded, else the seconds (as a string: Lua numbers would be truncated)
-# until the permit that blocks it leaves the window.
+# ARGV[5] pacing interval seconds (window / calls, without the guard)
+# Drops permits that left the window. Grants when fewer than ARGV[3] remain in it AND the pacing
+# schedule is due (up to half an interval early), so calls are spread evenly over the window
+# instead of going out in a burst at its start. The schedule advances one interval per permit
+# from when it was due, not from when the permit was taken, so it does not drift later.
+# Returns "-1" when granted, else the seconds until it could be (a string: Lua would truncate
+# a number to an integer).
 _TAKE_RATE = """
-local now, limit, window = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, limit, window, interval = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-  return '-1'
+local wait = 0
+if count >= limit then
+  local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  wait = tonumber(blocking[2]) + window - now
 end
-local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-return tostring(tonumber(blocking[2]) + window - now)
+local due = tonumber(redis.call('GET', KEYS[2]) or '0')
+wait = math.max(wait, due - interval / 2 - now)
+if wait > 0 then return tostring(wait) end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+redis.call('SET', KEYS[2], tostring(math.max(due, now) + interval), 'PX', math.ceil(window * 1000) + 1000)
+return '-1'
 """
 
 # KEYS[1] breaker hash   KEYS[2] probe key
@@ -124,8 +136,8 @@ class FleetGate:
     """Grants permits for UKSSDC calls across every worker process.
 
     Redis keys owned: ``ukcancel:fleet:config``, ``ukcancel:fleet:inflight``,
-    ``ukcancel:fleet:paused_until``, ``ukcancel:fleet:breaker``, ``ukcancel:fleet:probe`` and
-    ``ukcancel:fleet:calls`` (see `ukcancel.keys`).
+    ``ukcancel:fleet:paused_until``, ``ukcancel:fleet:breaker``, ``ukcancel:fleet:probe``,
+    ``ukcancel:fleet:calls`` and ``ukcancel:fleet:next_due`` (see `ukcancel.keys`).
     """
 
     def __init__(
@@ -203,11 +215,17 @@ class FleetGate:
         # A fresh reading of the clock: the permit's time is as close as possible to the call's.
         blocked_for = float(
             self._take_rate(
-                keys=[keys.FLEET_CALLS],
-                args=[repr(self.clock()), permit_id, calls, repr(seconds + self.settings.fleet_guard_seconds)],
+                keys=[keys.FLEET_CALLS, keys.FLEET_NEXT_DUE],
+                args=[
+                    repr(self.clock()),
+                    permit_id,
+                    calls,
+                    repr(seconds + self.settings.fleet_guard_seconds),
+                    repr(seconds / calls),
+                ],
             )
         )
-        if blocked_for >= 0:
+        if blocked_for > 0:
             self.connection.zrem(keys.FLEET_INFLIGHT, permit_id)
             self._drop_probe(probe)
             return Wait(max(0.01, blocked_for), "fleet rate limit reached")
@@ -218,6 +236,15 @@ class FleetGate:
             self.release_unused(Permit(permit_id, probe))
             return Wait(paused_for, PAUSED_REASON)
         return Permit(permit_id, probe)
+
+    def stamp(self, permit: Permit) -> None:
+        """Move the permit's time in the rate window to now, just before its call is sent.
+
+        Between a permit and its call a worker claims and reads its command; re-stamping makes
+        the window count calls as the UKSSDC receives them. It only ever moves a time later,
+        which can delay later permits but never let more through.
+        """
+        self.connection.zadd(keys.FLEET_CALLS, {permit.id: self.clock()}, xx=True, gt=True)
 
     def _drop_probe(self, probe: bool) -> None:
         if probe:

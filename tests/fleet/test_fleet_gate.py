@@ -28,7 +28,8 @@ def make_gate(clock: FakeClock, **settings: object) -> FleetGate:
 
 
 def permit(gate: FleetGate) -> Permit:
-    outcome = gate.acquire(max_wait=0)
+    """A permit; the fake clock runs through the pacing interval between permits if needed."""
+    outcome = gate.acquire(max_wait=1.0)
     assert isinstance(outcome, Permit), outcome
     return outcome
 
@@ -197,3 +198,55 @@ def test_run_time_configuration_is_read_at_every_acquire() -> None:
 @pytest.mark.parametrize(("rate", "window"), [(2.0, (2, 1)), (0.5, (1, 2)), (2.5, (5, 2)), (50, (50, 1))])
 def test_rate_window(rate: float, window: tuple[int, int]) -> None:
     assert rate_window(rate) == window
+
+
+def test_permits_are_paced_one_interval_apart_not_sent_in_a_burst() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=50.0, fleet_guard_seconds=0.02)
+    granted: list[float] = []
+    while clock.now < 1_000_004.0:
+        outcome = gate.acquire(max_wait=0)
+        if isinstance(outcome, Permit):
+            granted.append(clock.now)
+            gate.release(outcome, transient_failure=False)
+        else:
+            clock.now += outcome.seconds
+
+    gaps = [b - a for a, b in zip(granted, granted[1:])]
+    # Never a burst: at most half an interval early on the schedule of one per 1/rate.
+    assert min(gaps) >= 0.01 - 1e-9
+    assert max(len([t for t in granted if start <= t < start + 0.2]) for start in granted) <= 11
+    assert all(granted[i + 50] - granted[i] >= 1.02 - 1e-9 for i in range(len(granted) - 50))
+    assert len(granted) >= 4 * 50 / 1.02 - 1  # and close to the rate: 50 per window + guard
+
+
+def test_the_pacing_schedule_does_not_drift_when_permits_are_taken_late() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=50.0, fleet_guard_seconds=0.02)
+    granted = 0
+    while clock.now < 1_000_002.0:
+        outcome = gate.acquire(max_wait=0)
+        if isinstance(outcome, Permit):
+            granted += 1
+            gate.release(outcome, transient_failure=False)
+            clock.now += 0.004  # the next caller comes back a little late every time
+        else:
+            clock.now += outcome.seconds + 0.004
+    assert granted >= 2 * 50 / 1.02 - 2
+
+
+def test_stamp_moves_a_permit_later_in_the_window_never_earlier() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.0)
+    first = permit(gate)
+    clock.now += 0.4  # the worker claims and reads its command before the call goes out
+    gate.stamp(first)
+    clock.now += 0.7  # 1.1 s after the permit, 0.7 s after the call
+    blocked = gate.acquire(max_wait=0)
+    assert isinstance(blocked, Wait) and blocked.seconds == pytest.approx(0.3)
+    clock.now -= 1.0
+    gate.stamp(first)  # an earlier time is ignored
+    clock.now += 1.0
+    assert isinstance(gate.acquire(max_wait=0), Wait)
+    clock.now += 0.3
+    permit(gate)

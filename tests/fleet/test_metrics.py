@@ -13,7 +13,7 @@ from ukcancel.runtime import Runtime
 from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.rate_limit import FleetGate
+from ukcancel.worker.rate_limit import FleetGate, Permit
 
 ASTRO = "astro@example.org"
 
@@ -76,8 +76,9 @@ def test_metrics_are_open_and_count_calls_results_retries_states_and_queues(simu
     FleetGate(runtime.connection, settings).configure(rate_per_second=7)
     for _ in range(settings.breaker_failure_threshold):
         gate = FleetGate(runtime.connection, settings)
-        permit = gate.acquire(0)
-        gate.release(permit, transient_failure=True)  # type: ignore[arg-type]
+        permit = gate.acquire(1.0)  # permits are paced 1/rate apart
+        assert isinstance(permit, Permit)
+        gate.release(permit, transient_failure=True)
     later = samples(client.get("/metrics").get_data(as_text=True))
     assert value(later, "ukcancel_fleet_breaker_state", state="open") == 1
     assert value(later, "ukcancel_fleet_rate_limit_per_second") == 7

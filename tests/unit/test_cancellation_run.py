@@ -45,6 +45,7 @@ class OpenGate:
         self.acquired = 0
         self.released: list[bool] = []
         self.unused = 0
+        self.stamped: list[str] = []
         self.paused: list[float] = []
 
     def acquire(self, max_wait: float | None = None) -> Permit | Wait:
@@ -58,6 +59,9 @@ class OpenGate:
 
     def release_unused(self, permit: Permit) -> None:
         self.unused += 1
+
+    def stamp(self, permit: Permit) -> None:
+        self.stamped.append(permit.id)
 
     def pause(self, seconds: float) -> None:
         self.paused.append(seconds)
@@ -158,6 +162,7 @@ def test_success_cancels_the_product_and_stores_the_guides_first_tuple(h: Harnes
     assert h.calls("checkProductStatus.php") == []
     assert h.runtime.connection.hlen(keys.FAIR_CLAIMS) == 0  # claim released
     assert h.gate.released == [False]
+    assert h.gate.stamped == ["permit-1"]  # the permit's time was moved to just before the call
 
 
 def test_the_guides_two_calls_give_1_then_2(h: Harness) -> None:

@@ -47,6 +47,8 @@ def allow_batch_body() -> None:
 blp.before_request(allow_batch_body)
 blp.before_request(authenticate)
 blp.before_request(require_json_body)
+# Argument schemas are given as instances, built once: given a class, webargs builds a new schema
+# (deep-copying its fields) on every request.
 
 
 def visible_batch(batch_id: str, caller: Principal) -> Batch:
@@ -91,7 +93,7 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
 
 @blp.route("")
 class Batches(MethodView):
-    @blp.arguments(BatchRequestSchema)
+    @blp.arguments(BatchRequestSchema())
     @blp.response(202, BatchAcceptedSchema, description="Accepted; follow the Location for progress and results.")
     @blp.alt_response(422, description="Invalid request; item errors are pointers such as /items/3/job_id.")
     @blp.alt_response(503, description="The task broker is unavailable; nothing was enqueued.")
@@ -140,7 +142,7 @@ def start_expansion(batch: Batch) -> Batch:
 
 @blp.route("/<batch_id>")
 class BatchResource(MethodView):
-    @blp.arguments(BatchQuerySchema, location="query")
+    @blp.arguments(BatchQuerySchema(), location="query")
     @blp.response(200, BatchSchema)
     def get(self, query: dict[str, Any], batch_id: str) -> dict[str, Any]:
         """A batch's progress, ETA and a page of its items. `?wait=N` waits up to N s for every item to end."""

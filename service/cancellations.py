@@ -35,6 +35,8 @@ from ukcancel.service.schemas import (
 blp = Blueprint("cancellations", __name__, url_prefix="/v1/cancellations", description="Cancel commands")
 blp.before_request(authenticate)
 blp.before_request(require_json_body)
+# Argument schemas are given as instances, built once: given a class, webargs builds a new schema
+# (deep-copying its fields) on every request.
 
 COMMAND_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -75,7 +77,7 @@ def body_digest() -> str:
 
 @blp.route("")
 class Cancellations(MethodView):
-    @blp.arguments(CancellationListQuerySchema, location="query")
+    @blp.arguments(CancellationListQuerySchema(), location="query")
     @blp.response(200, CancellationPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The caller's cancel commands, newest first, a page at a time.
@@ -99,8 +101,8 @@ class Cancellations(MethodView):
         return {"items": page.items, "next_cursor": page.next_cursor}
 
     @under_submission_policy
-    @blp.arguments(CancellationRequestSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(CancellationRequestSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(202, AcceptedSchema, description="Accepted; poll the Location for the result.")
     @blp.alt_response(
         200, schema=CancellationSchema, success=True,
@@ -148,7 +150,7 @@ def enqueue_all(commands: Sequence[CancelCommand], pipeline: redis.client.Pipeli
 
 @blp.route("/<command_id>")
 class Cancellation(MethodView):
-    @blp.arguments(WaitQuerySchema, location="query")
+    @blp.arguments(WaitQuerySchema(), location="query")
     @blp.response(200, CancellationSchema)
     def get(self, query: dict[str, Any], command_id: str) -> CancelCommand:
         """A cancel command and, once completed, its result tuple. `?wait=N` waits up to N s for the end."""

@@ -5,19 +5,69 @@ every API process, since the counters live in the same Redis as the records (fak
 embedded mode). Requests without a valid token are counted by client address, so a flood of bad
 tokens is limited too. Over the limit: 429 problem+json with `Retry-After`. The probes and the
 OpenAPI document are never limited.
+
+Cost: one Redis round trip per request. Flask-Limiter's fixed window spends one on the hit and
+two more on the window's count and expiry for the `X-RateLimit-*` headers; the storage here reads
+both in the hit's own script and answers the headers of the same request from that reply.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+import time
+
+from flask import Flask, Response, g, has_request_context, request
 from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
+from limits.storage import RedisStorage
 
 from ukcancel import keys
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import bearer_record
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+
+# KEYS[1] counter   ARGV[1] window length (s)   ARGV[2] amount
+# limits' fixed-window increment (expiry set by the hit that opens the window), returning the
+# count and the window's remaining seconds together.
+_HIT = """
+local current = redis.call('INCRBY', KEYS[1], ARGV[2])
+if current == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {current, redis.call('TTL', KEYS[1])}
+"""
+
+_WINDOWS = "ukcancel_rate_windows"  # flask.g attribute: key -> (count, window end) seen by this request
+
+
+class OneTripRedisStorage(RedisStorage):
+    """limits' Redis storage whose hit also returns the window it counted in.
+
+    `get` and `get_expiry` of a key this request has hit answer from that reply (the count as of
+    this request's hit, as the headers describe); anything else reads Redis as usual.
+    """
+
+    STORAGE_SCHEME = ["ukcancel+redis"]
+
+    def initialize_storage(self, _uri: str) -> None:
+        super().initialize_storage(_uri)
+        self.lua_hit_window = self.get_connection().register_script(_HIT)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        count, ttl = self.lua_hit_window([self.prefixed_key(key)], [expiry, amount])
+        if has_request_context():
+            g.setdefault(_WINDOWS, {})[key] = (int(count), max(int(ttl), 0) + time.time())
+        return int(count)
+
+    def get(self, key: str) -> int:
+        seen = _seen(key)
+        return seen[0] if seen is not None else super().get(key)
+
+    def get_expiry(self, key: str) -> float:
+        seen = _seen(key)
+        return seen[1] if seen is not None else super().get_expiry(key)
+
+
+def _seen(key: str) -> tuple[int, float] | None:
+    return g.get(_WINDOWS, {}).get(key) if has_request_context() else None
 
 
 def rate_limit_key() -> str:
@@ -47,7 +97,7 @@ def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
                 "retry after the number of seconds in Retry-After.",
             )
         ],
-        storage_uri="redis://",
+        storage_uri="ukcancel+redis://",  # OneTripRedisStorage
         # The runtime's own pool: the same database as the records, and fakeredis when embedded.
         storage_options={"connection_pool": runtime.connection.connection_pool},  # type: ignore[dict-item]
         strategy="fixed-window",

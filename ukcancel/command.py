@@ -14,6 +14,7 @@ them. Every transition is one Lua script, so a check and its write cannot interl
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,9 +32,47 @@ ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
 
 Clock = Callable[[], float]
 
+# How often (per index, per process) an insert also trims index entries older than the TTL, and
+# how many indexes a process remembers having trimmed.
+PRUNE_INTERVAL_SECONDS = 60.0
+PRUNE_MEMORY = 10_000
+
+# History in the record: one entry per state change, "<code><microseconds since created_at>",
+# comma-separated, e.g. "q0,r1502,c48211" (queued, running 1.5 ms later, completed 48 ms after
+# creation). About 20 bytes where JSON took 130, so a typical record keeps every value under
+# Redis's `hash-max-listpack-value` (64) and stays a compact listpack. Times are kept to the
+# microsecond (the registry's clock is rounded to it), so the offsets restore them exactly.
+HISTORY_CODES = {QUEUED: "q", RUNNING: "r", RETRYING: "t", COMPLETED: "c", ABORTED: "a"}
+_HISTORY_STATES = {code: state for state, code in HISTORY_CODES.items()}
+
 
 def new_command_id() -> str:
     return uuid.uuid4().hex
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+def encode_history(history: list[dict[str, Any]], created_at: float) -> str:
+    """The record's compact form of `history` (see HISTORY_CODES)."""
+    origin = _micros(created_at)
+    return ",".join(
+        f"{HISTORY_CODES.get(entry['state'], entry['state'])}{_micros(entry['at']) - origin}" for entry in history
+    )
+
+
+def decode_history(raw: str, created_at: float) -> list[dict[str, Any]]:
+    """`history` from its compact form."""
+    if not raw:
+        return []
+    origin = _micros(created_at)
+    out = []
+    for entry in raw.split(","):
+        cut = len(entry.rstrip("-0123456789"))
+        code, offset = entry[:cut], entry[cut:]
+        out.append({"state": _HISTORY_STATES.get(code, code), "at": (origin + int(offset)) / 1_000_000})
+    return out
 
 
 @dataclass
@@ -58,7 +97,7 @@ class CancelCommand:
     callback: dict[str, Any] | None = None
     # Worker progress, kept on the record so a retry or a redelivery carries on where it stopped.
     resolved: list[str] | None = None  # short names "all" resolved to
-    settled: dict[str, dict[str, Any]] = field(default_factory=dict)  # short -> {"code", "text"}
+    settled: dict[str, dict[str, Any]] = field(default_factory=dict)  # short -> {"code", "text"}; dropped on completion
     ambiguous: bool = False  # an earlier attempt may have reached the server
     unlisted: bool = False  # "all" on a job listOldJobs did not list: drop code-2 entries
 
@@ -67,14 +106,17 @@ class CancelCommand:
         return self.state in TERMINAL
 
     # -- Redis hash encoding ---------------------------------------------------------------
-    _JSON_FIELDS = ("products", "result", "history", "callback", "resolved", "settled")
+    # The id is not stored in the hash: it is the key's own suffix (`keys.command(id)`).
+    _JSON_FIELDS = ("products", "result", "callback", "resolved", "settled")
 
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for name, value in self.__dict__.items():
-            if value is None:
+            if value is None or name == "id":
                 continue
-            if name in self._JSON_FIELDS:
+            if name == "history":
+                out[name] = encode_history(value, self.created_at)
+            elif name in self._JSON_FIELDS:
                 out[name] = json.dumps(value, separators=(",", ":"))
             elif isinstance(value, bool):
                 out[name] = "1" if value else "0"
@@ -89,8 +131,10 @@ class CancelCommand:
         return out
 
     @classmethod
-    def from_hash(cls, raw: dict[bytes | str, bytes | str]) -> CancelCommand:
+    def from_hash(cls, raw: dict[bytes | str, bytes | str], command_id: str) -> CancelCommand:
+        """The command in the hash `raw` read from `keys.command(command_id)`."""
         data = {_text(k): _text(v) for k, v in raw.items()}
+        created_at = float(data["created_at"])
 
         def loads(name: str, default: Any = None) -> Any:
             return json.loads(data[name]) if data.get(name) else default
@@ -99,19 +143,19 @@ class CancelCommand:
             return int(data[name]) if data.get(name) not in (None, "") else None
 
         return cls(
-            id=data["id"],
+            id=command_id,
             job_id=int(data["job_id"]),
             user_id=data["user_id"],
             products=loads("products"),
             state=data["state"],
             attempts=int(data.get("attempts") or 0),
             last_error=data.get("last_error") or None,
-            created_at=float(data["created_at"]),
+            created_at=created_at,
             updated_at=float(data["updated_at"]),
             result=loads("result"),
             server_ok=opt_int("server_ok"),
             submitted_by=data.get("submitted_by") or None,
-            history=loads("history", []),
+            history=decode_history(data.get("history", ""), created_at),
             batch_id=data.get("batch_id") or None,
             callback_url=data.get("callback_url") or None,
             callback=loads("callback"),
@@ -127,7 +171,7 @@ def _text(value: bytes | str) -> str:
 
 
 # KEYS[1] command hash
-# ARGV[1] target state   ARGV[2] comma-separated states it may move from   ARGV[3] now (epoch s)
+# ARGV[1] target state   ARGV[2] comma-separated states it may move from   ARGV[3] now (epoch s, to the microsecond)
 # ARGV[4] 1 to count an attempt   ARGV[5] events channel   ARGV[6] TTL seconds when terminal
 # ARGV[7..] field/value pairs to write with the transition
 # Publishes the new state on ARGV[5], and on the batch's channel (`keys.batch_events`) when the
@@ -149,10 +193,14 @@ for i = 7, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-local entry = string.format('{"state":"%s","at":%s}', ARGV[1], ARGV[3])
+-- "<code><microseconds since created_at>", as `encode_history` writes it
+local codes = {queued = 'q', running = 'r', retrying = 't', completed = 'c', aborted = 'a'}
+local now = tonumber(ARGV[3])
+local created = tonumber(redis.call('HGET', KEYS[1], 'created_at')) or now
+local offset = math.floor(now * 1000000 + 0.5) - math.floor(created * 1000000 + 0.5)
+local entry = (codes[ARGV[1]] or ARGV[1]) .. string.format('%d', offset)
 local history = redis.call('HGET', KEYS[1], 'history')
-if (not history) or history == '[]' or history == '' then history = '[' .. entry .. ']'
-else history = string.sub(history, 1, -2) .. ',' .. entry .. ']' end
+if (not history) or history == '' then history = entry else history = history .. ',' .. entry end
 redis.call('HSET', KEYS[1], 'history', history)
 if ARGV[1] == 'completed' or ARGV[1] == 'aborted' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
@@ -207,11 +255,18 @@ class CommandRegistry:
         self._transition = connection.register_script(_TRANSITION)
         self._progress = connection.register_script(_PROGRESS)
         self._callback = connection.register_script(_CALLBACK)
+        # index key -> when this process last pruned it (monotonic seconds); see `_due_for_pruning`
+        self._pruned: dict[str, float] = {}
+        self._pruned_lock = threading.Lock()
+
+    def now(self) -> float:
+        """The clock, to the microsecond: the resolution of the times a record holds."""
+        return round(self.clock(), 6)
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, command: CancelCommand, pipeline: redis.client.Pipeline | None = None) -> CancelCommand:
         """Write a new queued command (into `pipeline` when given, so batches go in one round trip)."""
-        now = self.clock()
+        now = self.now()
         command.created_at = command.updated_at = now
         command.history = [{"state": QUEUED, "at": now}]
         pipe = pipeline if pipeline is not None else self.connection.pipeline(transaction=True)
@@ -220,13 +275,31 @@ class CommandRegistry:
         pipe.expire(key, self.ttl_seconds)
         index = keys.user_commands(command.user_id)
         pipe.zadd(index, {command.id: now})
-        pipe.zremrangebyscore(index, "-inf", now - self.ttl_seconds)
         pipe.expire(index, self.ttl_seconds)
         pipe.zadd(keys.ALL_COMMANDS, {command.id: now})
-        pipe.zremrangebyscore(keys.ALL_COMMANDS, "-inf", now - self.ttl_seconds)
+        for listing in (index, keys.ALL_COMMANDS):
+            if self._due_for_pruning(listing):
+                pipe.zremrangebyscore(listing, "-inf", now - self.ttl_seconds)
         if pipeline is None:
             pipe.execute()
         return command
+
+    def _due_for_pruning(self, index: str) -> bool:
+        """Whether this insert should also drop the index's entries older than the TTL.
+
+        Once per `PRUNE_INTERVAL_SECONDS` per index and process, not on every insert: an entry
+        whose record has expired is skipped by the listing anyway, and a sorted set is cheaper to
+        trim once a minute than on every one of thousands of inserts a second.
+        """
+        now = time.monotonic()
+        with self._pruned_lock:
+            last = self._pruned.get(index)
+            if last is not None and now - last < PRUNE_INTERVAL_SECONDS:
+                return False
+            if len(self._pruned) >= PRUNE_MEMORY:
+                self._pruned.clear()  # bounded: forgetting only means an early prune
+            self._pruned[index] = now
+            return True
 
     def transition(
         self,
@@ -241,7 +314,7 @@ class CommandRegistry:
         args: list[Any] = [
             to_state,
             ",".join(allowed_from),
-            repr(self.clock()),
+            repr(self.now()),
             "1" if count_attempt else "0",
             keys.command_events(command_id),
             self.ttl_seconds,
@@ -271,8 +344,12 @@ class CommandRegistry:
     def complete(
         self, command_id: str, result: list[Any], *, server_ok: int | None = None, error: str | None = None
     ) -> Transition:
-        """Store the final tuple; a command that is already terminal keeps its first result."""
-        fields: dict[str, Any] = {"result": result}
+        """Store the final tuple; a command that is already terminal keeps its first result.
+
+        The per-product progress (`settled`) is dropped with it: nothing resumes a completed
+        command, and the tuple holds those outcomes.
+        """
+        fields: dict[str, Any] = {"result": result, "settled": None}
         if server_ok is not None:
             fields["server_ok"] = server_ok
         if error is not None:
@@ -297,13 +374,16 @@ class CommandRegistry:
     # -- reading ------------------------------------------------------------------------------
     def get(self, command_id: str) -> CancelCommand | None:
         raw = self.connection.hgetall(keys.command(command_id))
-        return CancelCommand.from_hash(raw) if raw else None
+        return CancelCommand.from_hash(raw, command_id) if raw else None
 
     def get_many(self, command_ids: list[str]) -> list[CancelCommand | None]:
         pipe = self.connection.pipeline(transaction=False)
         for command_id in command_ids:
             pipe.hgetall(keys.command(command_id))
-        return [CancelCommand.from_hash(raw) if raw else None for raw in pipe.execute()]
+        return [
+            CancelCommand.from_hash(raw, command_id) if raw else None
+            for command_id, raw in zip(command_ids, pipe.execute())
+        ]
 
     def wait_terminal(self, command_id: str, timeout: float) -> CancelCommand | None:
         """The command once it is terminal, or as it stands after `timeout` seconds.

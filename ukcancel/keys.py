@@ -4,16 +4,26 @@ All keys start with ``ukcancel:`` so one Redis database can be shared with other
 The service's own records are the source of truth; Celery's result backend is not used.
 
 Commands (`ukcancel.command.CommandRegistry`)
-    ``ukcancel:cmd:{id}``                 hash, one cancel command: id, job_id, user_id, products
+    ``ukcancel:cmd:{id}``                 hash, one cancel command: job_id, user_id, products
                                           (JSON), state, attempts, last_error, created_at,
-                                          updated_at, result (JSON tuple), server_ok, submitted_by,
-                                          history (JSON list of state changes), batch_id,
+                                          updated_at (epoch seconds, to the microsecond), result
+                                          (JSON tuple), server_ok, submitted_by, history, batch_id,
                                           callback_url, callback (JSON delivery outcome) and the
                                           worker's progress fields (resolved, settled, ambiguous,
-                                          unlisted). Expires `result_ttl_seconds` after creation,
-                                          renewed when it becomes terminal.
+                                          unlisted; settled is dropped on completion, when the
+                                          result holds it). No id field: the id is the key's suffix.
+                                          history: one entry per state change, comma-separated,
+                                          "<code><microseconds since created_at>" with codes q
+                                          queued, r running, t retrying, c completed, a aborted,
+                                          e.g. "q0,r1502,c48211" (records written by earlier
+                                          versions hold a JSON list and an id field; both are
+                                          still read). Small values keep the hash a listpack.
+                                          Expires `result_ttl_seconds` after creation, renewed
+                                          when it becomes terminal.
     ``ukcancel:user:{user_id}:cmds``      sorted set, command ids of one UKSSDC user scored by
-                                          created_at; entries of expired commands are pruned lazily.
+                                          created_at; entries of expired commands are pruned lazily
+                                          (by an insert, at most once a minute per index and
+                                          process; the listing skips ids whose record is gone).
     ``ukcancel:cmds``                     sorted set, every command id scored by created_at (an
                                           admin's listing across users); pruned like the above.
     ``ukcancel:events:{id}``              pub/sub channel, a state name on every transition (long poll).

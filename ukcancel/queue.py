@@ -68,7 +68,6 @@ class CancelQueue:
         self.connection = connection
         self.registry = registry
         self.dispatch = dispatch  # sends n "run the next command" messages to the broker
-        self._push = connection.register_script(_PUSH)
         self._claim = connection.register_script(_CLAIM)
 
     def enqueue(self, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
@@ -82,7 +81,10 @@ class CancelQueue:
             # Lua's unpack() takes a few thousand values at most (a 10,000-item batch would fail).
             for start in range(0, len(ids), PUSH_CHUNK):
                 chunk = ids[start : start + PUSH_CHUNK]
-                self._push(keys=[keys.fair_queue(user_id), keys.FAIR_USERS], args=[user_id, *chunk], client=pipe)
+                # EVAL, not a registered script: redis-py checks a pipeline's registered scripts with
+                # SCRIPT EXISTS before every execute, one more round trip per enqueue. The text is
+                # sent with the call, so a server that lost its script cache still runs it.
+                pipe.eval(_PUSH, 2, keys.fair_queue(user_id), keys.FAIR_USERS, user_id, *chunk)
         pipe.execute()
         self.dispatch(len(commands))
 

@@ -3,7 +3,8 @@
 
     python ops/bench/run.py [--quick] [--only N[,N...]] [--redis-url URL]
 
-1. API enqueue cost vs bare Celery `send_task` (same N messages, same Redis broker).
+1. API enqueue cost vs bare Celery `send_task` (same N messages, same Redis broker), over HTTP and,
+   apart, in-process through `ukcancel.submission.submit` (the service's own enqueue path).
 2. Rate accuracy of the fleet gate: 2 prefork workers, simulator with 20 ms latency, limit 50/s.
 3. Fairness: one user's big batch, then another user's single cancel mid-way.
 4. Cost per command: Redis memory per completed command, time to accept a 10,000-item batch.
@@ -13,7 +14,8 @@ gunicorn gthread), `ukcancel worker` processes and `ukcancel simulator` are subp
 script, each in its own process group, and are stopped on exit (also on Ctrl-C / SIGTERM).
 Redis database 7 (by default) is flushed at the start and the end, and emptied between
 measurements (kombu's binding keys kept); database 0 is refused. Benchmark 4 measures memory on
-a private redis-server it starts. Results: one table per benchmark, a summary table, and
+private redis-servers it starts: one with Redis's default configuration, one with the recommended
+hash-max-listpack-value (docker-compose.yml's). Results: one table per benchmark, a summary table, and
 ops/bench/results/latest.json.
 See ops/bench/README.md.
 """
@@ -353,7 +355,9 @@ class Api:
 
 
 def start_workers(children: Children, redis_url: str, sim: Simulator, count: int, tag: str,
-                  **extra: str) -> list[Child]:
+                  limits_window: bool = False, **extra: str) -> list[Child]:
+    """`count` prefork workers; with `limits_window`, workers whose gate uses the `limits` library's
+    moving window instead of its own (ops/bench/limits_worker.py), for benchmark 2's comparison."""
     import redis
 
     env = child_env(
@@ -367,10 +371,10 @@ def start_workers(children: Children, redis_url: str, sim: Simulator, count: int
     started = []
     for i in range(count):
         name = f"{tag}{i + 1}"
-        started.append(
-            children.start(f"worker-{name}",
-                           ukcancel_argv("worker", "--pool=prefork", "--concurrency=8", f"--hostname={name}@%h"), env)
-        )
+        args = ("worker", "--pool=prefork", "--concurrency=8", f"--hostname={name}@%h")
+        argv = [sys.executable, str(Path(__file__).with_name("limits_worker.py")), *args] if limits_window \
+            else ukcancel_argv(*args)
+        started.append(children.start(f"worker-{name}", argv, env))
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 60
     pending = {f"{tag}{i + 1}": child for i, child in enumerate(started)}
@@ -643,6 +647,7 @@ def pid_cpu_seconds(pids: list[int]) -> dict[int, float]:
 
 
 def bench_enqueue(ctx: Context) -> dict[str, Any]:
+    from ukcancel import keys
     from ukcancel.worker.tasks import RUN_NEXT
 
     n = 1000 if ctx.quick else 3000
@@ -685,6 +690,63 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
             "server_cpu_ms_per_cmd": None,
             "redis_cpu_ms_per_cmd": 1000 * (store.redis_cpu() - rcpu0) / n,
             "ok": queued == n, "load": load,
+        }
+        store.reset()
+        return result
+
+    # The service's own enqueue path without HTTP: `ukcancel.submission.submit`, the function POST
+    # /v1/cancellations calls once the request is authenticated, limited and loaded, on the same
+    # runtime kind (same Redis, same broker) as the bare rows. The requests are loaded beforehand
+    # with the API's own schema (the body the HTTP rows POST), so only submit() is timed.
+    def inproc(threads: int) -> dict[str, Any]:
+        from ukcancel import submission
+        from ukcancel.service.auth import Principal
+        from ukcancel.service.schemas import CancellationRequestSchema
+
+        store.reset()
+        runtime = store.runtime
+        store.token(USER_API, "bench-submit")
+        caller = Principal.from_token(runtime.tokens.by_name("bench-submit"))
+        schema = CancellationRequestSchema()
+        requests_ = [schema.load({"job_id": j, "products": ["lc"]}) for j in range(1, n + 51)]
+        for request in requests_[n:]:  # warm: connection pool, producer, scripts
+            submission.submit(runtime, caller, request)
+        store.redis.delete(queue_key)
+        before = store.redis.zcard(keys.user_commands(USER_API))
+        meter = LoadMeter(store, [])
+        cpu0, rcpu0 = own_cpu_seconds(), store.redis_cpu()
+        barrier = threading.Barrier(threads + 1)
+        errors: list[BaseException] = []
+
+        def run(chunk: list[dict[str, Any]]) -> None:
+            barrier.wait()
+            try:
+                for request in chunk:
+                    submission.submit(runtime, caller, request)
+            except BaseException as exc:  # reported in the row, not lost in a thread
+                errors.append(exc)
+
+        pool = [threading.Thread(target=run, args=(requests_[i:n:threads],), daemon=True) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        barrier.wait()
+        began = time.perf_counter()
+        for thread in pool:
+            thread.join()
+        elapsed = time.perf_counter() - began
+        load = meter.stop()
+        queued = store.redis.llen(queue_key)
+        stored = store.redis.zcard(keys.user_commands(USER_API)) - before
+        result = {
+            "label": f"submit() in-process, {threads} thread{'s' if threads > 1 else ''}",
+            "path": f"ukcancel.submission.submit() from this process (no HTTP), {threads} thread(s)",
+            "kind": "inproc", "threads": threads, "seconds": elapsed, "per_second": n / elapsed,
+            "queued_messages": queued, "stored_commands": stored,
+            "client_cpu_ms_per_cmd": 1000 * (own_cpu_seconds() - cpu0) / n,
+            "server_cpu_ms_per_cmd": None,
+            "redis_cpu_ms_per_cmd": 1000 * (store.redis_cpu() - rcpu0) / n,
+            "ok": not errors and queued == n and stored == n, "errors": [repr(e) for e in errors[:3]],
+            "load": load,
         }
         store.reset()
         return result
@@ -747,14 +809,17 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
 
     bare1 = bare(1)
     bare_k = bare(CLIENT_THREADS)
+    inproc_runs = [inproc(1), inproc(CLIENT_THREADS)]
     api_runs = api("werkzeug", [("requests", CLIENT_THREADS)])
     api_runs += api("gunicorn", [("requests", CLIENT_THREADS), ("requests", 32), ("http.client", 32),
                                  ("healthz", CLIENT_THREADS)])
     floor = [r for r in api_runs if r["kind"] == "floor"]
     api_runs = [r for r in api_runs if r["kind"] != "floor"]
-    out["runs"] = [bare1, bare_k, *api_runs, *floor]
+    out["runs"] = [bare1, bare_k, *inproc_runs, *api_runs, *floor]
     best_bare = max(bare1["per_second"], bare_k["per_second"])
     out["bare_best_per_second"] = best_bare
+    for run in inproc_runs:
+        run["ratio_bare_over_api"] = best_bare / run["per_second"]
     for run in api_runs:
         run["ratio_bare_over_api"] = best_bare / run["per_second"]
         # What 2 cores could do if the client cost nothing and the load were spread evenly.
@@ -770,6 +835,14 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
     out["ratio"] = chosen["ratio_bare_over_api"]
     out["goal_rate_met"] = chosen["per_second"] >= 1000
     out["goal_ratio_met"] = chosen["ratio_bare_over_api"] <= 2
+    # The same goals for the service's own enqueue path (no HTTP stack), judged apart: best thread
+    # count of submit() against the best bare send_task.
+    best_inproc = max(inproc_runs, key=lambda r: r["per_second"])
+    out["inproc_judged_on"] = best_inproc["path"]
+    out["inproc_per_second"] = best_inproc["per_second"]
+    out["inproc_ratio"] = best_inproc["ratio_bare_over_api"]
+    out["inproc_goal_rate_met"] = best_inproc["per_second"] >= 1000
+    out["inproc_goal_ratio_met"] = best_inproc["ratio_bare_over_api"] <= 2
 
     rows = []
     for run in out["runs"]:
@@ -778,24 +851,31 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
         else:
             ratio = "baseline" if run["per_second"] == best_bare else "-"
         share = run.get("busiest_server_process_share")
+        mark = " *" if run is chosen else (" **" if run is best_inproc else "")
         rows.append([
-            run["label"] + (" *" if run is chosen else ""), fmt(run["seconds"], 2), fmt(run["per_second"], 0),
+            run["label"] + mark, fmt(run["seconds"], 2), fmt(run["per_second"], 0),
             ratio, fmt(run["client_cpu_ms_per_cmd"], 2),
             "-" if run["server_cpu_ms_per_cmd"] is None else fmt(run["server_cpu_ms_per_cmd"], 2),
             fmt(run["redis_cpu_ms_per_cmd"], 2),
             "-" if share is None or run.get("kind") != "gunicorn" else f"{100 * share:.0f}%",
             "-" if "cpu_bound_per_second" not in run else fmt(run["cpu_bound_per_second"], 0),
             fmt(run["load"]["foreign_cores"], 2),
-            "yes" if run["ok"] else f"NO {run.get('statuses', '')} msgs={run['queued_messages']}",
+            "yes" if run["ok"] else f"NO {run.get('statuses', run.get('errors', ''))} msgs={run['queued_messages']}",
         ])
     ctx.out.table(
-        f"1. Enqueue cost: HTTP API vs bare Celery send_task (N={n:,} per row, no worker consuming)",
+        f"1. Enqueue cost: HTTP API and submit() vs bare Celery send_task (N={n:,} per row, no worker consuming)",
         ["path", "seconds", "cmds/s", "bare/API", "client CPU ms/cmd", "server CPU ms/cmd", "Redis CPU ms/cmd",
          "busiest gunicorn worker", "2-core CPU bound cmds/s", "other procs cores", "all 2xx (+ N msgs)"],
         rows,
         caption=(f"* judged: {chosen['path']} -> {fmt(chosen['per_second'], 0)}/s (>= 1,000/s: "
                  f"{verdict(out['goal_rate_met'])}), bare/API {fmt(out['ratio'], 2)} (<= 2: "
-                 f"{verdict(out['goal_ratio_met'])}). Real HTTP over 127.0.0.1, keep-alive; client = this process, "
+                 f"{verdict(out['goal_ratio_met'])}). ** judged apart, the service's own enqueue cost without "
+                 f"HTTP: {best_inproc['path']} -> {fmt(best_inproc['per_second'], 0)}/s (>= 1,000/s: "
+                 f"{verdict(out['inproc_goal_rate_met'])}), bare/submit {fmt(out['inproc_ratio'], 2)} (<= 2: "
+                 f"{verdict(out['inproc_goal_ratio_met'])}); submit() is what POST calls after authentication, "
+                 "the rate limit and loading the body (record + place in line in one Redis transaction, then "
+                 "the turn message); its client CPU column is the whole enqueue cost. "
+                 "Real HTTP over 127.0.0.1, keep-alive; client = this process, "
                  "one thread per connection. werkzeug x1 = werkzeug threaded server, 1 process, HTTP/1.1; gunicorn x2 "
                  "= `ukcancel serve --workers 2` (gthread, 16 threads, access log on). Client, server and Redis share "
                  "the 2 cores. 'busiest gunicorn worker' = its share of the server's CPU (50% = balanced). "
@@ -806,6 +886,10 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
     ctx.summary.append(["1", f"API enqueue commands/s ({chosen['label'][4:]})", fmt(chosen["per_second"], 0),
                         ">= 1,000", verdict(out["goal_rate_met"])])
     ctx.summary.append(["1", "bare Celery / API ratio", fmt(out["ratio"], 2), "<= 2", verdict(out["goal_ratio_met"])])
+    ctx.summary.append(["1", f"in-process submit() commands/s, no HTTP ({best_inproc['threads']} thread(s))",
+                        fmt(best_inproc["per_second"], 0), ">= 1,000", verdict(out["inproc_goal_rate_met"])])
+    ctx.summary.append(["1", "bare Celery / submit() ratio (the service's own enqueue cost)",
+                        fmt(out["inproc_ratio"], 2), "<= 2", verdict(out["inproc_goal_ratio_met"])])
     return out
 
 
@@ -831,7 +915,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def rate_run(ctx: Context, n: int, guard: float | None, tag: str) -> dict[str, Any]:
+def rate_run(ctx: Context, n: int, guard: float | None, tag: str, limits_window: bool = False) -> dict[str, Any]:
     """n cancels through 2 prefork workers at RATE/s; the simulator's receipt times, analysed."""
     from ukcancel.command import CancelCommand
 
@@ -840,7 +924,7 @@ def rate_run(ctx: Context, n: int, guard: float | None, tag: str) -> dict[str, A
     sim.load_jobs(jobs_for(USER_RATE, 100_000, n))
     sim.set_latency(SIM_LATENCY_MS)
     extra = {} if guard is None else {"UKCANCEL_FLEET_GUARD_SECONDS": repr(guard)}
-    workers = start_workers(ctx.children, store.url, sim, 2, tag, **extra)
+    workers = start_workers(ctx.children, store.url, sim, 2, tag, limits_window=limits_window, **extra)
     try:
         sim.clear_log()
         meter = LoadMeter(store, [w.pgid for w in workers] + [sim.child.pgid])
@@ -868,7 +952,7 @@ def rate_run(ctx: Context, n: int, guard: float | None, tag: str) -> dict[str, A
     # Burstiness: evenly paced calls put RATE/5 in any 200 ms; a window spent in a burst puts up to RATE.
     burst_200ms, _ = max_in_window(receipts, 0.2) if receipts else (0, 0.0)
     return {
-        "n": n, "guard_seconds": guard, "terminal": done, "completed_ok": completed_ok,
+        "n": n, "guard_seconds": guard, "limits_window": limits_window, "terminal": done, "completed_ok": completed_ok,
         "canceljob_calls": len(receipts), "other_calls": dict(others), "first_to_last_s": span,
         "achieved_per_second": achieved, "achieved_over_limit": achieved / RATE,
         "achieved_n_minus_1_per_second": (len(receipts) - 1) / span if len(receipts) > 1 and span > 0 else None,
@@ -889,7 +973,9 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
     n_whatif = 150 if ctx.quick else 500
     shipped_guard = Settings().fleet_guard_seconds if hasattr(Settings(), "fleet_guard_seconds") else None
     main = rate_run(ctx, n, None, "rate")
-    whatifs = [rate_run(ctx, n_whatif, guard, f"rateg{i}") for i, guard in enumerate((0.03, 0.0))]
+    # What-ifs: the `limits` library's moving window (what the gate would use without its own
+    # window), and the gate's own paced window without a guard interval.
+    whatifs = [rate_run(ctx, n_whatif, None, "ratel", limits_window=True), rate_run(ctx, n_whatif, 0.0, "rateg")]
     out = {"limit_per_second": RATE, "in_flight_cap": IN_FLIGHT, "latency_ms": SIM_LATENCY_MS,
            "workers": "2 x prefork concurrency 8", "shipped_guard_seconds": shipped_guard, **main,
            "what_if": whatifs}
@@ -902,7 +988,8 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
         return "-" if value is None else (fmt(value, digits) + unit if isinstance(value, float) else f"{value}{unit}")
 
     heads = [f"shipped (guard {shipped_guard if shipped_guard is not None else '-'} s), N={n:,}"] + [
-        f"what-if guard {r['guard_seconds']:g} s, N={r['n']:,}" for r in whatifs]
+        f"what-if `limits` moving window, N={r['n']:,}" if r["limits_window"]
+        else f"what-if guard {r['guard_seconds']:g} s, N={r['n']:,}" for r in whatifs]
     rows = [
         ["commands completed with result OK", *[f"{r['completed_ok']:,} / {r['n']:,}" for r in runs], "all",
          verdict(main["completed_ok"] == main["n"])],
@@ -927,8 +1014,10 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
         "2 workers (prefork x8)",
         ["measure", *heads, "goal", "verdict"], rows,
         caption="Receipt times `t` from the simulator's request log (canceljob.php only). Commands enqueued in-process "
-                "with CancelQueue.enqueue (one fan-out message). Verdicts judge the shipped settings; the what-if "
-                "columns only change UKCANCEL_FLEET_GUARD_SECONDS (the gate's window is 1 s + guard).",
+                "with CancelQueue.enqueue (one fan-out message). Verdicts judge the shipped settings. What-ifs: "
+                "the `limits` library's MovingWindowRateLimiter (Redis storage) in place of the gate's own paced "
+                "window (ops/bench/limits_worker.py; in-flight cap, pause and breaker unchanged), and the gate's "
+                "own window with UKCANCEL_FLEET_GUARD_SECONDS=0 (its window is 1 s + guard).",
     )
     ctx.summary.append(["2", "achieved rate / limit", fmt(main["achieved_over_limit"], 3), ">= 0.95",
                         verdict(out["goal_rate_met"])])
@@ -1144,7 +1233,13 @@ def memory_by_family(store: Store) -> dict[str, list[int]]:
     return out
 
 
-def private_redis(children: Children) -> tuple[Child, str] | None:
+# The Redis setting docker-compose.yml runs with and the deployment notes recommend: command hashes
+# whose values exceed the default 64 bytes (a long callback URL, error or result) stay listpacks.
+RECOMMENDED_REDIS_ARGS = ["--hash-max-listpack-value", "1024"]
+
+
+def private_redis(children: Children, extra_args: list[str] | None = None,
+                  name: str = "redis-private") -> tuple[Child, str] | None:
     """A redis-server of this benchmark's own (no persistence), so INFO used_memory is not moved by
     other tenants of the shared server; None when the binary is missing."""
     import redis
@@ -1153,8 +1248,8 @@ def private_redis(children: Children) -> tuple[Child, str] | None:
     if binary is None:
         return None
     port = free_port()
-    child = children.start("redis-private", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                             "--appendonly", "no"], child_env())
+    child = children.start(name, [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                  "--appendonly", "no", *(extra_args or [])], child_env())
     url = f"redis://127.0.0.1:{port}/7"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -1168,26 +1263,52 @@ def private_redis(children: Children) -> tuple[Child, str] | None:
 
 
 def bench_cost(ctx: Context) -> dict[str, Any]:
+    """Twice, each on a fresh private redis-server: with Redis's default configuration (memory and
+    batch acceptance), then with the recommended `hash-max-listpack-value` (memory only)."""
     private = private_redis(ctx.children)
     if private is None:
-        return _bench_cost(ctx, ctx.store, "shared server (used_memory includes other databases' activity)")
+        out = _bench_cost(ctx, ctx.store, "shared server (used_memory includes other databases' activity)",
+                          "default")
+        ctx.out.note("no redis-server binary: the recommended-configuration run needs a private server; skipped")
+        return out
     child, url = private
     store = Store(url)
     try:
-        return _bench_cost(ctx, store, f"private redis-server {store.redis.info('server')['redis_version']} "
-                                       f"on {url} (started for this benchmark)")
+        out = _bench_cost(ctx, store, f"private redis-server {store.redis.info('server')['redis_version']} "
+                                      f"on {url} (started for this benchmark), default configuration", "default")
     finally:
         store.close()
         ctx.children.stop(child)
+    private = private_redis(ctx.children, RECOMMENDED_REDIS_ARGS, "redis-private-recommended")
+    if private is None:
+        return out
+    child, url = private
+    store = Store(url)
+    try:
+        out["recommended_config"] = _bench_cost(
+            ctx, store, f"private redis-server {store.redis.info('server')['redis_version']} on {url} (started "
+                        f"for this benchmark) with {' '.join(RECOMMENDED_REDIS_ARGS)}", "recommended",
+            with_batch=False)
+    finally:
+        store.close()
+        ctx.children.stop(child)
+    return out
 
 
-def _bench_cost(ctx: Context, store: Store, redis_label: str) -> dict[str, Any]:
+COST_CONFIGS = {
+    "default": "Redis default configuration (hash-max-listpack-value 64)",
+    "recommended": f"recommended Redis configuration ({' '.join(RECOMMENDED_REDIS_ARGS).lstrip('-')}, as in "
+                   "docker-compose.yml)",
+}
+
+
+def _bench_cost(ctx: Context, store: Store, redis_label: str, config: str, with_batch: bool = True) -> dict[str, Any]:
     from ukcancel import keys
 
     n = 500 if ctx.quick else 2000
     warm = 20
     sim = ctx.simulator()
-    out: dict[str, Any] = {"n": n, "redis": redis_label}
+    out: dict[str, Any] = {"n": n, "redis": redis_label, "redis_config": config}
     store.flush() if "private" in redis_label else store.reset()
     store.reset()
     sim.load_jobs(jobs_for(USER_MEM, 400_000, n + warm) + jobs_for(USER_BATCH, 500_000, 10_000))
@@ -1250,8 +1371,16 @@ def _bench_cost(ctx: Context, store: Store, redis_label: str) -> dict[str, Any]:
     })
     per_command = out["per_command_dataset_plus_keyspace"]
     out["goal_memory_met"] = max(per_command, attributed) <= 1024
+    if with_batch:
+        _batch_acceptance(ctx, store, api, out)
+    api.stop()
+    store.reset()
+    _cost_table(ctx, store, out, config, fields, listpack_bytes)
+    return out
 
-    # Accepting a 10,000-item batch (no worker running: acceptance only).
+
+def _batch_acceptance(ctx: Context, store: Store, api: Api, out: dict[str, Any]) -> None:
+    """Accepting a 10,000-item batch (no worker running: acceptance only)."""
     store.reset()
     token_batch = store.token(USER_BATCH, "bench-batch")
     items = 10_000
@@ -1279,12 +1408,13 @@ def _bench_cost(ctx: Context, store: Store, redis_label: str) -> dict[str, Any]:
         }
         out["batch_accept_goal_met"] = None  # not the measurement the goal is about
     out["batch_accept"]["used_memory_per_item_queued"] = (store.used_memory() - mem0) / out["batch_accept"]["items"]
-    api.stop()
-    store.reset()
 
-    accept = out["batch_accept"]
-    accept_value = (f"{fmt(accept['seconds'], 2)} s" if accept["mode"] == "POST /v1/batches" else
-                    f"{fmt(accept['seconds'], 2)} s for {accept['items']:,} (~{fmt(accept['extrapolated_10000_seconds'], 1)} s / 10,000)")
+
+def _cost_table(ctx: Context, store: Store, out: dict[str, Any], config: str, fields: dict[str, int],
+                listpack_bytes: int) -> None:
+    n, done, per_command = out["n"], out["completed"], out["per_command_dataset_plus_keyspace"]
+    parts_delta, attributed = out["per_command_memory_stats"], out["per_command_memory_usage_total"]
+    families, redis_label = out["families"], out["redis"]
     rows = [
         ["commands completed", f"{done:,} / {n:,}", "all", verdict(done == n)],
         ["used_memory delta / command (MEMORY STATS total.allocated)", f"{fmt(out['per_command_used_memory'], 0)} B",
@@ -1306,12 +1436,23 @@ def _bench_cost(ctx: Context, store: Store, redis_label: str) -> dict[str, Any]:
         ["what-if: same hash, values cut to <= 64 B", f"{listpack_bytes} B ({out['whatif_listpack_encoding']})", "", ""],
         ["used_memory per queued command (record + turn message)", f"{fmt(out['per_queued_command_used_memory'], 0)} B",
          "", ""],
-        [f"accept a 10,000-item batch: {accept['mode']}", accept_value, "<= 2 s", verdict(out["batch_accept_goal_met"])],
-        ["  other processes' CPU meanwhile (cores)", fmt(accept.get("load", accept_load)["foreign_cores"], 2), "", ""],
-        ["used_memory per accepted batch item (queued)", f"{fmt(accept['used_memory_per_item_queued'], 0)} B", "", ""],
     ]
+    accept = out.get("batch_accept")
+    if accept is not None:
+        accept_value = (f"{fmt(accept['seconds'], 2)} s" if accept["mode"] == "POST /v1/batches" else
+                        f"{fmt(accept['seconds'], 2)} s for {accept['items']:,} "
+                        f"(~{fmt(accept['extrapolated_10000_seconds'], 1)} s / 10,000)")
+        rows += [
+            [f"accept a 10,000-item batch: {accept['mode']}", accept_value, "<= 2 s",
+             verdict(out["batch_accept_goal_met"])],
+            ["  other processes' CPU meanwhile (cores)", fmt(accept["load"]["foreign_cores"], 2)
+             if "load" in accept else "-", "", ""],
+            ["used_memory per accepted batch item (queued)", f"{fmt(accept['used_memory_per_item_queued'], 0)} B",
+             "", ""],
+        ]
     ctx.out.table(
-        f"4. Cost per command: Redis memory ({n:,} commands POSTed and completed) and batch acceptance",
+        f"4{'a' if config == 'default' else 'b'}. Cost per command, {COST_CONFIGS[config]}: Redis memory ({n:,} "
+        f"commands POSTed and completed){' and batch acceptance' if accept is not None else ''}",
         ["measure", "value", "goal", "verdict"], rows,
         caption="Field sizes of one completed record (bytes): "
                 + ", ".join(f"{k}={v}" for k, v in sorted(fields.items(), key=lambda kv: -kv[1]))
@@ -1319,13 +1460,13 @@ def _bench_cost(ctx: Context, store: Store, redis_label: str) -> dict[str, Any]:
                 f"Redis: {redis_label}. Measured after the queue drained and the rate windows expired; workers at "
                 "1,000/s, simulator 0 ms.",
     )
-    ctx.summary.append(["4", "Redis memory per completed command",
+    ctx.summary.append(["4", f"Redis memory per completed command, {COST_CONFIGS[config]}",
                         f"{fmt(per_command, 0)} B (MEMORY STATS) / "
                         f"{fmt(attributed, 0)} B (MEMORY USAGE)", "<= 1,024 B", verdict(out["goal_memory_met"])])
-    ctx.summary.append(["4", "accept a 10,000-item batch", accept_value, "<= 2 s",
-                        verdict(out["batch_accept_goal_met"]) if out["batch_accept_goal_met"] is not None
-                        else "n/a (no batch endpoint)"])
-    return out
+    if accept is not None:
+        ctx.summary.append(["4", "accept a 10,000-item batch", accept_value, "<= 2 s",
+                            verdict(out["batch_accept_goal_met"]) if out["batch_accept_goal_met"] is not None
+                            else "n/a (no batch endpoint)"])
 
 
 def idle_wait(store: Store, timeout: float = 15.0) -> None:

@@ -3,7 +3,8 @@
 - docker-compose.yml validates against the Compose specification's JSON schema (the copy that
   check-jsonschema vendors), and a broken copy does not;
 - its structure: a scalable worker, the simulator only in its profile, Redis with an append-only
-  file on a named volume, no variable that is not a setting (or a documented compose-only one);
+  file on a named volume and the recommended hash-max-listpack-value, no variable that is not a
+  setting (or a documented compose-only one);
 - every command (Dockerfile CMD, compose `command:`, systemd `ExecStart=`) names a real
   `ukcancel` subcommand with options it accepts, or runs gunicorn with valid options on the real
   WSGI module;
@@ -356,6 +357,13 @@ def test_redis_keeps_an_append_only_file_on_a_named_volume() -> None:
     assert named and named[0] in (compose.get("volumes") or {}), "Redis /data must be a named volume"
     assert "redis-cli ping" in " ".join(_argv(redis["healthcheck"]["test"]))
     assert "ports" not in redis, "Redis is for the services on the project network only"
+
+
+def test_redis_keeps_command_records_compact() -> None:
+    """The recommended hash-max-listpack-value: records with values over 64 bytes stay listpacks."""
+    argv = _argv(_compose()["services"]["redis"]["command"])
+    assert "--hash-max-listpack-value" in argv, "Redis should run with the recommended --hash-max-listpack-value"
+    assert int(argv[argv.index("--hash-max-listpack-value") + 1]) >= 1024
 
 
 def test_ukcancel_services_share_one_image_built_from_ops_dockerfile() -> None:

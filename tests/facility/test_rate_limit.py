@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from facility_api import PROBLEM, Facility, build_facility
 
 from ukcancel.settings import Settings
@@ -70,3 +72,23 @@ def test_api_processes_share_the_budget_through_redis(redis_url: str) -> None:
     assert spend(second, "alice", 2) == [200, 429]
     limiter_keys = [k.decode() for k in first.runtime.connection.keys("LIMITS:LIMITER/ukcancel-api/*")]
     assert limiter_keys and all("/token:" in k or "/addr:" in k for k in limiter_keys)
+
+
+def test_one_redis_round_trip_per_request_gives_the_headers_too(
+    make_facility: Callable[..., Facility], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hit returns the window's count and expiry: X-RateLimit-* and Retry-After need no reads after it."""
+    from limits.storage import RedisStorage
+
+    def second_round_trip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the window was read again after the hit")
+
+    monkeypatch.setattr(RedisStorage, "get", second_round_trip)
+    monkeypatch.setattr(RedisStorage, "get_expiry", second_round_trip)
+    facility = make_facility(api_rate_limit=TINY)
+    first = facility.call("GET", "/v1/cancellations", "alice")
+    assert first.status_code == 200 and first.headers["X-RateLimit-Remaining"] == "2"
+    assert spend(facility, "alice", 2) == [200, 200]
+    limited = facility.call("GET", "/v1/cancellations", "alice")
+    assert limited.status_code == 429 and limited.headers["X-RateLimit-Remaining"] == "0"
+    assert 0 < int(limited.headers["Retry-After"]) <= 60

@@ -356,3 +356,55 @@ def test_no_caller_can_move_a_terminal_command_even_by_listing_its_state(
     refused = registry.transition(command.id, RUNNING, (terminal,))
     assert refused == Transition(False, terminal)
     assert registry.get(command.id).state == terminal
+
+
+# ---- the record's compact form ------------------------------------------------------------------
+
+
+def test_history_is_compact_and_keeps_every_time_to_the_microsecond(connection: fakeredis.FakeRedis) -> None:
+    clock = Clock(1_776_543_210.1234567)  # real-looking epoch times with sub-microsecond digits
+    registry = CommandRegistry(connection, TTL, clock=clock)
+    command = new(registry)
+    times = [round(clock.now, 6)]
+    for step, move in (
+        (0.0012345678, lambda: registry.start_attempt(command.id)),
+        (1.5, lambda: registry.mark_retrying(command.id, "HTTP 503")),
+        (61.25, lambda: registry.start_attempt(command.id)),
+        (0.0000004, lambda: registry.complete(command.id, [1, {}])),
+    ):
+        clock.tick(step)
+        assert move().moved
+        times.append(round(clock.now, 6))
+    raw = connection.hgetall(keys.command(command.id))
+    assert b"id" not in raw  # the id is the key's suffix
+    assert all(len(value) <= 64 for value in raw.values())  # a listpack under Redis's default config
+    got = registry.get(command.id)
+    assert got is not None and got.id == command.id
+    assert [entry["state"] for entry in got.history] == [QUEUED, RUNNING, RETRYING, RUNNING, COMPLETED]
+    assert [entry["at"] for entry in got.history] == times
+    assert got.created_at == times[0] and got.updated_at == times[-1]
+
+
+def test_completion_drops_the_per_product_progress(registry: CommandRegistry, connection: fakeredis.FakeRedis) -> None:
+    command = new(registry)
+    registry.start_attempt(command.id)
+    registry.record_progress(command.id, resolved=["lc"], settled={"lc": {"code": 0, "text": "ok"}})
+    assert registry.complete(command.id, [1, {"LightCurve": {"code": 0, "text": "ok"}}]).moved
+    assert not connection.hexists(keys.command(command.id), "settled")
+    got = registry.get(command.id)
+    assert got is not None and got.settled == {} and got.resolved == ["lc"]
+    assert got.result == [1, {"LightCurve": {"code": 0, "text": "ok"}}]
+
+
+def test_indexes_are_pruned_once_per_interval_not_on_every_insert(
+    registry: CommandRegistry, connection: fakeredis.FakeRedis, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = keys.user_commands("astro@example.org")
+    first = new(registry)  # the process's first insert into the index prunes it
+    clock.tick(TTL + 1)
+    second = new(registry)  # within the interval: the stale entry stays (the listing skips it)
+    assert {m.decode() for m in connection.zrange(index, 0, -1)} == {first.id, second.id}
+    monkeypatch.setattr("ukcancel.command.PRUNE_INTERVAL_SECONDS", 0.0)
+    third = new(registry)
+    assert {m.decode() for m in connection.zrange(index, 0, -1)} == {second.id, third.id}
+    assert {m.decode() for m in connection.zrange(keys.ALL_COMMANDS, 0, -1)} == {second.id, third.id}

@@ -6,15 +6,16 @@ import logging
 
 import redis
 from flask import Flask
-from werkzeug.exceptions import InternalServerError, ServiceUnavailable
-
-from ukcancel import __version__
-from ukcancel.runtime import Runtime
 from ukcancel.service import batches, cancellations, health, metrics
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.problems import ProblemApi
 from ukcancel.service.rate_limit import install_rate_limit
+from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailable
+
+from ukcancel import __version__
+from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
+from ukcancel.token import NotPermitted
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for path in ("/healthz", "/readyz"):
         for operation in api.spec._paths.get(path, {}).values():
             operation["security"] = []
+
+    @app.errorhandler(NotPermitted)
+    def not_permitted(exc: NotPermitted):  # type: ignore[no-untyped-def]
+        return api.handle_http_exception(Forbidden(str(exc)))
 
     @app.errorhandler(redis.RedisError)
     def redis_unavailable(exc: redis.RedisError):  # type: ignore[no-untyped-def]

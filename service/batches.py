@@ -14,21 +14,23 @@ from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from kombu.exceptions import KombuError
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
-
-from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
-from ukcancel.command import QUEUED, CancelCommand
-from ukcancel.service.auth import Principal, authenticate, principal
+from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.batch_schemas import (
     BatchAcceptedSchema,
     BatchQuerySchema,
     BatchRequestSchema,
     BatchSchema,
 )
-from ukcancel.service.cancellations import enqueue_all, runtime, withdraw
+from ukcancel.service.cancellations import runtime, withdraw
 from ukcancel.service.problems import require_json_body
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
 from ukcancel.worker.rate_limit import OPEN, FleetGate
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+
+from ukcancel import submission
+from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
+from ukcancel.command import QUEUED, CancelCommand
+from ukcancel.token import Principal
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")
 
@@ -104,11 +106,7 @@ class Batches(MethodView):
         if request_data["all_active"]:
             batch = start_expansion(Batch(user_id, caller.token_name, state=EXPANDING))
         else:
-            commands = [
-                CancelCommand(job_id=item["job_id"], user_id=user_id, products=item["products"],
-                              submitted_by=caller.token_name)
-                for item in request_data["items"]
-            ]
+            commands = [submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]]
             batch = enqueue_batch(Batch(user_id, caller.token_name, state=RUNNING), commands)
         location = url_for("batches.BatchResource", batch_id=batch.id)
         return {"id": batch.id, "state": batch.state, "total": batch.total}, 202, {"Location": location}
@@ -120,10 +118,10 @@ def enqueue_batch(batch: Batch, commands: list[CancelCommand]) -> Batch:
     pipe = rt.connection.pipeline(transaction=True)
     rt.batches.add(batch, commands, pipe)
     try:
-        enqueue_all(commands, pipe)
-    except ServiceUnavailable:
+        submission.enqueue(rt, commands, pipe)
+    except submission.BrokerUnavailable:
         rt.batches.fail(batch.id, "the task broker was unavailable; nothing was enqueued")
-        raise
+        raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
     return batch
 
 

@@ -6,20 +6,13 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import redis
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
-
-from ukcancel import keys, submission
-from ukcancel.command import QUEUED, CancelCommand, Transition
-from ukcancel.listing import CommandFilter, CommandListing
-from ukcancel.runtime import Runtime
-from ukcancel.service.auth import Principal, authenticate, principal
+from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.schemas import (
     AcceptedSchema,
@@ -31,6 +24,13 @@ from ukcancel.service.schemas import (
     WaitQuerySchema,
     submission_policy,
 )
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
+
+from ukcancel import keys, submission
+from ukcancel.command import QUEUED, CancelCommand, Transition
+from ukcancel.listing import CommandFilter, CommandListing
+from ukcancel.runtime import Runtime
+from ukcancel.token import Principal
 
 blp = Blueprint("cancellations", __name__, url_prefix="/v1/cancellations", description="Cancel commands")
 blp.before_request(authenticate)
@@ -133,19 +133,6 @@ class Cancellations(MethodView):
             replay.headers["Location"] = location
             return replay
         return {"id": command.id, "state": QUEUED}, 202, {"Location": location}
-
-
-def enqueue(command: CancelCommand) -> None:
-    """Store and dispatch; if the broker cannot take the turn, withdraw the record and answer 503."""
-    enqueue_all([command])
-
-
-def enqueue_all(commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
-    """`enqueue` for many commands (a batch), written with whatever `pipeline` already holds."""
-    try:
-        submission.enqueue(runtime(), commands, pipeline)
-    except submission.BrokerUnavailable:
-        raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
 
 
 @blp.route("/<command_id>")

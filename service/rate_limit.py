@@ -19,10 +19,10 @@ from flask import Flask, Response, g, has_request_context, request
 from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import RedisStorage
+from ukcancel.service.auth import bearer_record
 
 from ukcancel import keys
 from ukcancel.runtime import Runtime
-from ukcancel.service.auth import bearer_record
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from ukcancel.simulator import SimulatorServer, SimulatorState
 
 REDIS_DATABASES = range(9, 16)

@@ -45,14 +45,12 @@ from typing import Any
 
 import redis
 from marshmallow import ValidationError
-from werkzeug.exceptions import Forbidden
 
 from ukcancel import keys
 from ukcancel.runtime import Runtime
-from ukcancel.service.auth import Principal
 from ukcancel.service.schemas import CancellationRequestSchema, submission_policy
 from ukcancel.submission import BrokerUnavailable, Reservation, submit
-from ukcancel.token import TOKEN_PREFIX
+from ukcancel.token import TOKEN_PREFIX, NotPermitted, Principal
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +261,8 @@ class CommandStreamConsumer:
             submitted = submit(self.runtime, caller, request, Reservation(keys.stream_entry(entry_id)))
         except EntryRejected as rejected:
             return self._reject(entry_id, fields, rejected.reason)
-        except Forbidden as exc:  # acting for another user without an admin token
-            return self._reject(entry_id, fields, {"user_id": [str(exc.description)]})
+        except NotPermitted as exc:  # acting for another user without an admin token
+            return self._reject(entry_id, fields, {"user_id": [str(exc)]})
         except BrokerUnavailable as exc:
             log.warning("command stream: entry %s left pending, broker unavailable: %s", entry_id, exc)
             return Handled(entry_id)

@@ -21,7 +21,7 @@ from kombu.exceptions import KombuError
 
 from ukcancel.command import ABORTED, QUEUED, CancelCommand
 from ukcancel.runtime import Runtime
-from ukcancel.service.auth import Principal
+from ukcancel.token import Principal
 
 # A round is lost only when another submission wrote the key between WATCH and EXEC; the next
 # round then finds that key. More rounds than this means the key is being released and retaken.
@@ -77,7 +77,7 @@ def submit(
 ) -> Submission:
     """Store and dispatch the command `request` asks for, or find the one `reservation` names.
 
-    Raises `werkzeug.exceptions.Forbidden` (acting for another user), `ReservationMismatch` and
+    Raises `NotPermitted` (acting for another user), `ReservationMismatch` and
     `BrokerUnavailable`.
     """
     command = new_command(caller, request)

@@ -41,6 +41,35 @@ class TokenError(ValueError):
     pass
 
 
+class NotPermitted(PermissionError):
+    """A user token asked to act for another UKSSDC user (the API answers 403, the stream dead-letters)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name, the UKSSDC UserID it is bound to, and whether it is an admin."""
+
+    token_name: str
+    user_id: str
+    admin: bool
+    callback_secret: str
+
+    @classmethod
+    def from_token(cls, record: TokenRecord) -> Principal:
+        return cls(record.name, record.user_id, record.admin, record.callback_secret)
+
+    def may_see(self, user_id: str) -> bool:
+        return self.admin or user_id == self.user_id
+
+    def acting_for(self, user_id: str | None) -> str:
+        """The UKSSDC UserID a request acts for; a user token may act only for its own."""
+        if user_id is None or user_id == self.user_id:
+            return self.user_id
+        if self.admin:
+            return user_id
+        raise NotPermitted(f"this token acts for {self.user_id}; it may not act for another user_id")
+
+
 class TokenRegistry:
     """Issues, checks, lists and revokes bearer tokens.
 

@@ -30,10 +30,10 @@ from .state import (
     API_VERSION,
     CANCEL_OK,
     HTTP_ERROR_KINDS,
-    LogEntry,
     PRODUCT_STATE_TEXTS,
     PRODUCTS,
     Fault,
+    LogEntry,
     SimulatorState,
     expand_table,
 )

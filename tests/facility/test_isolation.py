@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from facility_api import ALICE, BOB, OPS, PROBLEM, Facility
 
 USERS = {"alice": ALICE, "bob": BOB, "ops": OPS}

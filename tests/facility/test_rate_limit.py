@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from facility_api import PROBLEM, Facility, build_facility
 
 from ukcancel.settings import Settings

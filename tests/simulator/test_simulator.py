@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import requests
-
 from ukcancel.simulator import (
     API_VERSION,
     DEFAULT_JOBS_PATH,

@@ -7,7 +7,6 @@ its own module in this package and is attached at the bottom.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 

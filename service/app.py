@@ -6,14 +6,14 @@ import logging
 
 import redis
 from flask import Flask
-from ukcancel.service import batches, cancellations, health, metrics
-from ukcancel.service.auth import SECURITY_SCHEME
-from ukcancel.service.problems import ProblemApi
-from ukcancel.service.rate_limit import install_rate_limit
 from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailable
 
 from ukcancel import __version__
 from ukcancel.runtime import Runtime
+from ukcancel.service import batches, cancellations, health, metrics
+from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.problems import ProblemApi
+from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.settings import Settings
 from ukcancel.token import NotPermitted
 

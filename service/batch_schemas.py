@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
-from ukcancel.service.schemas import CancellationRequestSchema, EpochTime
 
 from ukcancel.batch import BATCH_STATES, RESULT_STATUSES
 from ukcancel.command import STATES
+from ukcancel.service.schemas import CancellationRequestSchema, EpochTime
 
 MAX_ITEMS = 10_000
 MAX_PAGE = 1000

@@ -14,6 +14,11 @@ from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from kombu.exceptions import KombuError
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+
+from ukcancel import submission
+from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
+from ukcancel.command import QUEUED, CancelCommand
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.batch_schemas import (
     BatchAcceptedSchema,
@@ -23,14 +28,9 @@ from ukcancel.service.batch_schemas import (
 )
 from ukcancel.service.cancellations import runtime, withdraw
 from ukcancel.service.problems import require_json_body
+from ukcancel.token import Principal
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
 from ukcancel.worker.rate_limit import OPEN, FleetGate
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
-
-from ukcancel import submission
-from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
-from ukcancel.command import QUEUED, CancelCommand
-from ukcancel.token import Principal
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")
 

@@ -12,6 +12,12 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
+
+from ukcancel import keys, submission
+from ukcancel.command import QUEUED, CancelCommand, Transition
+from ukcancel.listing import CommandFilter, CommandListing
+from ukcancel.runtime import Runtime
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.schemas import (
@@ -24,12 +30,6 @@ from ukcancel.service.schemas import (
     WaitQuerySchema,
     submission_policy,
 )
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
-
-from ukcancel import keys, submission
-from ukcancel.command import QUEUED, CancelCommand, Transition
-from ukcancel.listing import CommandFilter, CommandListing
-from ukcancel.runtime import Runtime
 from ukcancel.token import Principal
 
 blp = Blueprint("cancellations", __name__, url_prefix="/v1/cancellations", description="Cancel commands")

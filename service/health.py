@@ -8,6 +8,7 @@ import redis
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+
 from ukcancel.worker.celery_app import live_workers
 from ukcancel.worker.rate_limit import FleetGate
 

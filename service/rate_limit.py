@@ -19,12 +19,12 @@ from flask import Flask, Response, g, has_request_context, request
 from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import RedisStorage
-from ukcancel.service.auth import bearer_record
 
 from ukcancel import keys
 from ukcancel.runtime import Runtime
+from ukcancel.service.auth import bearer_record
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})  # probes and scrapers carry no token
 
 # KEYS[1] counter   ARGV[1] window length (s)   ARGV[2] amount
 # limits' fixed-window increment (expiry set by the hit that opens the window), returning the

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from ukcancel.simulator import SimulatorServer, SimulatorState
 
 REDIS_DATABASES = range(9, 16)

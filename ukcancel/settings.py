@@ -108,7 +108,7 @@ class Settings:
     callback_allowed_hosts: tuple[str, ...] = ()
     callback_max_attempts: int = 5
     worker_concurrency: int = 8
-    fleet_guard_seconds: float = 0.05
+    fleet_guard_seconds: float = 0.04
     metrics_multiproc_dir: str | None = None
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"

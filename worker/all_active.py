@@ -20,15 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from ukcancel.worker.cancellation import Reschedule, backoff_delay
-from ukcancel.worker.rate_limit import FleetGate, Wait
-from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
 from ukcancel.command import CancelCommand
 from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.runtime import Runtime
+from ukcancel.worker.cancellation import Reschedule, backoff_delay
+from ukcancel.worker.rate_limit import FleetGate, Wait
+from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 log = logging.getLogger(__name__)
 

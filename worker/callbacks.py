@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import requests
 from celery import Celery, Task
 from kombu.exceptions import KombuError
-from ukcancel.service.schemas import CancellationSchema
-from ukcancel.worker.cancellation import backoff_delay
 
 from ukcancel import __version__, callback
 from ukcancel.command import CancelCommand
+from ukcancel.service.schemas import CancellationSchema
+from ukcancel.worker.cancellation import backoff_delay
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime

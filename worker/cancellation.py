@@ -15,9 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ukcancel.worker.rate_limit import FleetGate, Permit, Wait
-from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
-
 from ukcancel import metrics
 from ukcancel import products as product_names
 from ukcancel.command import RUNNING, CancelCommand
@@ -35,6 +32,8 @@ from ukcancel.outcome import (
     processed_tuple,
 )
 from ukcancel.runtime import Runtime
+from ukcancel.worker.rate_limit import FleetGate, Permit, Wait
+from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 log = logging.getLogger(__name__)
 

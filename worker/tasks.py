@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery, Task
 from kombu.exceptions import KombuError
+
 from ukcancel.worker.cancellation import CancellationRun, Reschedule
 from ukcancel.worker.rate_limit import FleetGate
 from ukcancel.worker.ukssdc import UkssdcClient

@@ -17,6 +17,7 @@ from typing import Any
 from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
+
 from ukcancel.worker import rate_limit
 
 

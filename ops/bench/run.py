@@ -647,9 +647,8 @@ def pid_cpu_seconds(pids: list[int]) -> dict[int, float]:
 
 
 def bench_enqueue(ctx: Context) -> dict[str, Any]:
-    from ukcancel.worker.tasks import RUN_NEXT
-
     from ukcancel import keys
+    from ukcancel.worker.tasks import RUN_NEXT
 
     n = 1000 if ctx.quick else 3000
     out: dict[str, Any] = {"n": n, "runs": []}
@@ -700,9 +699,8 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
     # runtime kind (same Redis, same broker) as the bare rows. The requests are loaded beforehand
     # with the API's own schema (the body the HTTP rows POST), so only submit() is timed.
     def inproc(threads: int) -> dict[str, Any]:
-        from ukcancel.service.schemas import CancellationRequestSchema
-
         from ukcancel import submission
+        from ukcancel.service.schemas import CancellationRequestSchema
         from ukcancel.token import Principal
 
         store.reset()
@@ -1559,8 +1557,9 @@ def serve_werkzeug(port: int) -> None:
     """Internal: the API in a werkzeug threaded server with HTTP/1.1 keep-alive, no request log."""
     import logging
 
-    from ukcancel.service.app import create_app
     from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from ukcancel.service.app import create_app
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     WSGIRequestHandler.protocol_version = "HTTP/1.1"

@@ -19,11 +19,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ukcancel.service.app import create_app
 
 from ukcancel import keys
 from ukcancel.command import COMPLETED, QUEUED, RUNNING
 from ukcancel.runtime import Runtime
+from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 
 ASTRO = "astro@example.org"

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from ukcancel.service.app import create_app
-from ukcancel.simulator import SimulatorServer
 from werkzeug.serving import make_server
 
 from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
+from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
+from ukcancel.simulator import SimulatorServer
 
 ASTRO = "astro@example.org"
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from swifttools.ukssdc.xrt_prods import XRTProductRequest
-from ukcancel.simulator import SimulatorServer, SimulatorState
 
 from ukcancel.client import Client
+from ukcancel.simulator import SimulatorServer, SimulatorState
 
 ASTRO = "astro@example.org"
 Served = Any  # the `served` fixture of tests/cli/conftest.py

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from swifttools.ukssdc.xrt_prods import XRTProductRequest, prod_request
+
 from ukcancel.simulator import Fault, SimulatorServer, SimulatorState
 
 ASTRO = "astro@example.org"

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 import redis
-from ukcancel.service.app import create_app
-from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.celery_app import QUEUE
-from ukcancel.worker.tasks import RUN_NEXT
 
 from ukcancel import keys
 from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
+from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
+from ukcancel.simulator import Fault, SimulatorServer
+from ukcancel.worker.celery_app import QUEUE
+from ukcancel.worker.tasks import RUN_NEXT
 
 pytestmark = pytest.mark.e2e
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from ukcancel.service.app import create_app
+from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 from ukcancel.worker.celery_app import QUEUE
-
-from ukcancel.settings import Settings
 
 pytestmark = pytest.mark.e2e
 

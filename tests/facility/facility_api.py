@@ -9,10 +9,10 @@ from typing import Any
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from ukcancel.service.app import create_app
 from werkzeug.test import TestResponse
 
 from ukcancel.runtime import Runtime
+from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.token import TokenRecord
 

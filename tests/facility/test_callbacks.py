@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import requests
 from facility_api import ALICE, PROBLEM, Facility, build_facility
-from ukcancel.simulator import SimulatorServer
-from ukcancel.worker.callbacks import CallbackDelivery, callback_body
 
 from ukcancel import callback
 from ukcancel.settings import Settings
+from ukcancel.simulator import SimulatorServer
+from ukcancel.worker.callbacks import CallbackDelivery, callback_body
 
 
 @dataclass

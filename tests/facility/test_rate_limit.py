@@ -49,9 +49,9 @@ def test_requests_without_a_valid_token_are_limited_by_address(make_facility: Ca
     assert spend(facility, "alice", 1) == [200]  # a token's budget is its own
 
 
-def test_probes_and_the_openapi_document_are_never_limited(make_facility: Callable[..., Facility]) -> None:
+def test_probes_metrics_and_the_openapi_document_are_never_limited(make_facility: Callable[..., Facility]) -> None:
     facility = make_facility(api_rate_limit="1 per minute")
-    for path in ("/healthz", "/readyz", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert 429 not in spend(facility, None, 5, path)
 
 

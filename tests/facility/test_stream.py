@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 from facility_api import ALICE, BOB, Facility, build_facility
-from ukcancel.simulator import SimulatorServer
 
 from ukcancel import keys
 from ukcancel.settings import Settings
+from ukcancel.simulator import SimulatorServer
 from ukcancel.stream import CommandStreamConsumer, request_from_fields
 
 UKCANCEL = str(Path(sys.executable).with_name("ukcancel"))

@@ -9,18 +9,18 @@ from typing import Any
 import fakeredis
 import pytest
 from flask.testing import FlaskClient
-from ukcancel.service.app import create_app
-from ukcancel.simulator import SimulatorServer
-from ukcancel.worker.all_active import ActiveJobsExpansion
-from ukcancel.worker.cancellation import Reschedule
-from ukcancel.worker.rate_limit import FleetGate, Wait
-from ukcancel.worker.ukssdc import UkssdcClient
 
 from ukcancel import keys
 from ukcancel.batch import EXPANDING
 from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
+from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
+from ukcancel.simulator import SimulatorServer
+from ukcancel.worker.all_active import ActiveJobsExpansion
+from ukcancel.worker.cancellation import Reschedule
+from ukcancel.worker.rate_limit import FleetGate, Wait
+from ukcancel.worker.ukssdc import UkssdcClient
 
 ASTRO = "astro@example.org"
 OTHER = "other@example.org"

@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from ukcancel.simulator import Fault, SimulatorServer
 
 from ukcancel.command import CancelCommand
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
+from ukcancel.simulator import Fault, SimulatorServer
 
 BULK = "bulk@example.org"  # the simulator's seeded jobs 2001-2200, lc and psf queued
 ASTRO = "astro@example.org"

@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from ukcancel.service.app import create_app
-from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.rate_limit import FleetGate, Permit
 
 from ukcancel.command import CancelCommand
 from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
+from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
+from ukcancel.simulator import Fault, SimulatorServer
+from ukcancel.worker.rate_limit import FleetGate, Permit
 
 ASTRO = "astro@example.org"
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from ukcancel.worker.celery_app import QUEUE
-from ukcancel.worker.tasks import TURN_BATCH, send_turns
 
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
+from ukcancel.worker.celery_app import QUEUE
+from ukcancel.worker.tasks import TURN_BATCH, send_turns
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from ukcancel.simulator import (
     API_VERSION,
     DEFAULT_JOBS_PATH,

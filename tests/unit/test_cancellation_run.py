@@ -17,10 +17,6 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.cancellation import CancellationRun, Reschedule, RunResult, backoff_delay
-from ukcancel.worker.rate_limit import Permit, Wait
-from ukcancel.worker.ukssdc import UkssdcClient, parse_retry_after
 
 from ukcancel import keys
 from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, RUNNING, CancelCommand
@@ -28,6 +24,10 @@ from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT, CONFIRMED_FINISHED_TEXT
 from ukcancel.products import normalise
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
+from ukcancel.simulator import Fault, SimulatorServer
+from ukcancel.worker.cancellation import CancellationRun, Reschedule, RunResult, backoff_delay
+from ukcancel.worker.rate_limit import Permit, Wait
+from ukcancel.worker.ukssdc import UkssdcClient, parse_retry_after
 
 ASTRO = "astro@example.org"
 OTHER = "other@example.org"

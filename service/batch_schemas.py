@@ -13,7 +13,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from ukcancel.batch import BATCH_STATES, RESULT_STATUSES
 from ukcancel.command import STATES
-from ukcancel.service.schemas import CancellationRequestSchema, EpochTime
+from ukcancel.service.schemas import CancellationRequestSchema, EpochTime, WaitQuerySchema
 
 MAX_ITEMS = 10_000
 MAX_PAGE = 1000
@@ -64,15 +64,9 @@ class BatchAcceptedSchema(Schema):
     total = fields.Integer(metadata={"description": "Items in the batch (0 while expanding)."})
 
 
-class BatchQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
+class BatchQuerySchema(WaitQuerySchema):
+    """The long poll of a single command (here: until every item is terminal), plus item paging."""
 
-    wait = fields.Integer(
-        load_default=0,
-        validate=validate.Range(min=0, max=60),
-        metadata={"description": "Seconds to wait until every item is terminal (long poll), at most 60."},
-    )
     cursor = fields.Integer(
         load_default=0,
         strict=False,

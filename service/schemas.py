@@ -235,5 +235,5 @@ class WaitQuerySchema(Schema):
     wait = fields.Integer(
         load_default=0,
         validate=validate.Range(min=0, max=60),
-        metadata={"description": "Seconds to wait for a terminal state (long poll), at most 60."},
+        metadata={"description": "Seconds to wait for a terminal state (of a batch: of every item; long poll), at most 60."},
     )

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery, bootsteps
 
 from ukcancel import keys
@@ -46,7 +47,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             while not self._stop.is_set():
                 try:
                     runtime.connection.zadd(keys.WORKERS, {name: time.time()})
-                except Exception:  # Redis briefly away: /readyz will say so; keep beating.
+                except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
                 self._stop.wait(HEARTBEAT_SECONDS)
 
@@ -57,7 +58,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._stop.set()
         try:
             worker.app.runtime.connection.zrem(keys.WORKERS, worker.hostname)
-        except Exception:
+        except redis.RedisError:  # shutting down without Redis: the entry ages out of the live window
             pass
 
 

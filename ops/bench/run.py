@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,6 +396,25 @@ def start_workers(children: Children, redis_url: str, sim: Simulator, count: int
 # ------------------------------------------------------------------------------------------------
 # HTTP client helpers
 # ------------------------------------------------------------------------------------------------
+def timed_threads(work: Callable[[Any, Callable[[], Any]], None], chunks: list[Any]) -> float:
+    """Run `work(chunk, ready)` on one thread per chunk; each calls `ready()` once it is set up
+    (connection opened), so all start together. Seconds from that start until the last finishes."""
+    barrier = threading.Barrier(len(chunks) + 1)
+    pool = [threading.Thread(target=work, args=(chunk, barrier.wait), daemon=True) for chunk in chunks]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    return time.perf_counter() - began
+
+
+def shares(total: int, threads: int) -> list[int]:
+    """`total` split as evenly as possible over `threads`."""
+    return [total // threads + (1 if i < total % threads else 0) for i in range(threads)]
+
+
 def post_cancellations(base_url: str, token: str, job_ids: list[int], threads: int = CLIENT_THREADS,
                        products: list[str] | None = None, client: str = "requests",
                        ) -> tuple[float, Counter[int], list[str]]:
@@ -414,17 +434,16 @@ def post_cancellations(base_url: str, token: str, job_ids: list[int], threads: i
     statuses: Counter[int] = Counter()
     ids: list[str] = []
     lock = threading.Lock()
-    start = threading.Barrier(threads + 1)
     url = base_url + "/v1/cancellations"
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     netloc = urlsplit(base_url)
 
-    def run(chunk: list[int]) -> None:
+    def run(chunk: list[int], ready: Callable[[], Any]) -> None:
         mine: Counter[int] = Counter()
         got: list[str] = []
         if client == "http.client":
             connection = http.client.HTTPConnection(netloc.hostname, netloc.port, timeout=30)
-            start.wait()
+            ready()
             for job_id in chunk:
                 body = json.dumps({"job_id": job_id, "products": products})
                 connection.request("POST", "/v1/cancellations", body, headers)
@@ -436,7 +455,7 @@ def post_cancellations(base_url: str, token: str, job_ids: list[int], threads: i
             connection.close()
         else:
             session = requests.Session()
-            start.wait()
+            ready()
             for job_id in chunk:
                 body = json.dumps({"job_id": job_id, "products": products})
                 reply = session.post(url, data=body, headers=headers, timeout=30)
@@ -448,14 +467,7 @@ def post_cancellations(base_url: str, token: str, job_ids: list[int], threads: i
             statuses.update(mine)
             ids.extend(got)
 
-    pool = [threading.Thread(target=run, args=(chunk,), daemon=True) for chunk in chunks]
-    for thread in pool:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    return time.perf_counter() - began, statuses, ids
+    return timed_threads(run, chunks), statuses, ids
 
 
 def get_many(base_url: str, path: str, count: int, threads: int = CLIENT_THREADS) -> tuple[float, Counter[int]]:
@@ -464,27 +476,18 @@ def get_many(base_url: str, path: str, count: int, threads: int = CLIENT_THREADS
 
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
-    start = threading.Barrier(threads + 1)
 
-    def run(n: int) -> None:
+    def run(n: int, ready: Callable[[], Any]) -> None:
         session = requests.Session()
         mine: Counter[int] = Counter()
-        start.wait()
+        ready()
         for _ in range(n):
             mine[session.get(base_url + path, timeout=30).status_code] += 1
         session.close()
         with lock:
             statuses.update(mine)
 
-    pool = [threading.Thread(target=run, args=(count // threads + (1 if i < count % threads else 0),), daemon=True)
-            for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    return time.perf_counter() - began, statuses
+    return timed_threads(run, shares(count, threads)), statuses
 
 
 def post_batch(base_url: str, token: str, job_ids: list[int]) -> tuple[float, int, Any]:
@@ -664,22 +667,12 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
         store.redis.delete(queue_key)
         meter = LoadMeter(store, [])
         cpu0, rcpu0 = own_cpu_seconds(), store.redis_cpu()
-        barrier = threading.Barrier(threads + 1)
-
-        def run(count: int) -> None:
-            barrier.wait()
+        def run(count: int, ready: Callable[[], Any]) -> None:
+            ready()
             for _ in range(count):
                 app.send_task(RUN_NEXT)
 
-        pool = [threading.Thread(target=run, args=(n // threads + (1 if i < n % threads else 0),), daemon=True)
-                for i in range(threads)]
-        for thread in pool:
-            thread.start()
-        barrier.wait()
-        began = time.perf_counter()
-        for thread in pool:
-            thread.join()
-        elapsed = time.perf_counter() - began
+        elapsed = timed_threads(run, shares(n, threads))
         load = meter.stop()
         queued = store.redis.llen(queue_key)
         result = {
@@ -715,25 +708,17 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
         before = store.redis.zcard(keys.user_commands(USER_API))
         meter = LoadMeter(store, [])
         cpu0, rcpu0 = own_cpu_seconds(), store.redis_cpu()
-        barrier = threading.Barrier(threads + 1)
         errors: list[BaseException] = []
 
-        def run(chunk: list[dict[str, Any]]) -> None:
-            barrier.wait()
+        def run(chunk: list[dict[str, Any]], ready: Callable[[], Any]) -> None:
+            ready()
             try:
                 for request in chunk:
                     submission.submit(runtime, caller, request)
             except BaseException as exc:  # reported in the row, not lost in a thread
                 errors.append(exc)
 
-        pool = [threading.Thread(target=run, args=(requests_[i:n:threads],), daemon=True) for i in range(threads)]
-        for thread in pool:
-            thread.start()
-        barrier.wait()
-        began = time.perf_counter()
-        for thread in pool:
-            thread.join()
-        elapsed = time.perf_counter() - began
+        elapsed = timed_threads(run, [requests_[i:n:threads] for i in range(threads)])
         load = meter.stop()
         queued = store.redis.llen(queue_key)
         stored = store.redis.zcard(keys.user_commands(USER_API)) - before

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -37,6 +38,30 @@ def simulator() -> Iterator[SimulatorServer]:
     """A fresh simulator per test, on a free port, with the default seeded job table."""
     with SimulatorServer(state=SimulatorState()) as sim:
         yield sim
+
+
+@pytest.fixture
+def swifttools_request() -> Callable[..., Any]:
+    """Factory of official-client (`swifttools`) requests that believe they submitted a job.
+
+    `swifttools_request(sim, user, job_id, *products)`: the products are added through the public
+    API. The client has no public way to adopt a job submitted elsewhere, so the submitted flag,
+    its status 1 ("submitted, running"), the JobID and the base URL (the simulator) are set through
+    private attributes: `cancelProducts` requires `submitted` and `statusCode == 1`.
+    """
+    from swifttools.ukssdc.xrt_prods import XRTProductRequest
+
+    def adopt(sim: SimulatorServer, user: str, job_id: int, *products: str) -> XRTProductRequest:
+        request = XRTProductRequest(user, silent=True)
+        for product in products:
+            request.addProduct(product)
+        request._submitted = True
+        request._status = 1
+        request._jobID = job_id
+        request._baseURL = sim.base_url
+        return request
+
+    return adopt
 
 
 # -- a real Redis server ---------------------------------------------------------------------------

@@ -6,11 +6,10 @@ known defect reports 1 for a partial cancellation (the protocol's 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from swifttools.ukssdc.xrt_prods import XRTProductRequest
 
 from ukcancel.client import Client
 from ukcancel.simulator import SimulatorServer, SimulatorState
@@ -27,18 +26,6 @@ def official_sim() -> Iterator[SimulatorServer]:
         yield server
 
 
-def official_request(sim: SimulatorServer, job_id: int, *products: str) -> XRTProductRequest:
-    """An official-client request adopting a submitted job (see tests/contract for why private attributes)."""
-    request = XRTProductRequest(ASTRO, silent=True)
-    for product in products:
-        request.addProduct(product)
-    request._submitted = True
-    request._status = 1
-    request._jobID = job_id
-    request._baseURL = sim.base_url
-    return request
-
-
 @pytest.mark.parametrize(
     ("job_id", "products", "steps"),
     [
@@ -48,10 +35,11 @@ def official_request(sim: SimulatorServer, job_id: int, *products: str) -> XRTPr
     ],
 )
 def test_same_detail_as_the_official_client_status_differs_only_by_its_defect(
-    served: Served, official_sim: SimulatorServer, job_id: int, products: tuple[str, ...], steps: list
+    served: Served, official_sim: SimulatorServer, swifttools_request: Callable[..., Any], job_id: int,
+    products: tuple[str, ...], steps: list,
 ) -> None:
     ours = Client(served.url, served.token)
-    theirs = official_request(official_sim, job_id, *products)
+    theirs = swifttools_request(official_sim, ASTRO, job_id, *products)
     for what in steps:
         official_status, official_detail = theirs.cancelProducts() if what == "all" else theirs.cancelProducts(what)
         status, detail = ours.cancel_products(job_id, what)  # type: ignore[misc]

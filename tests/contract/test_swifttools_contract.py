@@ -11,7 +11,7 @@ swifttools is a required test dependency: a missing install must fail here, not 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from ukcancel.simulator import Fault, SimulatorServer, SimulatorState
 
 ASTRO = "astro@example.org"
 PRODUCTION_BASE = "https://www.swift.ac.uk/user_objects"
+Adopt = Callable[..., XRTProductRequest]  # the `swifttools_request` fixture of tests/conftest.py
 
 # The client compares API versions with a deprecated standard-library class; not our concern.
 pytestmark = pytest.mark.filterwarnings("ignore:distutils Version classes are deprecated:DeprecationWarning")
@@ -33,26 +34,8 @@ def sim() -> Iterator[SimulatorServer]:
         yield server
 
 
-def submitted_request(sim: SimulatorServer, user: str, job_id: int, *products: str) -> XRTProductRequest:
-    """A client request that believes it submitted `job_id`, pointed at the simulator.
-
-    The products are added through the public API. The client has no public way to adopt a
-    job submitted elsewhere, so the submitted flag, its status 1 ("submitted, running"), the
-    JobID and the base URL are set through private attributes: `cancelProducts` requires
-    `submitted` and `statusCode == 1`.
-    """
-    request = XRTProductRequest(user, silent=True)
-    for product in products:
-        request.addProduct(product)
-    request._submitted = True
-    request._status = 1
-    request._jobID = job_id
-    request._baseURL = sim.base_url
-    return request
-
-
-def test_cancel_light_curve_then_everything_as_in_the_user_guide(sim: SimulatorServer) -> None:
-    request = submitted_request(sim, ASTRO, 1001, "LightCurve", "StandardPos")
+def test_cancel_light_curve_then_everything_as_in_the_user_guide(sim: SimulatorServer, swifttools_request: Adopt) -> None:
+    request = swifttools_request(sim, ASTRO, 1001, "LightCurve", "StandardPos")
 
     assert request.cancelProducts(["LightCurve"]) == (1, {"LightCurve": {"code": 0, "text": "Job cancelled OK"}})
 
@@ -76,8 +59,8 @@ def test_cancel_light_curve_then_everything_as_in_the_user_guide(sim: SimulatorS
     assert oks == [1, 2]
 
 
-def test_simulator_receives_what_the_official_client_sends(sim: SimulatorServer) -> None:
-    request = submitted_request(sim, ASTRO, 1001, "LightCurve", "StandardPos")
+def test_simulator_receives_what_the_official_client_sends(sim: SimulatorServer, swifttools_request: Adopt) -> None:
+    request = swifttools_request(sim, ASTRO, 1001, "LightCurve", "StandardPos")
     request.cancelProducts(["LightCurve"])
     request.checkProductStatus()
 
@@ -96,8 +79,8 @@ def test_simulator_receives_what_the_official_client_sends(sim: SimulatorServer)
     assert status["body"]["api_name"] == "xrt_prods"
 
 
-def test_official_client_reads_product_status(sim: SimulatorServer) -> None:
-    request = submitted_request(sim, ASTRO, 1001, "LightCurve", "StandardPos")
+def test_official_client_reads_product_status(sim: SimulatorServer, swifttools_request: Adopt) -> None:
+    request = swifttools_request(sim, ASTRO, 1001, "LightCurve", "StandardPos")
     request.cancelProducts(["LightCurve"])
     states = request.checkProductStatus()
     assert states["LightCurve"]["statusCode"] == -4
@@ -105,19 +88,19 @@ def test_official_client_reads_product_status(sim: SimulatorServer) -> None:
     assert states["StandardPos"]["statusCode"] == 2
 
 
-def test_official_client_reports_refusal_as_transport_failure(sim: SimulatorServer) -> None:
+def test_official_client_reports_refusal_as_transport_failure(sim: SimulatorServer, swifttools_request: Adopt) -> None:
     # Known defect: OK 0 (not the owner) comes back as -1 rather than the documented 0.
-    request = submitted_request(sim, "other@example.org", 1001, "LightCurve")
+    request = swifttools_request(sim, "other@example.org", 1001, "LightCurve")
     status, detail = request.cancelProducts()
     assert status == -1
     assert "not owned by user other@example.org" in detail["ERROR"]
     assert sim.state.product_state(1001, "lc") == 3
 
 
-def test_official_client_gives_up_at_once_on_503(sim: SimulatorServer) -> None:
+def test_official_client_gives_up_at_once_on_503(sim: SimulatorServer, swifttools_request: Adopt) -> None:
     # Known defect: no retry; one 503 is a -1.
     sim.state.add_faults(Fault("http503", retry_after=1))
-    request = submitted_request(sim, ASTRO, 1001, "LightCurve")
+    request = swifttools_request(sim, ASTRO, 1001, "LightCurve")
     status, detail = request.cancelProducts()
     assert status == -1
     assert "503" in detail["ERROR"]
@@ -125,17 +108,17 @@ def test_official_client_gives_up_at_once_on_503(sim: SimulatorServer) -> None:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "html200", "garbled"])
-def test_official_client_raises_on_a_200_that_is_not_json(sim: SimulatorServer, kind: str) -> None:
+def test_official_client_raises_on_a_200_that_is_not_json(sim: SimulatorServer, swifttools_request: Adopt, kind: str) -> None:
     # Known defect: the decoding error escapes instead of a (-1, ...) result.
     sim.state.add_faults(Fault(kind))
-    request = submitted_request(sim, ASTRO, 1001, "LightCurve")
+    request = swifttools_request(sim, ASTRO, 1001, "LightCurve")
     with pytest.raises(json.JSONDecodeError):
         request.cancelProducts()
 
 
-def test_official_client_passes_outcome_unknown_through(sim: SimulatorServer) -> None:
+def test_official_client_passes_outcome_unknown_through(sim: SimulatorServer, swifttools_request: Adopt) -> None:
     sim.state.add_faults(Fault("codes", codes={"lc": 4}))
-    request = submitted_request(sim, ASTRO, 1001, "LightCurve")
+    request = swifttools_request(sim, ASTRO, 1001, "LightCurve")
     status, detail = request.cancelProducts()
     assert status == 1
     assert detail["LightCurve"]["code"] == 4

@@ -30,7 +30,7 @@ from ukcancel.service.cancellations import runtime, withdraw
 from ukcancel.service.problems import require_json_body
 from ukcancel.token import Principal
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
-from ukcancel.worker.rate_limit import OPEN, FleetGate
+from ukcancel.worker.rate_limit import OPEN
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")
 
@@ -68,7 +68,7 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
     state = rt.batches.state_of(batch, progress)
     eta = None
     if state == RUNNING:
-        gate = FleetGate(rt.connection, rt.settings)
+        gate = rt.gate
         breaker = gate.breaker_state()
         blocked_for = max(gate.paused_for(), float(breaker["retry_in"]) if breaker["state"] == OPEN else 0.0)
         eta = estimate_seconds(

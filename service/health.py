@@ -10,7 +10,6 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from ukcancel.worker.celery_app import live_workers
-from ukcancel.worker.rate_limit import FleetGate
 
 blp = Blueprint("health", __name__, description="Probes")
 
@@ -39,7 +38,7 @@ class Ready(MethodView):
             return {"status": "unavailable", "checks": checks}, 503
         workers = live_workers(runtime)
         checks["workers"] = len(workers) if workers else "no live worker"
-        breaker = FleetGate(runtime.connection, runtime.settings).breaker_state()
+        breaker = runtime.gate.breaker_state()
         checks["ukssdc_breaker"] = breaker["state"]
         ready = bool(workers)
         return {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503

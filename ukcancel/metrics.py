@@ -72,7 +72,6 @@ class StoreCollector(Collector):
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
-        from ukcancel.worker.rate_limit import FleetGate
 
         yield self._commands_by_state()
         depth = GaugeMetricFamily(
@@ -82,7 +81,7 @@ class StoreCollector(Collector):
             depth.add_metric([user], waiting)
         yield depth
 
-        gate = FleetGate(self.runtime.connection, self.runtime.settings)
+        gate = self.runtime.gate
         breaker = gate.breaker_state()
         state = GaugeMetricFamily(
             "ukcancel_fleet_breaker_state", "1 for the circuit breaker's current state.", labels=["state"]

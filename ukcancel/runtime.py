@@ -7,6 +7,7 @@ in-memory transport, so `ukcancel demo` needs no servers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from ukcancel.token import TokenRegistry
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from ukcancel.worker.rate_limit import FleetGate
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
@@ -53,6 +56,13 @@ class Runtime:
         self.queue = CancelQueue(self.connection, self.registry, _no_broker)
         self.tokens = TokenRegistry(self.connection)
         self.batches = BatchRegistry(self.connection, self.settings.result_ttl_seconds)
+
+    @functools.cached_property
+    def gate(self) -> FleetGate:
+        """The fleet gate toward the UKSSDC: workers take permits from it, the API reads its state."""
+        from ukcancel.worker.rate_limit import FleetGate
+
+        return FleetGate(self.connection, self.settings)
 
     @classmethod
     def create(cls, settings: Settings, connection: redis.Redis | None = None) -> Runtime:

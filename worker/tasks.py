@@ -26,16 +26,15 @@ TURN_BATCH = 1000
 
 @functools.cache
 def _parts(app: Celery) -> tuple[FleetGate, UkssdcClient]:
-    """Per-process gate and HTTP session, built lazily so prefork children build their own."""
+    """The gate and a per-process HTTP session, built lazily so prefork children build their own."""
     settings = app.runtime.settings
-    gate = FleetGate(app.runtime.connection, settings)
     client = UkssdcClient(
         settings.ukssdc_base_url,
         settings.ukssdc_api_version,
         settings.ukssdc_connect_timeout_seconds,
         settings.ukssdc_timeout_seconds,
     )
-    return gate, client
+    return app.runtime.gate, client
 
 
 def register_tasks(app: Celery) -> None:

@@ -1,4 +1,4 @@
-"""The HTTP API's application factory."""
+"""The HTTP API's application factory, around a runtime the assembly (`ukcancel.assemble`) built."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ukcancel.service import batches, cancellations, health, metrics
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.problems import ProblemApi
 from ukcancel.service.rate_limit import install_rate_limit
-from ukcancel.settings import Settings
+from ukcancel.service.runtime import attach_runtime
 from ukcancel.token import NotPermitted
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
-    """Build the API for `settings` (default: from the environment), or around an existing runtime."""
-    if runtime is None:
-        runtime = Runtime.create(settings or Settings.from_env())
+def create_app(runtime: Runtime) -> Flask:
+    """The API around `runtime` (see `ukcancel.assemble.create_api` for one built from settings)."""
     app = Flask("ukcancel")
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -40,7 +38,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         },
     )
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
-    app.extensions["ukcancel"] = runtime
+    attach_runtime(app, runtime)
     install_rate_limit(app, runtime)
     api = ProblemApi(app)
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from flask import g, request
 from werkzeug.exceptions import Unauthorized
 
+from ukcancel.service.runtime import get_runtime
 from ukcancel.token import Principal, TokenRecord
 
 SECURITY_SCHEME = {"type": "http", "scheme": "bearer", "description": "A token issued by `ukcancel token create`."}
@@ -31,7 +32,7 @@ def bearer_record() -> TokenRecord | None:
     """The record of this request's bearer token, looked up once per request (rate limit, then auth)."""
     if "token_record" not in g:
         token = bearer_token()
-        g.token_record = current_app.extensions["ukcancel"].tokens.verify(token) if token else None
+        g.token_record = get_runtime().tokens.verify(token) if token else None
     return g.token_record
 
 

@@ -13,7 +13,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from ukcancel.batch import BATCH_STATES, RESULT_STATUSES
 from ukcancel.command import STATES
-from ukcancel.service.schemas import CancellationRequestSchema, EpochTime, WaitQuerySchema
+from ukcancel.schemas import CancellationRequestSchema, EpochTime
+from ukcancel.service.schemas import WaitQuerySchema
 
 MAX_ITEMS = 10_000
 MAX_PAGE = 1000

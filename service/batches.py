@@ -2,7 +2,7 @@
 
 Accepting a batch costs one Redis round trip and one broker message, whatever its size: the
 commands, their places in the fair queue and the batch's item order go in one pipeline, and
-the turns to run them are sent as one fan-out message (`ukcancel.worker.tasks`).
+the turns to run them are sent as one fan-out message (`ukcancel.submission.enqueue_batch`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from kombu.exceptions import KombuError
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
-from ukcancel import submission
+from ukcancel import lifecycle, submission
 from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
-from ukcancel.command import QUEUED, CancelCommand
+from ukcancel.command import QUEUED
+from ukcancel.fleet import OPEN
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.batch_schemas import (
     BatchAcceptedSchema,
@@ -26,11 +26,9 @@ from ukcancel.service.batch_schemas import (
     BatchRequestSchema,
     BatchSchema,
 )
-from ukcancel.service.cancellations import runtime, withdraw
 from ukcancel.service.problems import require_json_body
+from ukcancel.service.runtime import get_runtime
 from ukcancel.token import Principal
-from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
-from ukcancel.worker.rate_limit import OPEN
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")
 
@@ -55,7 +53,7 @@ blp.before_request(require_json_body)
 
 def visible_batch(batch_id: str, caller: Principal) -> Batch:
     """The batch if it exists and the caller may see it; 404 otherwise, so existence does not leak."""
-    batch = runtime().batches.get(batch_id) if BATCH_ID.match(batch_id) else None
+    batch = get_runtime().batches.get(batch_id) if BATCH_ID.match(batch_id) else None
     if batch is None or not caller.may_see(batch.user_id):
         raise NotFound(f"No batch {batch_id}.")
     return batch
@@ -63,7 +61,7 @@ def visible_batch(batch_id: str, caller: Principal) -> Batch:
 
 def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any]:
     """The batch with counts over all its items, an ETA and one page of items."""
-    rt = runtime()
+    rt = get_runtime()
     progress = rt.batches.progress(batch.id)
     state = rt.batches.state_of(batch, progress)
     eta = None
@@ -103,39 +101,20 @@ class Batches(MethodView):
         """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
         caller = principal()
         user_id = caller.acting_for(request_data["user_id"])
-        if request_data["all_active"]:
-            batch = start_expansion(Batch(user_id, caller.token_name, state=EXPANDING))
-        else:
-            commands = [submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]]
-            batch = enqueue_batch(Batch(user_id, caller.token_name, state=RUNNING), commands)
+        try:
+            if request_data["all_active"]:
+                batch = submission.start_expansion(get_runtime(), Batch(user_id, caller.token_name, state=EXPANDING))
+            else:
+                commands = [
+                    submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]
+                ]
+                batch = submission.enqueue_batch(
+                    get_runtime(), Batch(user_id, caller.token_name, state=RUNNING), commands
+                )
+        except submission.BrokerUnavailable:
+            raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
         location = url_for("batches.BatchResource", batch_id=batch.id)
         return {"id": batch.id, "state": batch.state, "total": batch.total}, 202, {"Location": location}
-
-
-def enqueue_batch(batch: Batch, commands: list[CancelCommand]) -> Batch:
-    """The batch, its commands and their places in line in one pipeline; then one dispatch."""
-    rt = runtime()
-    pipe = rt.connection.pipeline(transaction=True)
-    rt.batches.add(batch, commands, pipe)
-    try:
-        submission.enqueue(rt, commands, pipe)
-    except submission.BrokerUnavailable:
-        rt.batches.fail(batch.id, "the task broker was unavailable; nothing was enqueued")
-        raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
-    return batch
-
-
-def start_expansion(batch: Batch) -> Batch:
-    rt = runtime()
-    pipe = rt.connection.pipeline(transaction=True)
-    rt.batches.add(batch, [], pipe)
-    pipe.execute()
-    try:
-        rt.celery.send_task(EXPAND_ALL_ACTIVE, args=[batch.id])  # type: ignore[union-attr]
-    except KombuError:
-        rt.batches.fail(batch.id, "the task broker was unavailable; nothing was enqueued")
-        raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
-    return batch
 
 
 @blp.route("/<batch_id>")
@@ -145,10 +124,10 @@ class BatchResource(MethodView):
     def get(self, query: dict[str, Any], batch_id: str) -> dict[str, Any]:
         """A batch's progress, ETA and a page of its items. `?wait=N` waits up to N s for every item to end."""
         batch = visible_batch(batch_id, principal())
-        wait = min(query["wait"], runtime().settings.max_wait_seconds)
+        wait = min(query["wait"], get_runtime().settings.max_wait_seconds)
         if wait and batch.state != FAILED:
-            runtime().batches.wait_done(batch_id, wait)
-            batch = runtime().batches.get(batch_id) or batch
+            get_runtime().batches.wait_done(batch_id, wait)
+            batch = get_runtime().batches.get(batch_id) or batch
         return batch_view(batch, query["cursor"], query["limit"])
 
     @blp.response(200, BatchSchema)
@@ -158,10 +137,10 @@ class BatchResource(MethodView):
         batch = visible_batch(batch_id, principal())
         if batch.state == EXPANDING:
             raise Conflict(f"Batch {batch_id} is still expanding; withdraw it once it is running.")
-        rt = runtime()
+        rt = get_runtime()
         ids = rt.batches.command_ids(batch_id)
         for start in range(0, len(ids), WITHDRAW_CHUNK):
             for command in rt.registry.get_many(ids[start : start + WITHDRAW_CHUNK]):
                 if command is not None and command.state == QUEUED:
-                    withdraw(command)
+                    lifecycle.withdraw(rt, command)
         return batch_view(rt.batches.get(batch_id) or batch)

@@ -14,21 +14,19 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 
-from ukcancel import keys, submission
-from ukcancel.command import QUEUED, CancelCommand, Transition
+from ukcancel import keys, lifecycle, submission
+from ukcancel.command import QUEUED, CancelCommand
 from ukcancel.listing import CommandFilter, CommandListing
-from ukcancel.runtime import Runtime
+from ukcancel.schemas import CancellationRequestSchema, CancellationSchema, submission_policy
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.problems import require_json_body
+from ukcancel.service.runtime import get_runtime
 from ukcancel.service.schemas import (
     AcceptedSchema,
     CancellationListQuerySchema,
     CancellationPageSchema,
-    CancellationRequestSchema,
-    CancellationSchema,
     IdempotencyHeaderSchema,
     WaitQuerySchema,
-    submission_policy,
 )
 from ukcancel.token import Principal
 
@@ -41,21 +39,12 @@ blp.before_request(require_json_body)
 COMMAND_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def runtime() -> Runtime:
-    return current_app.extensions["ukcancel"]
-
-
 def visible_command(command_id: str, caller: Principal) -> CancelCommand:
     """The command if it exists and the caller may see it; 404 otherwise, so existence does not leak."""
-    command = runtime().registry.get(command_id) if COMMAND_ID.match(command_id) else None
+    command = get_runtime().registry.get(command_id) if COMMAND_ID.match(command_id) else None
     if command is None or not caller.may_see(command.user_id):
         raise NotFound(f"No cancel command {command_id}.")
     return command
-
-
-def announce_terminal(command_id: str) -> None:
-    for hook in runtime().terminal_hooks:
-        hook(command_id)
 
 
 def under_submission_policy(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,7 +52,7 @@ def under_submission_policy(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with submission_policy(runtime().settings):
+        with submission_policy(get_runtime().settings):
             return view(*args, **kwargs)
 
     return wrapper
@@ -97,7 +86,7 @@ class Cancellations(MethodView):
             job_id=query.get("job_id"),
             created_after=created_after.timestamp() if created_after is not None else None,
         )
-        page = CommandListing(runtime().registry).page(index, where, query.get("cursor"), query["limit"])
+        page = CommandListing(get_runtime().registry).page(index, where, query.get("cursor"), query["limit"])
         return {"items": page.items, "next_cursor": page.next_cursor}
 
     @under_submission_policy
@@ -118,7 +107,7 @@ class Cancellations(MethodView):
         key = headers["idempotency_key"]
         reservation = submission.Reservation(keys.idempotency(caller.token_name, key), body_digest()) if key else None
         try:
-            submitted = submission.submit(runtime(), caller, request_data, reservation)
+            submitted = submission.submit(get_runtime(), caller, request_data, reservation)
         except submission.ReservationMismatch as exc:
             raise UnprocessableEntity(
                 f"Idempotency-Key {key!r} was already used with a different request body (command "
@@ -142,9 +131,9 @@ class Cancellation(MethodView):
     def get(self, query: dict[str, Any], command_id: str) -> CancelCommand:
         """A cancel command and, once completed, its result tuple. `?wait=N` waits up to N s for the end."""
         command = visible_command(command_id, principal())
-        wait = min(query["wait"], runtime().settings.max_wait_seconds)
+        wait = min(query["wait"], get_runtime().settings.max_wait_seconds)
         if wait and not command.terminal:
-            command = runtime().registry.wait_terminal(command_id, wait) or command
+            command = get_runtime().registry.wait_terminal(command_id, wait) or command
         return command
 
     @blp.response(200, CancellationSchema)
@@ -152,19 +141,7 @@ class Cancellation(MethodView):
     def delete(self, command_id: str) -> CancelCommand:
         """Withdraw a command that has not started: it becomes aborted and the UKSSDC is never called."""
         command = visible_command(command_id, principal())
-        outcome = withdraw(command)
+        outcome = lifecycle.withdraw(get_runtime(), command)
         if not outcome.moved:
             raise Conflict(f"Command {command_id} is {outcome.state}; only a queued command can be withdrawn.")
-        return runtime().registry.get(command_id) or command
-
-
-def withdraw(command: CancelCommand) -> Transition:
-    """Withdraw a command that has not started: aborted, out of its user's line, terminal hooks told.
-
-    Refused (`moved` false) once a worker has started it. Used by the batch DELETE as well.
-    """
-    outcome = runtime().registry.withdraw(command.id)
-    if outcome.moved:
-        runtime().queue.remove_waiting(command)
-        announce_terminal(command.id)
-    return outcome
+        return get_runtime().registry.get(command_id) or command

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ukcancel.worker.celery_app import live_workers
+from ukcancel.fleet import live_workers
+from ukcancel.service.runtime import get_runtime
 
 blp = Blueprint("health", __name__, description="Probes")
 
@@ -28,7 +28,7 @@ class Ready(MethodView):
     @blp.alt_response(503, description="Redis unreachable or no live worker; the body says which.")
     def get(self) -> tuple[dict[str, Any], int]:
         """Ready when Redis answers and at least one worker has sent a heartbeat recently."""
-        runtime = current_app.extensions["ukcancel"]
+        runtime = get_runtime()
         checks: dict[str, Any] = {}
         try:
             runtime.connection.ping()
@@ -36,7 +36,7 @@ class Ready(MethodView):
         except redis.RedisError as exc:
             checks["redis"] = f"unreachable: {exc}"
             return {"status": "unavailable", "checks": checks}, 503
-        workers = live_workers(runtime)
+        workers = live_workers(runtime.connection)
         checks["workers"] = len(workers) if workers else "no live worker"
         breaker = runtime.gate.breaker_state()
         checks["ukssdc_breaker"] = breaker["state"]

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ukcancel import metrics
+from ukcancel.service.runtime import get_runtime
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 
@@ -22,6 +23,6 @@ class Metrics(MethodView):
         """Counters of this host's processes (all of them under PROMETHEUS_MULTIPROC_DIR) and store gauges."""
         registry = current_app.extensions.get(REGISTRY_EXTENSION)
         if registry is None:
-            registry = metrics.scrape_registry(current_app.extensions["ukcancel"])
+            registry = metrics.scrape_registry(get_runtime())
             current_app.extensions[REGISTRY_EXTENSION] = registry
         return Response(metrics.render(registry), mimetype=None, content_type=CONTENT_TYPE_LATEST)

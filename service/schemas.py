@@ -1,169 +1,18 @@
-"""Marshmallow schemas: the single source of validation, serialisation and the OpenAPI document."""
+"""The HTTP layer's own marshmallow schemas: query strings, headers and pages.
+
+The request and command schemas the stream and callbacks share are in `ukcancel.schemas`.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, TypedDict
-from urllib.parse import urlsplit
+from datetime import timezone
+from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
-from marshmallow.experimental.context import Context
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
-from ukcancel import callback
-from ukcancel import products as product_names
 from ukcancel.command import STATES
 from ukcancel.listing import InvalidCursor, Position
-from ukcancel.settings import Settings
-
-MAX_JOB_ID = 2**31 - 1
-
-
-class JobId(fields.Integer):
-    """A UKSSDC JobID: a JSON integer > 0. Booleans, floats and strings are refused, not coerced."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, validate=validate.Range(min=1, max=MAX_JOB_ID), **kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
-class ProductSelection(fields.Field):
-    """`"all"` or a non-empty list of long or short product names; loads to long names or "all"."""
-
-    default_error_messages = {
-        "invalid": 'Must be "all" or a non-empty list of product names.',
-        "empty": "Must name at least one product.",
-    }
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str] | str:
-        if value == product_names.ALL:
-            return product_names.ALL
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.make_error("invalid")
-        if not value:
-            raise self.make_error("empty")
-        try:
-            return product_names.normalise(value)
-        except product_names.UnknownProduct as exc:
-            raise ValidationError(str(exc)) from None
-
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
-        return value
-
-
-class EpochTime(fields.DateTime):
-    """Epoch seconds in the record, ISO 8601 UTC on the wire."""
-
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        return super()._serialize(datetime.fromtimestamp(float(value), tz=timezone.utc), attr, obj, **kwargs)
-
-
-class SubmissionPolicy(TypedDict):
-    callback_allowed_hosts: tuple[str, ...]
-
-
-# What a request is checked against besides its own content; without it no callback host is allowed.
-SubmissionContext = Context[SubmissionPolicy]
-
-
-def submission_policy(settings: Settings) -> SubmissionContext:
-    """`with submission_policy(settings): schema.load(...)` checks requests against `settings`."""
-    return SubmissionContext({"callback_allowed_hosts": settings.callback_allowed_hosts})
-
-
-class CallbackUrl(fields.Url):
-    """An http(s) URL on a host in UKCANCEL_CALLBACK_ALLOWED_HOSTS (read from the `SubmissionContext`)."""
-
-    default_error_messages = {
-        "host": "Callbacks to host {host!r} are not allowed by this facility.",
-        # They would be stored, shown by GET and sent as Basic auth: the signature authenticates instead.
-        "credentials": "Must not contain a user name or password.",
-    }
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048), **kwargs)
-
-    def _validate(self, value: Any) -> None:
-        super()._validate(value)  # a well-formed http(s) URL first, then its parts
-        if urlsplit(value).username is not None:
-            raise self.make_error("credentials")
-        policy = SubmissionContext.get({"callback_allowed_hosts": ()})
-        if not callback.host_allowed(value, policy["callback_allowed_hosts"]):
-            raise self.make_error("host", host=urlsplit(value).netloc)
-
-
-class CancellationRequestSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
-    job_id = JobId(required=True, metadata={"description": "The UKSSDC JobID of the submitted product job."})
-    user_id = fields.Email(
-        load_default=None,
-        metadata={"description": "The registered e-mail that submitted the job; defaults to the token's user."},
-    )
-    products = ProductSelection(
-        load_default=product_names.ALL,
-        metadata={
-            "description": '"all", or a list of product names (long or short: LightCurve/lc, Spectrum/spec, '
-            "StandardPos/psf, EnhancedPos/enh, AstromPos/xastrom, Image/image, SourceDet/sourceDet).",
-            "oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-        },
-    )
-    callback_url = CallbackUrl(
-        load_default=None,
-        metadata={
-            "description": "Optional http(s) URL the service POSTs the command to once it has ended, signed "
-            "with the submitting token's callback secret (X-Ukcancel-Signature). Its host must be one the "
-            "facility allows."
-        },
-    )
-
-
-class CallbackOutcomeSchema(Schema):
-    status = fields.String(
-        validate=validate.OneOf(callback.OUTCOMES),
-        metadata={"description": "pending (scheduled or retrying), delivered, refused (host not allowed or "
-                  "no secret: nothing was sent) or failed (gave up)."},
-    )
-    attempts = fields.Integer()
-    http_status = fields.Integer(allow_none=True)
-    error = fields.String(allow_none=True)
-    at = EpochTime()
-
-
-class HistoryEntrySchema(Schema):
-    state = fields.String(validate=validate.OneOf(STATES))
-    at = EpochTime()
-
-
-class CancellationSchema(Schema):
-    id = fields.String()
-    job_id = fields.Integer()
-    user_id = fields.String()
-    products = ProductSelection()
-    state = fields.String(validate=validate.OneOf(STATES))
-    attempts = fields.Integer()
-    last_error = fields.String(allow_none=True)
-    created_at = EpochTime()
-    updated_at = EpochTime()
-    result = fields.Raw(
-        allow_none=True,
-        metadata={"description": "null until completed, then the cancelProducts() tuple as [status, detail]."},
-    )
-    submitted_by = fields.String(allow_none=True)
-    history = fields.List(fields.Nested(HistoryEntrySchema))
-    batch_id = fields.String(allow_none=True)
-    callback_url = fields.String(allow_none=True)
-    callback = fields.Nested(
-        CallbackOutcomeSchema,
-        allow_none=True,
-        metadata={"description": "null without a callback_url; else how its delivery went."},
-    )
+from ukcancel.schemas import MAX_JOB_ID, CancellationSchema
 
 
 class IdempotencyHeaderSchema(Schema):

@@ -27,12 +27,13 @@ import redis
 
 from ukcancel import keys
 from ukcancel.command import ABORTED, COMPLETED, STATES, TERMINAL, CancelCommand
+from ukcancel.outcome import result_status, withdrawn_tuple
+from ukcancel.store import as_text, as_text_dict
 
 EXPANDING, RUNNING, FAILED = "expanding", "running", "failed"
 DONE = "completed"  # reported, never stored: every item is terminal
 BATCH_STATES = (EXPANDING, RUNNING, DONE, FAILED)
 RESULT_STATUSES = ("-1", "0", "1", "2")
-WITHDRAWN_ERROR = "The command was withdrawn before it reached the UKSSDC."
 # Published on the batch's channel when an expansion ends (items publish their terminal state).
 EXPANDED = "expanded"
 # Ids per RPUSH, so one command never carries 10,000 arguments.
@@ -73,7 +74,7 @@ class Batch:
 
     @classmethod
     def from_hash(cls, raw: dict[bytes | str, bytes | str]) -> Batch:
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = as_text_dict(raw)
         return cls(
             id=data["id"],
             user_id=data["user_id"],
@@ -197,7 +198,7 @@ class BatchRegistry:
         return Batch.from_hash(raw) if raw else None
 
     def command_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
-        return [_text(i) for i in self.connection.lrange(keys.batch_items(batch_id), start, stop)]
+        return [as_text(i) for i in self.connection.lrange(keys.batch_items(batch_id), start, stop)]
 
     def items(self, batch_id: str, start: int, count: int) -> list[BatchItem]:
         """`count` items from index `start`, as they stand now."""
@@ -207,7 +208,7 @@ class BatchRegistry:
             pipe.hmget(keys.command(command_id), "job_id", "products", "state", "result", "last_error")
         items = []
         for offset, (command_id, fields) in enumerate(zip(ids, pipe.execute())):
-            job_id, products, state, result, last_error = (_text(v) if v is not None else None for v in fields)
+            job_id, products, state, result, last_error = (as_text(v) if v is not None else None for v in fields)
             items.append(
                 BatchItem(
                     index=start + offset,
@@ -230,10 +231,10 @@ class BatchRegistry:
         results: Counter[str] = Counter()
         outstanding = outstanding_calls = 0
         for state_raw, result, products in pipe.execute():
-            state = _text(state_raw) if state_raw is not None else "expired"
+            state = as_text(state_raw) if state_raw is not None else "expired"
             counts[state] += 1
             if state == COMPLETED:
-                results[_status_of(result)] += 1
+                results[result_status(result) or "-1"] += 1
             elif state == ABORTED:
                 results["-1"] += 1  # a withdrawn command's tuple is (-1, ...)
             elif state != "expired":
@@ -265,7 +266,7 @@ class BatchRegistry:
         pipe = self.connection.pipeline(transaction=False)
         for command_id in ids:
             pipe.hget(keys.command(command_id), "state")
-        return sum(1 for state in pipe.execute() if state is not None and _text(state) not in TERMINAL)
+        return sum(1 for state in pipe.execute() if state is not None and as_text(state) not in TERMINAL)
 
     def wait_done(self, batch_id: str, timeout: float) -> None:
         """Return once every item is terminal (or the batch failed), or after `timeout` seconds.
@@ -290,7 +291,7 @@ class BatchRegistry:
                 if message is None:
                     continue
                 heard += 1
-                if _text(message["data"]) not in TERMINAL or heard >= outstanding:
+                if as_text(message["data"]) not in TERMINAL or heard >= outstanding:
                     outstanding, heard = self._outstanding(self.get(batch_id)), 0
         finally:
             pubsub.close()
@@ -315,16 +316,7 @@ def _item_result(state: str | None, result: str | None, last_error: str | None) 
     if state == COMPLETED and result:
         return json.loads(result)
     if state == ABORTED:
-        return [-1, {"ERROR": last_error or WITHDRAWN_ERROR}]
+        return withdrawn_tuple(last_error)
     return None
 
 
-def _status_of(result: bytes | str | None) -> str:
-    try:
-        return str(json.loads(result)[0]) if result else "-1"
-    except (ValueError, IndexError, TypeError, KeyError):
-        return "-1"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-TERMINAL = ("completed", "aborted")
-WITHDRAWN_ERROR = "The command was withdrawn before it reached the UKSSDC."
+from ukcancel.command import ABORTED, TERMINAL
+from ukcancel.outcome import withdrawn_tuple
 
 
 class ServiceError(RuntimeError):
@@ -32,8 +32,9 @@ class ServiceError(RuntimeError):
 
 def as_tuple(command: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """A terminal command's result as the `(status, detail)` tuple of `cancelProducts()`."""
-    if command["state"] == "aborted" or command.get("result") is None:
-        return -1, {"ERROR": command.get("last_error") or WITHDRAWN_ERROR}
+    if command["state"] == ABORTED or command.get("result") is None:
+        status, detail = withdrawn_tuple(command.get("last_error"))
+        return status, detail
     status, detail = command["result"]
     return status, detail
 

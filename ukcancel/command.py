@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from ukcancel import keys
+from ukcancel.store import as_text, as_text_dict
 
 QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED = "queued", "running", "retrying", "completed", "aborted"
 STATES = (QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED)
@@ -133,7 +134,7 @@ class CancelCommand:
     @classmethod
     def from_hash(cls, raw: dict[bytes | str, bytes | str], command_id: str) -> CancelCommand:
         """The command in the hash `raw` read from `keys.command(command_id)`."""
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = as_text_dict(raw)
         created_at = float(data["created_at"])
 
         def loads(name: str, default: Any = None) -> Any:
@@ -165,9 +166,6 @@ class CancelCommand:
             unlisted=data.get("unlisted") == "1",
         )
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # KEYS[1] command hash
@@ -324,7 +322,7 @@ class CommandRegistry:
         moved, state = self._transition(keys=[keys.command(command_id)], args=args)
         if moved == -1:
             return Transition(False, None)
-        return Transition(moved == 1, _text(state))
+        return Transition(moved == 1, as_text(state))
 
     def start_attempt(self, command_id: str) -> Transition:
         """queued/retrying (or running, on redelivery after a crash) -> running, counting an attempt."""
@@ -419,7 +417,7 @@ class CommandRegistry:
             num=limit,
             withscores=True,
         )
-        return [(_text(member), score) for member, score in rows]
+        return [(as_text(member), score) for member, score in rows]
 
 
 def _encode_field(value: Any) -> str:

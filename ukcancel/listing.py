@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from ukcancel.command import CancelCommand, CommandRegistry
+from ukcancel.store import as_text
 
 SCAN_BUDGET = 1000
 CHUNK = 100
@@ -121,13 +122,10 @@ class CommandListing:
             if top == "+inf":
                 top = repr(rows[0][1])
             offset += len(rows)
-            entries = [(_text(member), score) for member, score in rows]
+            entries = [(as_text(member), score) for member, score in rows]
             kept = [(m, s) for m, s in entries if after is None or after.precedes(s, m)]
             if kept:
                 yield kept
             if len(rows) < CHUNK:
                 return
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

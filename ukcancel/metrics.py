@@ -10,7 +10,6 @@ state, fleet limits) are read at scrape time instead, so every API process repor
 
 from __future__ import annotations
 
-import json
 from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,8 @@ from prometheus_client.registry import Collector
 
 from ukcancel import keys
 from ukcancel.command import STATES
+from ukcancel.outcome import result_status
+from ukcancel.store import as_text
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
@@ -121,7 +122,7 @@ class StoreCollector(Collector):
             for state, result in pipe.execute():
                 if state is None:
                     continue  # expired between SCAN and read
-                tally[(_text(state), _status_of(result))] += 1
+                tally[(as_text(state), result_status(result) or "")] += 1
 
         for key in connection.scan_iter(match=keys.command("*"), count=SCAN_BATCH):
             batch.append(key)
@@ -142,17 +143,6 @@ class StoreCollector(Collector):
         return family
 
 
-def _status_of(result: bytes | None) -> str:
-    if not result:
-        return ""
-    try:
-        return str(json.loads(result)[0])
-    except (ValueError, IndexError, TypeError, KeyError):
-        return ""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class _ProcessCollector(Collector):

@@ -135,3 +135,21 @@ def processed_tuple(outcomes: Mapping[str, ProductOutcome]) -> list[Any]:
 def error_tuple(status: int, message: str) -> list[Any]:
     """The tuple for status -1 (transport) or 0 (server cancelled nothing)."""
     return [status, {"ERROR": message}]
+
+
+WITHDRAWN_ERROR = "The command was withdrawn before it reached the UKSSDC."
+
+
+def withdrawn_tuple(last_error: str | None) -> list[Any]:
+    """The tuple of a command withdrawn before any call: -1, as for a request that never went out."""
+    return error_tuple(-1, last_error or WITHDRAWN_ERROR)
+
+
+def result_status(stored: bytes | str | None) -> str | None:
+    """The status ("-1", "0", "1", "2") of a result tuple as stored (JSON); None if absent or unreadable."""
+    if not stored:
+        return None
+    try:
+        return str(json.loads(stored)[0])
+    except (ValueError, IndexError, TypeError, KeyError):
+        return None

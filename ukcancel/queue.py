@@ -17,6 +17,7 @@ import redis
 
 from ukcancel import keys
 from ukcancel.command import CancelCommand, CommandRegistry
+from ukcancel.store import as_text
 
 # KEYS[1] the user's waiting list   KEYS[2] the round-robin ring of users
 # ARGV[1] user id   ARGV[2..] command ids to append
@@ -91,7 +92,7 @@ class CancelQueue:
     def claim(self, task_id: str) -> str | None:
         """The command id this Celery task holds or now takes, or None when nothing waits."""
         found = self._claim(keys=[keys.FAIR_USERS, keys.FAIR_CLAIMS], args=[task_id, keys.fair_queue("")])
-        return found.decode() if isinstance(found, bytes) else found
+        return as_text(found) if found is not None else None
 
     def release(self, task_id: str) -> None:
         """Forget the task's claim once its command is terminal."""
@@ -103,7 +104,7 @@ class CancelQueue:
 
     def depth(self) -> dict[str, int]:
         """Waiting commands per user, for metrics and the batch ETA."""
-        users = [u.decode() if isinstance(u, bytes) else u for u in self.connection.lrange(keys.FAIR_USERS, 0, -1)]
+        users = [as_text(u) for u in self.connection.lrange(keys.FAIR_USERS, 0, -1)]
         pipe = self.connection.pipeline(transaction=False)
         for user in users:
             pipe.llen(keys.fair_queue(user))

@@ -48,7 +48,8 @@ from marshmallow import ValidationError
 
 from ukcancel import keys
 from ukcancel.runtime import Runtime
-from ukcancel.service.schemas import CancellationRequestSchema, submission_policy
+from ukcancel.schemas import CancellationRequestSchema, submission_policy
+from ukcancel.store import as_text, as_text_dict
 from ukcancel.submission import BrokerUnavailable, Reservation, submit
 from ukcancel.token import TOKEN_PREFIX, NotPermitted, Principal
 
@@ -108,13 +109,13 @@ def request_from_fields(fields: dict[str, str]) -> dict[str, Any]:
     """
     body: dict[str, Any] = {name: value for name, value in fields.items() if name not in ENVELOPE_FIELDS}
     if "job_id" in body:
-        body["job_id"] = _json_or_text(body["job_id"])
+        body["job_id"] = _json_oras_text(body["job_id"])
     if "products" in body:
         body["products"] = _products(body["products"])
     return body
 
 
-def _json_or_text(value: str) -> Any:
+def _json_oras_text(value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
@@ -124,7 +125,7 @@ def _json_or_text(value: str) -> Any:
 def _products(value: str) -> Any:
     text = value.strip()
     if text.startswith(("[", '"')):
-        return _json_or_text(text)
+        return _json_oras_text(text)
     if text == "all":
         return text
     return [name.strip() for name in text.split(",")]
@@ -215,16 +216,16 @@ class CommandStreamConsumer:
             reply = self.connection.xautoclaim(
                 keys.COMMAND_STREAM, GROUP, self.name, self.min_idle_ms, start_id=start, count=self.count
             )
-            start, entries = _text(reply[0]), reply[1]
+            start, entries = as_text(reply[0]), reply[1]
             for entry_id in reply[2] if len(reply) > 2 else []:
                 # Redis 7 has already dropped these from the pending list; say so, once.
-                handled.append(self._report_deleted(_text(entry_id)))
+                handled.append(self._report_deleted(as_text(entry_id)))
             for entry_id, fields in entries:
-                entry_id = _text(entry_id)
+                entry_id = as_text(entry_id)
                 if fields is None:  # how Redis before 7 reports a deleted entry: still pending
                     handled.append(self._reject(entry_id, {}, DELETED_REASON))
                 else:
-                    handled.append(self._handle_reclaimed(entry_id, _fields(fields)))
+                    handled.append(self._handle_reclaimed(entry_id, as_text_dict(fields)))
             if start == "0-0":
                 return handled
 
@@ -236,7 +237,7 @@ class CommandStreamConsumer:
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 if fields:  # own pending history lists deleted entries with no fields; they were acked
-                    out.append((_text(entry_id), _fields(fields)))
+                    out.append((as_text(entry_id), as_text_dict(fields)))
         return out
 
     def handle_all(self, entries: list[tuple[str, dict[str, str]]]) -> list[Handled]:
@@ -349,9 +350,3 @@ def _messages(messages: Any) -> dict[str, Any]:
     return messages if isinstance(messages, dict) else {"_schema": messages}
 
 
-def _fields(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -2,7 +2,8 @@
 
 The one path shared by `POST /v1/cancellations` and the command stream (`ukcancel.stream`):
 both load the request with `CancellationRequestSchema`, identify the caller by a token, and
-call `submit`.
+call `submit`. Batches (`POST /v1/batches`) come in through `enqueue_batch` and
+`start_expansion`.
 
 A `Reservation` makes a submission repeatable: its key (an Idempotency-Key, or a stream entry id)
 names at most one command. The key is written in the same Redis transaction as the command and
@@ -14,14 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.exceptions import KombuError
 
-from ukcancel.command import ABORTED, QUEUED, CancelCommand
-from ukcancel.runtime import Runtime
+from ukcancel import lifecycle
+from ukcancel.batch import Batch
+from ukcancel.command import CancelCommand
+from ukcancel.store import as_text
 from ukcancel.token import Principal
+
+if TYPE_CHECKING:
+    from ukcancel.runtime import Runtime
 
 # A round is lost only when another submission wrote the key between WATCH and EXEC; the next
 # round then finds that key. More rounds than this means the key is being released and retaken.
@@ -109,7 +115,7 @@ def _reserve_and_enqueue(runtime: Runtime, command: CancelCommand, reservation: 
         pipe.watch(reservation.key)
         held = pipe.get(reservation.key)
         if held is not None:
-            return held.decode() if isinstance(held, bytes) else held
+            return as_text(held)
         pipe.multi()
         pipe.set(reservation.key, value, ex=runtime.settings.result_ttl_seconds)
         try:
@@ -130,12 +136,42 @@ def enqueue(runtime: Runtime, commands: Sequence[CancelCommand], pipeline: redis
     try:
         runtime.queue.enqueue(commands, pipeline)
     except KombuError as exc:
-        for command in commands:
-            runtime.registry.transition(
-                command.id, ABORTED, (QUEUED,), fields={"last_error": f"broker unavailable: {exc}"}
-            )
-            runtime.queue.remove_waiting(command)
+        lifecycle.abort_unsent(runtime, commands, f"broker unavailable: {exc}")
         raise BrokerUnavailable(str(exc)) from None
+
+
+BROKER_FAILED_BATCH = "the task broker was unavailable; nothing was enqueued"
+
+
+def enqueue_batch(runtime: Runtime, batch: Batch, commands: list[CancelCommand]) -> Batch:
+    """The batch, its commands and their places in line in one pipeline; then one dispatch.
+
+    Raises `BrokerUnavailable` (the batch is then failed and its commands aborted).
+    """
+    pipe = runtime.connection.pipeline(transaction=True)
+    runtime.batches.add(batch, commands, pipe)
+    try:
+        enqueue(runtime, commands, pipe)
+    except BrokerUnavailable:
+        runtime.batches.fail(batch.id, BROKER_FAILED_BATCH)
+        raise
+    return batch
+
+
+def start_expansion(runtime: Runtime, batch: Batch) -> Batch:
+    """Store an `all_active` batch (state expanding, no items) and have a worker find its items.
+
+    Raises `BrokerUnavailable` (the batch is then failed).
+    """
+    pipe = runtime.connection.pipeline(transaction=True)
+    runtime.batches.add(batch, [], pipe)
+    pipe.execute()
+    try:
+        runtime.dispatch.expand_all_active(batch.id)
+    except KombuError as exc:
+        runtime.batches.fail(batch.id, BROKER_FAILED_BATCH)
+        raise BrokerUnavailable(str(exc)) from None
+    return batch
 
 
 def _release(runtime: Runtime, key: str, value: str) -> None:

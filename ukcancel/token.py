@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from ukcancel import keys
+from ukcancel.store import as_text, as_text_dict
 
 TOKEN_PREFIX = "ukc_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -111,7 +112,7 @@ class TokenRegistry:
         raw = self.connection.hgetall(keys.token(token_digest))
         if not raw:
             return None
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = as_text_dict(raw)
         if not hmac.compare_digest(data.get("digest", ""), token_digest):
             return None
         return _record(data)
@@ -120,11 +121,11 @@ class TokenRegistry:
         token_digest = self.connection.hget(keys.TOKENS, name)
         if token_digest is None:
             return None
-        raw = self.connection.hgetall(keys.token(_text(token_digest)))
-        return _record({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+        raw = self.connection.hgetall(keys.token(as_text(token_digest)))
+        return _record(as_text_dict(raw)) if raw else None
 
     def list(self) -> list[TokenRecord]:
-        records = [self.by_name(_text(name)) for name in self.connection.hkeys(keys.TOKENS)]
+        records = [self.by_name(as_text(name)) for name in self.connection.hkeys(keys.TOKENS)]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
 
     def revoke(self, name_or_prefix: str) -> TokenRecord:
@@ -135,7 +136,7 @@ class TokenRegistry:
         if len(matches) != 1:
             raise TokenError(f"no single token matches {name_or_prefix!r} ({len(matches)} found)")
         record = matches[0]
-        token_digest = _text(self.connection.hget(keys.TOKENS, record.name))
+        token_digest = as_text(self.connection.hget(keys.TOKENS, record.name))
         pipe = self.connection.pipeline(transaction=True)
         pipe.delete(keys.token(token_digest))
         pipe.hdel(keys.TOKENS, record.name)
@@ -153,6 +154,3 @@ def _record(data: dict[str, str]) -> TokenRecord:
         callback_secret=data.get("callback_secret", ""),
     )
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

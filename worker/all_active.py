@@ -17,18 +17,21 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery, Task
+from celery import Celery
 
 from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
 from ukcancel.command import CancelCommand
+from ukcancel.fleet import FleetGate
 from ukcancel.outcome import ACTIVE_STATES
-from ukcancel.runtime import Runtime
-from ukcancel.worker.cancellation import Reschedule, backoff_delay
-from ukcancel.worker.rate_limit import FleetGate, Wait
+from ukcancel.retry import Rand, Reschedule, backoff_delay
+from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
+
+if TYPE_CHECKING:
+    from ukcancel.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class ActiveJobsExpansion:
         batch_id: str,
         gate: FleetGate,
         client: UkssdcClient,
-        rand: Callable[[float, float], float] = random.uniform,
+        rand: Rand = random.uniform,
     ) -> None:
         self.runtime = runtime
         self.batches = runtime.batches
@@ -114,24 +117,9 @@ class ActiveJobsExpansion:
         return [product_names.SHORT_TO_LONG[short] for short in shorts if states.get(short) in ACTIVE_STATES]
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """One UKSSDC call under a fleet permit; the breaker and the fleet pause hear how it went."""
-        permit = self.gate.acquire()
-        if isinstance(permit, Wait):
-            # Free the worker slot; spread the retries so waiting tasks do not stampede.
-            raise Reschedule(permit.seconds + self.rand(0, max(0.05, permit.seconds / 2)), permit.reason)
-        try:
-            result = fn(*args)
-        except UkssdcFailure as failure:
-            # Pause before the slot is free again, so no other worker's call slips in between.
-            if failure.retry_after is not None and failure.status_code in (429, 503):
-                self.gate.pause(failure.retry_after)
-            self.gate.release(permit, transient_failure=failure.transient)
-            raise
-        except BaseException:
-            self.gate.release_unused(permit)
-            raise
-        self.gate.release(permit, transient_failure=False)
-        return result
+        """One UKSSDC call under a fleet permit (no permit in time: `Reschedule`, freeing the slot)."""
+        with self.gate.permit(rand=self.rand):
+            return fn(*args)
 
     def _retry_or_fail(self, failure: UkssdcFailure, attempt: int) -> None:
         if not failure.transient or attempt >= self.settings.max_attempts:
@@ -147,20 +135,15 @@ class ActiveJobsExpansion:
 
 def register_all_active(app: Celery) -> None:
     """Register the expansion task on the service's Celery app (called by `create_celery`)."""
-    from ukcancel.worker.tasks import _parts
 
-    # shared=False: the task belongs to this app (and its runtime) only, not to every Celery app
-    # the process creates later.
-    @app.task(bind=True, name=EXPAND_ALL_ACTIVE, max_retries=None, acks_late=True, reject_on_worker_lost=True,
-              shared=False)
-    def expand_all_active(self: Task, batch_id: str) -> int | None:
-        gate, client = _parts(app)
+    @service_task(app, EXPAND_ALL_ACTIVE, max_retries=None)
+    def expand_all_active(self: ServiceTask, batch_id: str) -> int | None:
         try:
-            return ActiveJobsExpansion(app.runtime, batch_id, gate, client).run()
+            return ActiveJobsExpansion(self.runtime, batch_id, self.gate, self.ukssdc).run()
         except Reschedule as later:
             log.info("expansion of batch %s rescheduled in %.2f s: %s", batch_id, later.countdown, later.reason)
             raise self.retry(countdown=later.countdown, max_retries=None) from None
         except Exception as exc:  # a defect must not leave the batch expanding for ever
             log.exception("internal error expanding batch %s", batch_id)
-            app.runtime.batches.fail(batch_id, f"internal error in the worker: {type(exc).__name__}")
+            self.runtime.batches.fail(batch_id, f"internal error in the worker: {type(exc).__name__}")
             return None

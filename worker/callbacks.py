@@ -1,7 +1,7 @@
 """Delivering callbacks: a signed POST of the finished command to its `callback_url`.
 
-When a command with a `callback_url` becomes terminal, `CallbackScheduler` (a terminal hook of the
-runtime) marks its callback pending and sends the Celery task `ukcancel.deliver_callback`. The
+When a command with a `callback_url` becomes terminal, `ukcancel.callback.CallbackScheduler` (a
+terminal hook) marks its callback pending and sends the Celery task `ukcancel.deliver_callback`. The
 task makes one attempt per run and retries through Celery with back-off, up to
 `callback_max_attempts`. The outcome is stored on the command (`callback` field) and shown by GET:
 
@@ -14,7 +14,6 @@ could lead anywhere, past the host allow list); a 3xx is a failure.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -23,13 +22,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import requests
-from celery import Celery, Task
-from kombu.exceptions import KombuError
+from celery import Celery
 
 from ukcancel import __version__, callback
 from ukcancel.command import CancelCommand
-from ukcancel.service.schemas import CancellationSchema
-from ukcancel.worker.cancellation import backoff_delay
+from ukcancel.retry import TRANSIENT_STATUSES, backoff_delay
+from ukcancel.schemas import CancellationSchema
+from ukcancel.worker.base_task import ServiceTask, service_task
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 
 DELIVER_CALLBACK = "ukcancel.deliver_callback"
 TIMEOUT_SECONDS = (5.0, 10.0)  # connect, read: a receiver should answer at once and work later
-RETRYABLE_STATUS = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 
 
 def callback_body(command: CancelCommand) -> bytes:
@@ -95,7 +93,7 @@ class CallbackDelivery:
         if 200 <= response.status_code < 300:
             return self._record(command_id, callback.DELIVERED, attempt, http_status=response.status_code)
         error = f"the receiver answered HTTP {response.status_code}"
-        if response.status_code in RETRYABLE_STATUS:
+        if response.status_code in TRANSIENT_STATUSES:
             return self._retry_or_fail(command_id, attempt, response.status_code, error)
         if 300 <= response.status_code < 400:
             error += " (redirects are not followed)"
@@ -120,41 +118,11 @@ class CallbackDelivery:
         return Attempt(outcome)
 
 
-class CallbackScheduler:
-    """Terminal hook: schedules the delivery of a finished command's callback, if it has one."""
-
-    def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.time) -> None:
-        self.runtime = runtime
-        self.clock = clock
-
-    def __call__(self, command_id: str) -> None:
-        command = self.runtime.registry.get(command_id)
-        if command is None or not command.callback_url or self.runtime.celery is None:
-            return
-        pending = {"status": callback.PENDING, "attempts": 0, "http_status": None, "error": None, "at": self.clock()}
-        self.runtime.registry.record_callback(command_id, pending)
-        try:
-            self.runtime.celery.send_task(DELIVER_CALLBACK, args=[command_id])
-        except KombuError as exc:
-            # Recorded, not raised: the command itself has ended well; only its notice is lost.
-            error = f"could not be scheduled: broker unavailable: {exc}"
-            failed = {**pending, "status": callback.FAILED, "error": error}
-            self.runtime.registry.record_callback(command_id, failed)
-            log.error("callback of command %s not scheduled: %s", command_id, exc)
-
-
-@functools.cache
-def _session(app: Celery) -> requests.Session:
-    """One HTTP session per process (built lazily, so prefork children build their own)."""
-    return requests.Session()
-
-
 def register_callback_tasks(app: Celery) -> None:
-    @app.task(bind=True, name=DELIVER_CALLBACK, max_retries=None, acks_late=True, reject_on_worker_lost=True,
-              shared=False)  # bound to this app's runtime only (see worker/tasks.py)
-    def deliver_callback(self: Task, command_id: str) -> str | None:
+    @service_task(app, DELIVER_CALLBACK, max_retries=None)
+    def deliver_callback(self: ServiceTask, command_id: str) -> str | None:
         """One delivery attempt; Celery's retry (same task id) carries the attempt count."""
-        result = CallbackDelivery(app.runtime, _session(app)).attempt(command_id, self.request.retries + 1)
+        result = CallbackDelivery(self.runtime, self.http).attempt(command_id, self.request.retries + 1)
         if result is None:
             return None
         if result.retry_in is not None:

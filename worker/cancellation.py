@@ -13,11 +13,12 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ukcancel import metrics
+from ukcancel import lifecycle, metrics
 from ukcancel import products as product_names
 from ukcancel.command import RUNNING, CancelCommand
+from ukcancel.fleet import FleetGate, Permit, Wait
 from ukcancel.outcome import (
     ACTIVE_STATES,
     CANCELLED,
@@ -31,39 +32,17 @@ from ukcancel.outcome import (
     error_tuple,
     processed_tuple,
 )
-from ukcancel.runtime import Runtime
-from ukcancel.worker.rate_limit import FleetGate, Permit, Wait
+from ukcancel.retry import Rand, Reschedule, backoff_delay, spread
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
+
+if TYPE_CHECKING:
+    from ukcancel.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 # Once a run has begun calling the UKSSDC it waits this much longer for each further permit,
 # so a command finishes rather than going to the back of the line mid-way.
 IN_RUN_WAIT_FACTOR = 5
-
-
-class Reschedule(Exception):
-    """Run this task again in `countdown` seconds (Celery `retry`), for `reason`."""
-
-    def __init__(self, countdown: float, reason: str) -> None:
-        super().__init__(reason)
-        self.countdown = countdown
-        self.reason = reason
-
-
-def backoff_delay(
-    attempt: int,
-    base: float,
-    cap: float,
-    retry_after: float | None = None,
-    rand: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Exponential back-off with full jitter, never sooner than the server's Retry-After, at most `cap`."""
-    ceiling = min(cap, base * (2 ** min(max(0, attempt - 1), 62)))  # bounded: no float overflow
-    delay = rand(0, ceiling)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return min(delay, cap)
 
 
 @dataclass
@@ -89,7 +68,7 @@ class CancellationRun:
         task_id: str,
         gate: FleetGate,
         client: UkssdcClient,
-        rand: Callable[[float, float], float] = random.uniform,
+        rand: Rand = random.uniform,
     ) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
@@ -128,14 +107,9 @@ class CancellationRun:
         outcome = self.gate.acquire(max_wait)
         if isinstance(outcome, Wait):
             # Free the worker slot; spread the retries so waiting tasks do not stampede.
-            raise Reschedule(outcome.seconds + self.rand(0, max(0.05, outcome.seconds / 2)), outcome.reason)
+            raise Reschedule(spread(outcome.seconds, self.rand), outcome.reason)
         self._permit = outcome
         return outcome
-
-    def _give_back_permit(self, failed: bool) -> None:
-        if self._permit is not None:
-            self.gate.release(self._permit, transient_failure=failed)
-            self._permit = None
 
     def _return_unused_permit(self) -> None:
         # No call was made with it: neither a success nor a failure for the breaker.
@@ -144,18 +118,11 @@ class CancellationRun:
             self._permit = None
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """One UKSSDC call under a permit; the breaker hears how it went."""
-        self.gate.stamp(self._take_permit(self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR))
-        try:
-            result = fn(*args)
-        except UkssdcFailure as failure:
-            # Pause before the slot is free again, so no other worker's call slips in between.
-            if failure.retry_after is not None and failure.status_code in (429, 503):
-                self.gate.pause(failure.retry_after)
-            self._give_back_permit(failed=failure.transient)
-            raise
-        self._give_back_permit(failed=False)
-        return result
+        """One UKSSDC call under a permit (the one taken with the command, else a new one)."""
+        reserved, self._permit = self._permit, None
+        max_wait = self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR
+        with self.gate.permit(max_wait, reserved=reserved, rand=self.rand):
+            return fn(*args)
 
     # -- one command -----------------------------------------------------------------------------
     def _perform(self, command: CancelCommand) -> RunResult:
@@ -211,12 +178,8 @@ class CancellationRun:
     def _finish(
         self, command: CancelCommand, result: list[Any], *, server_ok: int | None = None, error: str | None = None
     ) -> RunResult:
-        done = self.registry.complete(command.id, result, server_ok=server_ok, error=error)
+        done = lifecycle.complete(self.runtime, command.id, result, server_ok=server_ok, error=error)
         self.queue.release(self.task_id)
-        if done.moved:
-            metrics.count_result(result)
-            for hook in self.runtime.terminal_hooks:
-                hook(command.id)
         return RunResult(command.id, done.state)
 
     # -- the UKSSDC conversation -------------------------------------------------------------

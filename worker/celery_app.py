@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, bootsteps
 
-from ukcancel import keys
+from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
+from ukcancel.settings import Settings
+from ukcancel.worker import all_active, callbacks, tasks
+from ukcancel.worker.base_task import ServiceTask
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
 
 QUEUE = "ukcancel"
-HEARTBEAT_SECONDS = 5.0
-LIVE_WORKER_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+class ServiceCelery(Celery):
+    """The service's Celery app; its tasks work with `runtime`, which the assembly sets."""
+
+    runtime: Runtime
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
@@ -40,13 +46,13 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker: Any) -> None:
-        runtime: Runtime = worker.app.runtime
+        connection = worker.app.runtime.connection
         name = f"{worker.hostname or socket.gethostname()}"
 
         def beat() -> None:
             while not self._stop.is_set():
                 try:
-                    runtime.connection.zadd(keys.WORKERS, {name: time.time()})
+                    record_heartbeat(connection, name)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
                 self._stop.wait(HEARTBEAT_SECONDS)
@@ -57,21 +63,14 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def stop(self, worker: Any) -> None:
         self._stop.set()
         try:
-            worker.app.runtime.connection.zrem(keys.WORKERS, worker.hostname)
+            forget_worker(worker.app.runtime.connection, worker.hostname)
         except redis.RedisError:  # shutting down without Redis: the entry ages out of the live window
             pass
 
 
-def live_workers(runtime: Runtime, now: float | None = None) -> list[str]:
-    now = time.time() if now is None else now
-    names = runtime.connection.zrangebyscore(keys.WORKERS, now - LIVE_WORKER_SECONDS, "+inf")
-    return [n.decode() if isinstance(n, bytes) else n for n in names]
-
-
-def create_celery(runtime: Runtime) -> Celery:
-    """A Celery app bound to `runtime`, with the service's tasks registered and dispatch wired."""
-    settings = runtime.settings
-    app = Celery("ukcancel", broker=settings.effective_broker_url, set_as_current=False)
+def create_celery(settings: Settings) -> ServiceCelery:
+    """A Celery app for `settings` with the service's tasks registered (its runtime is set later)."""
+    app = ServiceCelery("ukcancel", broker=settings.effective_broker_url, set_as_current=False, task_cls=ServiceTask)
     app.conf.update(
         task_default_queue=QUEUE,
         task_acks_late=True,
@@ -87,15 +86,8 @@ def create_celery(runtime: Runtime) -> Celery:
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
         result_backend=None,
     )
-    app.runtime = runtime  # type: ignore[attr-defined]
     app.steps["worker"].add(WorkerHeartbeat)
-
-    from ukcancel.worker.all_active import register_all_active
-    from ukcancel.worker.callbacks import register_callback_tasks
-    from ukcancel.worker.tasks import register_tasks
-
-    register_tasks(app)
-    register_all_active(app)
-    register_callback_tasks(app)
-    runtime.celery = app
+    tasks.register_tasks(app)
+    all_active.register_all_active(app)
+    callbacks.register_callback_tasks(app)
     return app

@@ -1,17 +1,18 @@
-"""The Celery tasks: thin glue between a broker message and a `CancellationRun`."""
+"""The Celery tasks that run commands, and `CeleryDispatch`, the broker side of `ukcancel.runtime.Dispatch`."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 from kombu.exceptions import KombuError
 
-from ukcancel.worker.cancellation import CancellationRun, Reschedule
-from ukcancel.worker.rate_limit import FleetGate
-from ukcancel.worker.ukssdc import UkssdcClient
+from ukcancel.retry import Reschedule
+from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
+from ukcancel.worker.base_task import ServiceTask, service_task
+from ukcancel.worker.callbacks import DELIVER_CALLBACK
+from ukcancel.worker.cancellation import CancellationRun
 
 log = logging.getLogger(__name__)
 
@@ -24,49 +25,44 @@ FAN_OUT_THRESHOLD = 16
 TURN_BATCH = 1000
 
 
-@functools.cache
-def _parts(app: Celery) -> tuple[FleetGate, UkssdcClient]:
-    """The gate and a per-process HTTP session, built lazily so prefork children build their own."""
-    settings = app.runtime.settings
-    client = UkssdcClient(
-        settings.ukssdc_base_url,
-        settings.ukssdc_api_version,
-        settings.ukssdc_connect_timeout_seconds,
-        settings.ukssdc_timeout_seconds,
-    )
-    return app.runtime.gate, client
-
-
 def register_tasks(app: Celery) -> None:
-    # shared=False: a task is bound to this app's runtime; Celery would otherwise add it to every
-    # app the process creates later, whose worker would then run it against the wrong store.
-    @app.task(bind=True, name=RUN_NEXT, max_retries=None, acks_late=True, reject_on_worker_lost=True, shared=False)
-    def run_next(self: Task) -> dict[str, Any]:
+    @service_task(app, RUN_NEXT, max_retries=None)
+    def run_next(self: ServiceTask) -> dict[str, Any]:
         """Take a turn: perform the next waiting command (or resume the one this task holds)."""
-        gate, client = _parts(app)
         try:
-            result = CancellationRun(app.runtime, self.request.id, gate, client).run()
+            result = CancellationRun(self.runtime, self.request.id, self.gate, self.ukssdc).run()
         except Reschedule as later:
             log.info("task %s rescheduled in %.2f s: %s", self.request.id, later.countdown, later.reason)
             # Celery's retry re-sends this message with the same task id, so the claim carries over.
             raise self.retry(countdown=later.countdown, max_retries=None) from None
         return {"command": result.command_id, "state": result.state}
 
-    @app.task(bind=True, name=FAN_OUT, acks_late=True, reject_on_worker_lost=True, shared=False)
-    def fan_out(self: Task, count: int) -> int:
+    @service_task(app, FAN_OUT)
+    def fan_out(self: ServiceTask, count: int) -> int:
         """Send `count` turns. A redelivery may send extra turns; a turn with nothing to do is a no-op."""
         send_turns(app, count)
         return count
 
-    def dispatch(count: int) -> None:
+
+class CeleryDispatch:
+    """Hands the core's work to the workers as Celery messages (see `ukcancel.runtime.Dispatch`)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def send_turns(self, count: int) -> None:
         if count <= 0:
             return
         if count > FAN_OUT_THRESHOLD:
-            app.send_task(FAN_OUT, args=[count])
+            self.app.send_task(FAN_OUT, args=[count])
         else:
-            send_turns(app, count)
+            send_turns(self.app, count)
 
-    app.runtime.queue.dispatch = dispatch
+    def expand_all_active(self, batch_id: str) -> None:
+        self.app.send_task(EXPAND_ALL_ACTIVE, args=[batch_id])
+
+    def deliver_callback(self, command_id: str) -> None:
+        self.app.send_task(DELIVER_CALLBACK, args=[command_id])
 
 
 def send_turns(app: Celery, count: int) -> None:

@@ -18,6 +18,7 @@ import requests
 
 from ukcancel import metrics
 from ukcancel.outcome import CancelReply, UnintelligibleReply, parse_cancel_reply, parse_json_reply
+from ukcancel.retry import TRANSIENT_STATUSES, CallFailure
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +28,9 @@ LIST_OLD_JOBS = "listOldJobs.php"
 NUM_JOBS = "getNumJobs.php"
 ENDPOINTS = (CANCEL, CHECK_STATUS, LIST_OLD_JOBS, NUM_JOBS)
 
-# HTTP statuses after which the same request may well succeed.
-TRANSIENT_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 
-
-class UkssdcFailure(Exception):
-    """A call that produced no usable answer."""
-
-    transient = False
-
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, maybe_processed: bool = False, kind: str = "transport"
-    ):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.maybe_processed = maybe_processed
-        self.status_code: int | None = None
-        self.kind = kind  # the outcome label of the call in metrics
+class UkssdcFailure(CallFailure):
+    """A UKSSDC call that produced no usable answer."""
 
 
 class TransientFailure(UkssdcFailure):
@@ -132,13 +119,12 @@ class UkssdcClient:
 
         if reply.status_code != 200:
             failure_class = TransientFailure if reply.status_code in TRANSIENT_STATUSES else PermanentFailure
-            failure = failure_class(
+            raise failure_class(
                 f"HTTP {reply.status_code} {reply.reason} from {url}",
                 retry_after=parse_retry_after(reply.headers.get("Retry-After")),
                 kind=f"http_{reply.status_code}",
+                status_code=reply.status_code,
             )
-            failure.status_code = reply.status_code
-            raise failure
         try:
             parsed = parse_json_reply(reply.content)
         except UnintelligibleReply as exc:

@@ -18,7 +18,7 @@ from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from ukcancel.worker import rate_limit
+from ukcancel import fleet as rate_limit
 
 
 def use_limits_moving_window() -> None:

@@ -515,11 +515,11 @@ def batches_file_present() -> bool:
 # ------------------------------------------------------------------------------------------------
 class Store:
     def __init__(self, redis_url: str) -> None:
-        from ukcancel.runtime import Runtime
+        from ukcancel.assemble import create_runtime
         from ukcancel.settings import Settings
 
         self.url = redis_url
-        self.runtime = Runtime.create(Settings(redis_url=redis_url))
+        self.runtime = create_runtime(Settings(redis_url=redis_url))
         self.redis = self.runtime.connection
 
     def flush(self) -> None:
@@ -693,7 +693,7 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
     # with the API's own schema (the body the HTTP rows POST), so only submit() is timed.
     def inproc(threads: int) -> dict[str, Any]:
         from ukcancel import submission
-        from ukcancel.service.schemas import CancellationRequestSchema
+        from ukcancel.schemas import CancellationRequestSchema
         from ukcancel.token import Principal
 
         store.reset()
@@ -1544,11 +1544,11 @@ def serve_werkzeug(port: int) -> None:
 
     from werkzeug.serving import WSGIRequestHandler, make_server
 
-    from ukcancel.service.app import create_app
+    from ukcancel.assemble import create_api
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     WSGIRequestHandler.protocol_version = "HTTP/1.1"
-    app = create_app()
+    app = create_api()
     server = make_server("127.0.0.1", port, app, threaded=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"werkzeug API listening on http://127.0.0.1:{port}", flush=True)

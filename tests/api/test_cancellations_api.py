@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ukcancel import keys
+from ukcancel.assemble import create_api, create_runtime
 from ukcancel.command import COMPLETED, QUEUED, RUNNING
 from ukcancel.runtime import Runtime
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 
 ASTRO = "astro@example.org"
@@ -75,8 +75,8 @@ class Api:
 
 
 def build_api() -> Api:
-    runtime = Runtime.create(Settings(), connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    app = create_app(runtime=runtime)
+    runtime = create_runtime(Settings(), connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    app = create_api(runtime=runtime)
     token, _ = runtime.tokens.create(ASTRO)
     api = Api(app, app.test_client(), runtime, token)
     runtime.queue.dispatch = api.dispatched.append
@@ -440,8 +440,8 @@ def test_readyz_is_503_naming_the_missing_worker_then_200_with_one(api: Api) -> 
 def test_readyz_names_redis_when_it_is_unreachable() -> None:
     import redis
 
-    runtime = Runtime.create(Settings(), connection=redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=1))
-    response = create_app(runtime=runtime).test_client().get("/readyz")
+    runtime = create_runtime(Settings(), connection=redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=1))
+    response = create_api(runtime=runtime).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"].startswith("unreachable")
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import pytest
 from werkzeug.serving import make_server
 
+from ukcancel.assemble import create_api, create_runtime
 from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
 
@@ -32,9 +32,9 @@ class Served:
 def served(simulator: SimulatorServer) -> Iterator[Served]:
     settings = Settings(ukssdc_base_url=simulator.base_url, retry_base_seconds=0.05, retry_max_delay_seconds=0.5,
                         fleet_rate_per_second=50)
-    runtime = Runtime.create(settings)
+    runtime = create_runtime(settings)
     token, _ = runtime.tokens.create(ASTRO, name="cli")
-    server = make_server("127.0.0.1", 0, create_app(runtime=runtime), threaded=True)
+    server = make_server("127.0.0.1", 0, create_api(runtime=runtime), threaded=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

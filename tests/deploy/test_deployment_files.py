@@ -48,7 +48,7 @@ ENV_EXAMPLE = ROOT / "ops" / "deploy" / "ukcancel.env.example"
 SYSTEMD_DIR = ROOT / "ops" / "deploy" / "systemd"
 SYSTEMD_UNITS = ("ukcancel-api.service", "ukcancel-worker@.service", "ukcancel-stream-consumer.service")
 INSTALL_PREFIX = "/opt/ukcancel/venv/bin/"  # where the units expect the installed wheel's scripts
-WSGI_APP = "ukcancel.service.wsgi:app"
+WSGI_APP = "ukcancel.wsgi:app"
 BASE_IMAGES = {"python:3.11-slim"}
 
 # Variables docker-compose.yml may interpolate (`${VAR}`) that are not settings, with what they

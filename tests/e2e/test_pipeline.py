@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from ukcancel import keys
+from ukcancel.assemble import create_api
 from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 from ukcancel.worker.celery_app import QUEUE
@@ -100,7 +100,7 @@ def make_pipeline(
 
     def make(**extra: str) -> Pipeline:
         env = make_worker_env(redis_url, simulator, **extra)
-        app = create_app(Settings.from_env(env))
+        app = create_api(Settings.from_env(env))
         token, _ = app.extensions["ukcancel"].tokens.create(ASTRO)
         pipeline = Pipeline(env, simulator, client, app, token)
         built.append(pipeline)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ukcancel.service.app import create_app
+from ukcancel.assemble import create_api
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 from ukcancel.worker.celery_app import QUEUE
@@ -29,7 +29,7 @@ def test_rabbitmq_broker_runs_commands_and_retries(
     env = make_worker_env(redis_url, simulator, CELERY_BROKER_URL=rabbitmq_url)
     settings = Settings.from_env(env)
     assert settings.effective_broker_url == rabbitmq_url
-    app = create_app(settings)
+    app = create_api(settings)
     runtime = app.extensions["ukcancel"]
     assert runtime.celery.conf.broker_url == rabbitmq_url
     # The queue name is fixed: start from an empty one, whatever an earlier run left there.

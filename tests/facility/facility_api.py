@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from ukcancel.assemble import create_api, create_runtime
 from ukcancel.runtime import Runtime
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.token import TokenRecord
 
@@ -53,8 +53,8 @@ class Facility:
 def build_facility(settings: Settings, connection: redis.Redis | None = None, *,
                    same_store_as: Facility | None = None) -> Facility:
     """A runtime and its API; with `same_store_as`, a second API process on that facility's store."""
-    runtime = Runtime.create(settings, connection)
-    app = create_app(runtime=runtime)
+    runtime = create_runtime(settings, connection)
+    app = create_api(runtime=runtime)
     facility = Facility(runtime, app, app.test_client())
     if same_store_as is not None:
         facility.tokens, facility.records = same_store_as.tokens, same_store_as.records

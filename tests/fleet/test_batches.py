@@ -11,15 +11,15 @@ import pytest
 from flask.testing import FlaskClient
 
 from ukcancel import keys
+from ukcancel.assemble import create_api, create_runtime
 from ukcancel.batch import EXPANDING
 from ukcancel.embedded import EmbeddedWorker
+from ukcancel.fleet import FleetGate, Wait
+from ukcancel.retry import Reschedule
 from ukcancel.runtime import Runtime
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
 from ukcancel.worker.all_active import ActiveJobsExpansion
-from ukcancel.worker.cancellation import Reschedule
-from ukcancel.worker.rate_limit import FleetGate, Wait
 from ukcancel.worker.ukssdc import UkssdcClient
 
 ASTRO = "astro@example.org"
@@ -29,7 +29,7 @@ OTHER = "other@example.org"
 class Api:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.client: FlaskClient = create_app(runtime=runtime).test_client()
+        self.client: FlaskClient = create_api(runtime=runtime).test_client()
         self.tokens: dict[str, str] = {}
 
     def token(self, user: str, admin: bool = False) -> str:
@@ -55,7 +55,7 @@ def settings_for(simulator: SimulatorServer, **changes: Any) -> Settings:
 
 @pytest.fixture
 def api(simulator: SimulatorServer) -> Iterator[Api]:
-    runtime = Runtime.create(settings_for(simulator))
+    runtime = create_runtime(settings_for(simulator))
     with EmbeddedWorker(runtime):
         yield Api(runtime)
 
@@ -63,7 +63,7 @@ def api(simulator: SimulatorServer) -> Iterator[Api]:
 @pytest.fixture
 def idle_api(simulator: SimulatorServer) -> Api:
     """The API without a worker: what is accepted stays queued."""
-    return Api(Runtime.create(settings_for(simulator)))
+    return Api(create_runtime(settings_for(simulator)))
 
 
 def stored_keys(runtime: Runtime) -> list[str]:
@@ -124,7 +124,7 @@ def test_another_users_items_need_an_admin_token(idle_api: Api) -> None:
 def test_accepting_ten_thousand_items_is_one_pipeline_and_one_broker_message(
     redis_url: str, simulator: SimulatorServer, record_property: Any
 ) -> None:
-    runtime = Runtime.create(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url))
+    runtime = create_runtime(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url))
     api = Api(runtime)
     items = [{"job_id": 100_000 + i, "products": ["LightCurve", "StandardPos"] if i % 2 else "all"}
              for i in range(10_000)]
@@ -279,7 +279,7 @@ class ClosedGate(FleetGate):
 def test_the_expansion_takes_a_permit_for_every_call_and_carries_on_after_a_reschedule(
     simulator: SimulatorServer,
 ) -> None:
-    runtime = Runtime.create(settings_for(simulator), fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    runtime = create_runtime(settings_for(simulator), fakeredis.FakeRedis(server=fakeredis.FakeServer()))
     runtime.queue.dispatch = lambda count: None  # no worker here: the expansion is run by hand
     batch_id = Api(runtime).post({"all_active": True}).json["id"]
     client = UkssdcClient(simulator.base_url, "1.12", 5, 5)

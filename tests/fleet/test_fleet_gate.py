@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from ukcancel.fleet import CLOSED, HALF_OPEN, OPEN, FleetGate, Permit, Wait, rate_window
 from ukcancel.settings import Settings
-from ukcancel.worker.rate_limit import CLOSED, HALF_OPEN, OPEN, FleetGate, Permit, Wait, rate_window
 
 
 class FakeClock:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from ukcancel.assemble import create_runtime
 from ukcancel.command import CancelCommand
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
@@ -24,7 +25,7 @@ CANCEL = "canceljob.php"
 @pytest.fixture
 def runtime(redis_url: str, simulator: SimulatorServer) -> Iterator[Runtime]:
     """The API's side (records + dispatch) against the same Redis and broker as the workers."""
-    rt = Runtime.create(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url))
+    rt = create_runtime(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url))
     yield rt
     rt.connection.close()
 

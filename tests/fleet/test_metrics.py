@@ -7,13 +7,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ukcancel.assemble import create_api, create_runtime
 from ukcancel.command import CancelCommand
 from ukcancel.embedded import EmbeddedWorker
+from ukcancel.fleet import FleetGate, Permit
 from ukcancel.runtime import Runtime
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.rate_limit import FleetGate, Permit
 
 ASTRO = "astro@example.org"
 
@@ -38,8 +38,8 @@ def wait_terminal(runtime: Runtime, ids: list[str], timeout: float = 20) -> None
 def test_metrics_are_open_and_count_calls_results_retries_states_and_queues(simulator: SimulatorServer) -> None:
     settings = Settings(ukssdc_base_url=simulator.base_url, retry_base_seconds=0.05, retry_max_delay_seconds=0.2,
                         fleet_rate_per_second=50)
-    runtime = Runtime.create(settings)
-    client = create_app(runtime=runtime).test_client()
+    runtime = create_runtime(settings)
+    client = create_api(runtime=runtime).test_client()
     before = samples(client.get("/metrics").get_data(as_text=True))
     simulator.state.add_faults(Fault("http503"))
     commands = [CancelCommand(job_id=1001, user_id=ASTRO, products=["LightCurve"]),
@@ -95,14 +95,14 @@ def test_metrics_of_worker_processes_are_added_up_under_prometheus_multiproc_dir
     env = make_worker_env(redis_url, simulator, PROMETHEUS_MULTIPROC_DIR=str(directory))
     worker_factory(env, name="metrics1")
     worker_factory(env, name="metrics2")
-    runtime = Runtime.create(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url,
+    runtime = create_runtime(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url,
                                       metrics_multiproc_dir=str(directory)))
     commands = [CancelCommand(job_id=2001 + i, user_id="bulk@example.org", products=["LightCurve"]) for i in range(6)]
     runtime.queue.enqueue(commands)
     wait_terminal(runtime, [c.id for c in commands])
     time.sleep(0.2)
 
-    found = samples(create_app(runtime=runtime).test_client().get("/metrics").get_data(as_text=True))
+    found = samples(create_api(runtime=runtime).test_client().get("/metrics").get_data(as_text=True))
 
     assert value(found, "ukcancel_ukssdc_calls_total", endpoint="canceljob.php", outcome="ok") == 6
     assert value(found, "ukcancel_command_results_total", status="1") == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ukcancel.assemble import create_runtime
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.worker.celery_app import QUEUE
@@ -12,7 +13,7 @@ from ukcancel.worker.tasks import TURN_BATCH, send_turns
 
 @pytest.fixture
 def runtime(redis_url: str) -> Runtime:
-    return Runtime.create(Settings(redis_url=redis_url))
+    return create_runtime(Settings(redis_url=redis_url))
 
 
 def test_every_turn_is_sent(runtime: Runtime) -> None:

@@ -19,14 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ukcancel import keys
+from ukcancel.assemble import create_runtime
 from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, RUNNING, CancelCommand
+from ukcancel.fleet import FleetGate, Permit, Wait
 from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT, CONFIRMED_FINISHED_TEXT
 from ukcancel.products import normalise
+from ukcancel.retry import Reschedule, backoff_delay
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.cancellation import CancellationRun, Reschedule, RunResult, backoff_delay
-from ukcancel.worker.rate_limit import Permit, Wait
+from ukcancel.worker.cancellation import CancellationRun, RunResult
 from ukcancel.worker.ukssdc import UkssdcClient, parse_retry_after
 
 ASTRO = "astro@example.org"
@@ -37,10 +39,13 @@ OUTCOME_UNKNOWN = "Outcome unknown - an error prevented the server from determin
 ALL_SHORTS = "lc,spec,psf,enh,xastrom,image,sourceDet"
 
 
-class OpenGate:
-    """A fleet gate that always grants, remembering what it was told."""
+class OpenGate(FleetGate):
+    """A fleet gate that always grants, remembering what it was told.
 
-    def __init__(self, wait: Wait | None = None) -> None:
+    Only Redis-facing primitives are replaced: `FleetGate.permit` itself runs as shipped.
+    """
+
+    def __init__(self, wait: Wait | None = None) -> None:  # no Redis: the primitives below are all it uses
         self.wait = wait
         self.acquired = 0
         self.released: list[bool] = []
@@ -118,7 +123,7 @@ def make_harness(sim: SimulatorServer, client_class: type[UkssdcClient] = Ukssdc
     }
     options.update(overrides)
     settings_ = Settings(**options)
-    runtime = Runtime.create(settings_, connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    runtime = create_runtime(settings_, connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
     runtime.queue.dispatch = lambda count: None
     client = client_class(
         settings_.ukssdc_base_url,

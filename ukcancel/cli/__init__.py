@@ -32,7 +32,7 @@ def main() -> None:
 @main.command()
 def demo() -> None:
     """Run API, worker and UKSSDC simulator in one process and walk the guide's scenario."""
-    from ukcancel.demo import run_demo
+    from ukcancel.cli.demo import run_demo
 
     sys.exit(run_demo(click.echo))
 
@@ -50,7 +50,7 @@ def serve(host: str, port: int, workers: int, local_user: str) -> None:
     if settings.embedded:
         _serve_embedded(settings, host, port, local_user)
     else:
-        from ukcancel.service.gunicorn_app import run_gunicorn
+        from ukcancel.cli.gunicorn_server import run_gunicorn
 
         run_gunicorn(host, port, workers)
 
@@ -58,14 +58,13 @@ def serve(host: str, port: int, workers: int, local_user: str) -> None:
 def _serve_embedded(settings: Settings, host: str, port: int, local_user: str) -> None:
     from werkzeug.serving import make_server
 
+    from ukcancel.assemble import create_api, create_runtime
     from ukcancel.embedded import EmbeddedWorker
-    from ukcancel.runtime import Runtime
-    from ukcancel.service.app import create_app
     from ukcancel.stream import CommandStreamConsumer
 
-    runtime = Runtime.create(settings)
+    runtime = create_runtime(settings)
     token, record = runtime.tokens.create(local_user, name="local")
-    app = create_app(runtime=runtime)
+    app = create_api(runtime=runtime)
     click.echo("REDIS_URL is not set: running with an embedded in-memory store and worker (nothing is kept).")
     click.echo(f"UKSSDC base URL: {settings.ukssdc_base_url}")
     click.echo(f"Token for {record.user_id} (shown once): {token}")
@@ -87,10 +86,10 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("a stand-alone worker needs REDIS_URL (and optionally CELERY_BROKER_URL)")
-    from ukcancel.runtime import Runtime
+    from ukcancel.assemble import create_runtime
     from ukcancel.worker.celery_app import QUEUE
 
-    runtime = Runtime.create(settings)
+    runtime = create_runtime(settings)
     argv = ["worker", "--loglevel=INFO", f"--queues={QUEUE}", f"--pool={pool}",
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",
             *ctx.args]

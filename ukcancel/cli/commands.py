@@ -29,7 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ukcancel.cli import load_settings
-from ukcancel.client import TERMINAL, Client, ServiceError, as_tuple
+from ukcancel.client import Client, ServiceError, as_tuple
+from ukcancel.command import TERMINAL
 
 FAILED_STATUSES = (-1, 0)
 CSV_HEADER = ("job_id", "products")

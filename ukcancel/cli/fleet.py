@@ -24,8 +24,8 @@ def fleet(rate: float | None, in_flight: int | None, as_json: bool) -> None:
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("fleet needs REDIS_URL: an embedded store lives only inside one process")
-    from ukcancel.runtime import connect_redis
-    from ukcancel.worker.rate_limit import FleetGate
+    from ukcancel.fleet import FleetGate
+    from ukcancel.store import connect_redis
 
     gate = FleetGate(connect_redis(settings), settings)
     limits = gate.configure(rate, in_flight) if rate is not None or in_flight is not None else gate.limits()

@@ -25,12 +25,12 @@ def stream_consumer(name: str | None, min_idle_seconds: float, block_seconds: fl
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("a stand-alone stream consumer needs REDIS_URL (`ukcancel serve` runs one embedded)")
-    from ukcancel.runtime import Runtime
+    from ukcancel.assemble import create_runtime
     from ukcancel.stream import CommandStreamConsumer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     consumer = CommandStreamConsumer(
-        Runtime.create(settings), name, block_ms=int(block_seconds * 1000), min_idle_ms=int(min_idle_seconds * 1000)
+        create_runtime(settings), name, block_ms=int(block_seconds * 1000), min_idle_ms=int(min_idle_seconds * 1000)
     )
     stop = threading.Event()
 

@@ -18,7 +18,7 @@ def _token_registry() -> Any:
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("token commands need REDIS_URL: an embedded store lives only inside one process")
-    from ukcancel.runtime import connect_redis
+    from ukcancel.store import connect_redis
     from ukcancel.token import TokenRegistry
 
     return TokenRegistry(connect_redis(settings))

@@ -12,10 +12,9 @@ from collections.abc import Callable
 
 from werkzeug.serving import make_server
 
+from ukcancel.assemble import create_api, create_runtime
 from ukcancel.client import Client
 from ukcancel.embedded import EmbeddedWorker
-from ukcancel.runtime import Runtime
-from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer, SimulatorState
 
@@ -31,9 +30,9 @@ def run_demo(echo: Callable[[str], None] = print) -> int:
 
     with SimulatorServer(SimulatorState()) as simulator:
         settings = Settings(ukssdc_base_url=simulator.base_url, retry_base_seconds=0.2, fleet_rate_per_second=5)
-        runtime = Runtime.create(settings)
+        runtime = create_runtime(settings)
         token, _ = runtime.tokens.create(DEMO_USER, name="demo")
-        server = make_server("127.0.0.1", 0, create_app(runtime=runtime), threaded=True)
+        server = make_server("127.0.0.1", 0, create_api(runtime=runtime), threaded=True)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # keep the transcript readable
         api_url = f"http://127.0.0.1:{server.server_port}"
         threading.Thread(target=server.serve_forever, daemon=True).start()

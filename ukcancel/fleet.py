@@ -1,4 +1,4 @@
-"""One polite rate toward the UKSSDC for the whole fleet of workers, kept in Redis.
+"""One polite rate toward the UKSSDC for the whole fleet of workers, kept in Redis; the live workers.
 
 Celery's `rate_limit` counts per worker instance; this gate is shared by every worker process
 on every host. Before each UKSSDC call a worker asks the gate for a permit, which requires:
@@ -19,24 +19,38 @@ loaded host), so two calls one window apart at the gate can arrive less than a w
 The window is therefore lengthened by a guard interval (`fleet_guard_seconds`) larger than
 that jitter: the UKSSDC never sees more than the limit in any window, at the cost of a peak
 rate of limit / (window + guard).
+
+A call is made under a permit with `FleetGate.permit`, a context manager (dramatiq's
+`RateLimiter.acquire` is the model): it waits for a permit or raises `Reschedule`, stamps it,
+and on the way out pauses the fleet for a 429/503 Retry-After, tells the breaker how the call
+went and always gives the permit back.
+
+Workers write a heartbeat (`record_heartbeat`) that `/readyz`, the metrics and the CLI read
+back with `live_workers`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import redis
 
 from ukcancel import keys, metrics
+from ukcancel.retry import CallFailure, Rand, Reschedule, spread
 from ukcancel.settings import Settings
+from ukcancel.store import as_text, as_text_dict
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 PAUSED_REASON = "fleet paused by the UKSSDC's Retry-After"
+HEARTBEAT_SECONDS = 5.0
+LIVE_WORKER_SECONDS = 3 * HEARTBEAT_SECONDS
 
 # KEYS[1] in-flight sorted set (permit id -> lease expiry)
 # ARGV[1] now   ARGV[2] permit id   ARGV[3] lease expiry   ARGV[4] max in flight
@@ -159,7 +173,7 @@ class FleetGate:
 
     # -- run-time configuration ------------------------------------------------------------
     def limits(self) -> FleetLimits:
-        raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in self.connection.hgetall(keys.FLEET_CONFIG).items()}
+        raw = as_text_dict(self.connection.hgetall(keys.FLEET_CONFIG))
         rate = float(raw["rate_per_second"]) if "rate_per_second" in raw else self.settings.fleet_rate_per_second
         in_flight = int(raw["max_in_flight"]) if "max_in_flight" in raw else self.settings.fleet_max_in_flight
         return FleetLimits(rate, in_flight)
@@ -237,6 +251,36 @@ class FleetGate:
             return Wait(paused_for, PAUSED_REASON)
         return Permit(permit_id, probe)
 
+    @contextlib.contextmanager
+    def permit(
+        self, max_wait: float | None = None, *, reserved: Permit | None = None, rand: Rand = random.uniform
+    ) -> Iterator[Permit]:
+        """One UKSSDC call under a permit (`reserved`, or one waited for up to `max_wait` seconds).
+
+        No permit in time raises `Reschedule` (spread, so deferred work does not stampede back).
+        The permit is stamped as the block starts. A `CallFailure` raised in the block pauses the
+        fleet first when it carries a 429/503 Retry-After (before the slot is free, so no other
+        worker's call slips in), then releases the permit telling the breaker whether the failure
+        was transient; any other exception gives the permit back unused; success closes the breaker.
+        """
+        if reserved is None:
+            outcome = self.acquire(max_wait)
+            if isinstance(outcome, Wait):
+                raise Reschedule(spread(outcome.seconds, rand), outcome.reason)
+            reserved = outcome
+        self.stamp(reserved)
+        try:
+            yield reserved
+        except CallFailure as failure:
+            if failure.fleet_pause is not None:
+                self.pause(failure.fleet_pause)
+            self.release(reserved, transient_failure=failure.transient)
+            raise
+        except BaseException:
+            self.release_unused(reserved)
+            raise
+        self.release(reserved, transient_failure=False)
+
     def stamp(self, permit: Permit) -> None:
         """Move the permit's time in the rate window to now, just before its call is sent.
 
@@ -251,17 +295,22 @@ class FleetGate:
             self.connection.delete(keys.FLEET_PROBE)
 
     def release(self, permit: Permit, *, transient_failure: bool) -> None:
-        """Give the slot back and tell the breaker how the call went."""
-        self.connection.zrem(keys.FLEET_INFLIGHT, permit.id)
+        """Tell the breaker how the call went, then give the slot back.
+
+        In that order: a failure that opens the breaker is recorded before the slot is free, so
+        no other worker's call slips through a breaker that should already be open.
+        """
         if transient_failure:
             self._record_failure(
                 keys=[keys.FLEET_BREAKER, keys.FLEET_PROBE],
                 args=[repr(self.clock()), self.settings.breaker_failure_threshold],
             )
+            self.connection.zrem(keys.FLEET_INFLIGHT, permit.id)
         else:
             pipe = self.connection.pipeline(transaction=True)
             pipe.hset(keys.FLEET_BREAKER, mapping={"state": CLOSED, "failures": 0})
             pipe.delete(keys.FLEET_PROBE)
+            pipe.zrem(keys.FLEET_INFLIGHT, permit.id)
             pipe.execute()
 
     def release_unused(self, permit: Permit) -> None:
@@ -282,9 +331,9 @@ class FleetGate:
     # -- state, for /readyz and metrics ----------------------------------------------------
     def breaker_state(self, now: float | None = None) -> dict[str, float | str | int]:
         now = self.clock() if now is None else now
-        raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in self.connection.hgetall(keys.FLEET_BREAKER).items()}
+        raw = as_text_dict(self.connection.hgetall(keys.FLEET_BREAKER))
         failures = int(raw.get("failures", 0))
-        if (raw.get("state", b"closed") in (b"open", "open")):
+        if raw.get("state") == OPEN:
             reopen_at = float(raw.get("opened_at", 0)) + self.settings.breaker_cooldown_seconds
             if now < reopen_at:
                 return {"state": OPEN, "failures": failures, "retry_in": reopen_at - now}
@@ -297,3 +346,18 @@ class FleetGate:
 
     def in_flight(self) -> int:
         return int(self.connection.zcount(keys.FLEET_INFLIGHT, repr(self.clock()), "+inf"))
+
+
+# -- the workers' heartbeats (``ukcancel:workers``) ------------------------------------------------
+def record_heartbeat(connection: redis.Redis, name: str, now: float | None = None) -> None:
+    connection.zadd(keys.WORKERS, {name: time.time() if now is None else now})
+
+
+def forget_worker(connection: redis.Redis, name: str) -> None:
+    connection.zrem(keys.WORKERS, name)
+
+
+def live_workers(connection: redis.Redis, now: float | None = None) -> list[str]:
+    """Workers that sent a heartbeat within the last `LIVE_WORKER_SECONDS`."""
+    now = time.time() if now is None else now
+    return [as_text(n) for n in connection.zrangebyscore(keys.WORKERS, now - LIVE_WORKER_SECONDS, "+inf")]

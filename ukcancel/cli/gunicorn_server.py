@@ -17,7 +17,7 @@ class ApiServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from ukcancel.service.wsgi import app
+        from ukcancel.wsgi import app
 
         return app
 

@@ -1,0 +1,58 @@
+"""The base of every task of the service (Celery's `task_cls`), as Celery's guide shows with its DatabaseTask.
+
+It holds what a task needs, built lazily once per process (so prefork children build their own
+HTTP sessions), and the options that make a killed worker lose nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import requests
+from celery import Celery, Task
+
+from ukcancel.worker.ukssdc import UkssdcClient
+
+if TYPE_CHECKING:
+    from ukcancel.fleet import FleetGate
+    from ukcancel.runtime import Runtime
+
+
+class ServiceTask(Task):
+    # Acknowledged only once the task has finished; a worker killed mid-task puts the message back.
+    acks_late = True
+    reject_on_worker_lost = True
+
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        return self.app.runtime  # type: ignore[no-any-return]  # set by `ukcancel.assemble`
+
+    @functools.cached_property
+    def gate(self) -> FleetGate:
+        return self.runtime.gate
+
+    @functools.cached_property
+    def ukssdc(self) -> UkssdcClient:
+        settings = self.runtime.settings
+        return UkssdcClient(
+            settings.ukssdc_base_url,
+            settings.ukssdc_api_version,
+            settings.ukssdc_connect_timeout_seconds,
+            settings.ukssdc_timeout_seconds,
+        )
+
+    @functools.cached_property
+    def http(self) -> requests.Session:
+        """A session for calls other than the UKSSDC's (callbacks)."""
+        return requests.Session()
+
+
+def service_task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], ServiceTask]:
+    """`@service_task(app, NAME)`: a bound task of `app` on `ServiceTask`.
+
+    shared=False: the task belongs to this app (and its runtime) only; Celery would otherwise add
+    it to every app the process creates later, whose worker would then run it against the wrong store.
+    """
+    return app.task(bind=True, name=name, base=ServiceTask, shared=False, **options)  # type: ignore[no-any-return]

@@ -16,7 +16,7 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
 from ukcancel import lifecycle, submission
-from ukcancel.batch import DONE, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
+from ukcancel.batch import BATCH_COMPLETED, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
 from ukcancel.command import QUEUED
 from ukcancel.fleet import OPEN
 from ukcancel.service.auth import authenticate, principal
@@ -84,7 +84,7 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
         "total": batch.total,
         "counts": progress.counts,
         "results": progress.results,
-        "done_fraction": round(progress.terminal / batch.total, 4) if batch.total else (1.0 if state == DONE else 0.0),
+        "done_fraction": round(progress.terminal / batch.total, 4) if batch.total else (1.0 if state == BATCH_COMPLETED else 0.0),
         "eta_seconds": eta,
         "items": items,
         "next_cursor": str(following) if following < batch.total else None,

@@ -31,8 +31,8 @@ from ukcancel.outcome import result_status, withdrawn_tuple
 from ukcancel.store import as_text, as_text_dict
 
 EXPANDING, RUNNING, FAILED = "expanding", "running", "failed"
-DONE = "completed"  # reported, never stored: every item is terminal
-BATCH_STATES = (EXPANDING, RUNNING, DONE, FAILED)
+BATCH_COMPLETED = "completed"  # reported, never stored: every item is terminal
+BATCH_STATES = (EXPANDING, RUNNING, BATCH_COMPLETED, FAILED)
 RESULT_STATUSES = ("-1", "0", "1", "2")
 # Published on the batch's channel when an expansion ends (items publish their terminal state).
 EXPANDED = "expanded"
@@ -154,7 +154,7 @@ class BatchRegistry:
         if command_ids:
             pipeline.expire(items, self.ttl_seconds)
 
-    def expanded(self, batch_id: str, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> None:
+    def finish_expansion(self, batch_id: str, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> None:
         """An expansion found these commands: record them as the items and start running.
 
         Written into `pipeline` (executed by `CancelQueue.enqueue` with the commands); announced
@@ -176,7 +176,7 @@ class BatchRegistry:
         pipe.execute()
 
     # -- an expansion's progress (kept on the record so a retried task carries on) --------
-    def expansion(self, batch_id: str) -> dict[str, Any]:
+    def expansion_progress(self, batch_id: str) -> dict[str, Any]:
         """``jobs`` (job id -> short names still to check, or None before listing), ``found``
         (job id -> active long names) and ``attempts`` (failed UKSSDC calls so far)."""
         jobs, found, attempts = self.connection.hmget(keys.batch(batch_id), "jobs", "found", "attempts")
@@ -186,7 +186,7 @@ class BatchRegistry:
             "attempts": int(attempts or 0),
         }
 
-    def record_expansion(self, batch_id: str, **fields: Any) -> None:
+    def save_expansion_progress(self, batch_id: str, **fields: Any) -> None:
         self.connection.hset(
             keys.batch(batch_id),
             mapping={name: value if isinstance(value, (int, str)) else json.dumps(value) for name, value in fields.items()},
@@ -253,7 +253,7 @@ class BatchRegistry:
     def state_of(self, batch: Batch, progress: BatchProgress) -> str:
         """The state to report: a running batch whose items are all terminal is completed."""
         if batch.state == RUNNING and progress.outstanding == 0:
-            return DONE
+            return BATCH_COMPLETED
         return batch.state
 
     def _outstanding(self, batch: Batch | None) -> float:

@@ -328,16 +328,8 @@ class CommandRegistry:
         """queued/retrying (or running, on redelivery after a crash) -> running, counting an attempt."""
         return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING), count_attempt=True)
 
-    def start_running(self, command_id: str) -> Transition:
-        """queued/retrying/running -> running without counting (resuming after a wait for capacity)."""
-        return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING))
-
     def mark_retrying(self, command_id: str, error: str) -> Transition:
         return self.transition(command_id, RETRYING, (RUNNING,), fields={"last_error": error})
-
-    def note_error(self, command_id: str, error: str) -> None:
-        """Record the latest error of a command that stays where it is (e.g. waiting behind the breaker)."""
-        self.record_progress(command_id, last_error=error)
 
     def complete(
         self, command_id: str, result: list[Any], *, server_ok: int | None = None, error: str | None = None
@@ -404,20 +396,6 @@ class CommandRegistry:
             return command
         finally:
             pubsub.close()
-
-    def ids_for_user(
-        self, user_id: str, *, newest_before: float = float("inf"), oldest_after: float = 0.0, limit: int = 100
-    ) -> list[tuple[str, float]]:
-        """Command ids of one user, newest first, created strictly after `oldest_after`."""
-        rows = self.connection.zrevrangebyscore(
-            keys.user_commands(user_id),
-            f"({newest_before}" if newest_before != float("inf") else "+inf",
-            f"({oldest_after}",
-            start=0,
-            num=limit,
-            withscores=True,
-        )
-        return [(as_text(member), score) for member, score in rows]
 
 
 def _encode_field(value: Any) -> str:

@@ -62,7 +62,7 @@ HTTP API rate limit (`ukcancel.service.rate_limit`)
     ``LIMITS:LIMITER/ukcancel-api/...``   Flask-Limiter's fixed-window counters, one per token name
                                           (``token:{name}``) or, unauthenticated, per client address.
 
-Fleet toward the UKSSDC (`ukcancel.worker.rate_limit.FleetGate`)
+Fleet toward the UKSSDC (`ukcancel.fleet.FleetGate`; heartbeats: `ukcancel.fleet.record_heartbeat`)
     ``ukcancel:fleet:config``             hash, run-time overrides: rate_per_second, max_in_flight.
     ``ukcancel:fleet:inflight``           sorted set, permit ids scored by their expiry time.
     ``ukcancel:fleet:paused_until``       string, epoch seconds before which no call is made

@@ -67,7 +67,7 @@ ACCEPTED_MAXLEN = 100_000
 # ARGV[4..] field/value pairs to publish
 # Acknowledges the entry and, only if this call acknowledged it, publishes and deletes it: a
 # duplicate delivery (two consumers on one entry) publishes nothing twice. Returns 1 if published.
-_SETTLE = """
+_ACK_AND_PUBLISH = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
@@ -80,7 +80,7 @@ return 1
 
 
 @dataclass(frozen=True)
-class Handled:
+class EntryOutcome:
     """What became of one entry: accepted as `command_id`, rejected for `reason`, or left pending."""
 
     entry_id: str
@@ -157,7 +157,7 @@ class CommandStreamConsumer:
         self.count = count
         self.max_deliveries = max_deliveries
         self.schema = CancellationRequestSchema()
-        self._settle = self.connection.register_script(_SETTLE)
+        self._ack_and_publish = self.connection.register_script(_ACK_AND_PUBLISH)
         self._own_pending_done = False
 
     # -- the loop -------------------------------------------------------------------------------
@@ -196,10 +196,10 @@ class CommandStreamConsumer:
             stop.set()
             thread.join(self.block_ms / 1000 + 5)
 
-    def step(self) -> list[Handled]:
+    def step(self) -> list[EntryOutcome]:
         """One round: this consumer's own unacknowledged entries (after a restart), entries idle
         too long at other consumers, then new entries (waiting up to `block_ms` for them)."""
-        handled: list[Handled] = []
+        handled: list[EntryOutcome] = []
         while not self._own_pending_done:
             own = self._read("0", block=None)
             handled += self.handle_all(own)
@@ -208,9 +208,9 @@ class CommandStreamConsumer:
         handled += self.handle_all(self._read(">", block=self.block_ms))
         return handled
 
-    def reclaim(self) -> list[Handled]:
+    def reclaim(self) -> list[EntryOutcome]:
         """Take over entries pending longer than `min_idle_ms` (their consumer died) and handle them."""
-        handled: list[Handled] = []
+        handled: list[EntryOutcome] = []
         start = "0-0"
         while True:
             reply = self.connection.xautoclaim(
@@ -240,10 +240,10 @@ class CommandStreamConsumer:
                     out.append((as_text(entry_id), as_text_dict(fields)))
         return out
 
-    def handle_all(self, entries: list[tuple[str, dict[str, str]]]) -> list[Handled]:
+    def handle_all(self, entries: list[tuple[str, dict[str, str]]]) -> list[EntryOutcome]:
         return [self._handle_guarded(entry_id, fields) for entry_id, fields in entries]
 
-    def _handle_guarded(self, entry_id: str, fields: dict[str, str]) -> Handled:
+    def _handle_guarded(self, entry_id: str, fields: dict[str, str]) -> EntryOutcome:
         try:
             return self.handle(entry_id, fields)
         except redis.RedisError:
@@ -252,10 +252,10 @@ class CommandStreamConsumer:
             # A defect must not stop the consumer; the entry stays pending, is retried after
             # `min_idle_ms`, and is dead-lettered after `max_deliveries`.
             log.exception("command stream: entry %s failed; it stays pending", entry_id)
-            return Handled(entry_id)
+            return EntryOutcome(entry_id)
 
     # -- one entry ------------------------------------------------------------------------------
-    def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
+    def handle(self, entry_id: str, fields: dict[str, str]) -> EntryOutcome:
         """Accept or dead-letter one entry; leave it pending (for a retry) when the broker is down."""
         try:
             caller, request = self.validate(fields)
@@ -266,12 +266,12 @@ class CommandStreamConsumer:
             return self._reject(entry_id, fields, {"user_id": [str(exc)]})
         except BrokerUnavailable as exc:
             log.warning("command stream: entry %s left pending, broker unavailable: %s", entry_id, exc)
-            return Handled(entry_id)
+            return EntryOutcome(entry_id)
         accepted = {"entry_id": entry_id, "command_id": submitted.command.id}
         if fields.get("request_id"):
             accepted["request_id"] = fields["request_id"]
         self._publish(entry_id, keys.ACCEPTED_STREAM, ACCEPTED_MAXLEN, accepted)
-        return Handled(entry_id, command_id=submitted.command.id)
+        return EntryOutcome(entry_id, command_id=submitted.command.id)
 
     def validate(self, fields: dict[str, str]) -> tuple[Principal, dict[str, Any]]:
         """The caller and the loaded request, or `EntryRejected` with messages keyed by field."""
@@ -289,7 +289,7 @@ class CommandStreamConsumer:
             raise EntryRejected(_messages(exc.messages)) from None
         return caller, request
 
-    def _handle_reclaimed(self, entry_id: str, fields: dict[str, str]) -> Handled:
+    def _handle_reclaimed(self, entry_id: str, fields: dict[str, str]) -> EntryOutcome:
         deliveries = self._deliveries(entry_id)
         if deliveries > self.max_deliveries:
             # Taken over this often, it keeps failing in a way a retry does not cure: stop retrying.
@@ -300,7 +300,7 @@ class CommandStreamConsumer:
         rows = self.connection.xpending_range(keys.COMMAND_STREAM, GROUP, min=entry_id, max=entry_id, count=1)
         return int(rows[0]["times_delivered"]) if rows else 0
 
-    def _reject(self, entry_id: str, fields: dict[str, str], reason: dict[str, Any]) -> Handled:
+    def _reject(self, entry_id: str, fields: dict[str, str], reason: dict[str, Any]) -> EntryOutcome:
         letter = {name: value for name, value in fields.items() if name != "token"}
         if "token" in fields:
             letter["token"] = fields["token"][:TOKEN_SHOWN] + "..."  # never the whole bearer token
@@ -308,23 +308,23 @@ class CommandStreamConsumer:
         letter["entry_id"] = entry_id
         self._publish(entry_id, keys.DEADLETTER_STREAM, 0, letter)
         log.info("command stream: entry %s dead-lettered: %s", entry_id, letter["reason"])
-        return Handled(entry_id, reason=reason)
+        return EntryOutcome(entry_id, reason=reason)
 
-    def _report_deleted(self, entry_id: str) -> Handled:
+    def _report_deleted(self, entry_id: str) -> EntryOutcome:
         reason = json.dumps(DELETED_REASON, separators=(",", ":"))
         self.connection.xadd(keys.DEADLETTER_STREAM, {"reason": reason, "entry_id": entry_id})
         log.warning("command stream: entry %s was deleted before it was handled", entry_id)
-        return Handled(entry_id, reason=DELETED_REASON)
+        return EntryOutcome(entry_id, reason=DELETED_REASON)
 
     def _publish(self, entry_id: str, stream: str, maxlen: int, fields: dict[str, str]) -> None:
         pairs = [item for pair in fields.items() for item in pair]
-        self._settle(keys=[keys.COMMAND_STREAM, stream], args=[GROUP, entry_id, maxlen, *pairs])
+        self._ack_and_publish(keys=[keys.COMMAND_STREAM, stream], args=[GROUP, entry_id, maxlen, *pairs])
 
 
 class ResultStream:
     """Appends every terminal command to ``ukcancel:results`` (capped at about 100,000 entries).
 
-    Used as a terminal hook of the runtime (see `ukcancel.runtime.Runtime.create`).
+    Used as a terminal hook of the runtime (see `ukcancel.assemble.create_runtime`).
     """
 
     def __init__(self, runtime: Runtime) -> None:

@@ -1,1 +1,1 @@
-"""The worker side: the Celery app, its tasks, the UKSSDC client and the fleet gate."""
+"""The worker side: the Celery app, its tasks and the UKSSDC client (the fleet gate is in the core, `ukcancel.fleet`)."""

@@ -65,7 +65,7 @@ class ActiveJobsExpansion:
         batch = self.batches.get(self.batch_id)
         if batch is None or batch.state != EXPANDING:
             return None  # expired, or finished by an earlier delivery of this task
-        progress = self.batches.expansion(self.batch_id)
+        progress = self.batches.expansion_progress(self.batch_id)
         try:
             jobs = progress["jobs"]
             if jobs is None:
@@ -78,7 +78,7 @@ class ActiveJobsExpansion:
                 if active:
                     found[job_id] = active
                 del jobs[job_id]
-                self.batches.record_expansion(self.batch_id, jobs=jobs, found=found)
+                self.batches.save_expansion_progress(self.batch_id, jobs=jobs, found=found)
         except UkssdcFailure as failure:
             return self._retry_or_fail(failure, progress["attempts"] + 1)
         commands = [
@@ -86,7 +86,7 @@ class ActiveJobsExpansion:
             for job_id, products in found.items()
         ]
         pipe = self.runtime.connection.pipeline(transaction=True)
-        self.batches.expanded(self.batch_id, commands, pipe)
+        self.batches.finish_expansion(self.batch_id, commands, pipe)
         self.runtime.queue.enqueue(commands, pipe)
         log.info("batch %s: %d jobs with active products", self.batch_id, len(commands))
         return len(commands)
@@ -105,7 +105,7 @@ class ActiveJobsExpansion:
                 continue
             asked = [long for long in product_names.LONG_TO_SHORT if job.get(long) is True or long in UNLISTED_PRODUCTS]
             jobs[str(job_id)] = product_names.short_names(asked)
-        self.batches.record_expansion(self.batch_id, jobs=jobs)
+        self.batches.save_expansion_progress(self.batch_id, jobs=jobs)
         return jobs
 
     def _active_products(self, user_id: str, job_id: int, shorts: list[str]) -> list[str]:
@@ -125,7 +125,7 @@ class ActiveJobsExpansion:
         if not failure.transient or attempt >= self.settings.max_attempts:
             self.batches.fail(self.batch_id, f"finding the active jobs failed after {attempt} attempts: {failure}")
             return None
-        self.batches.record_expansion(self.batch_id, attempts=attempt)
+        self.batches.save_expansion_progress(self.batch_id, attempts=attempt)
         delay = backoff_delay(
             attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds, failure.retry_after,
             self.rand,

@@ -109,6 +109,17 @@ def test_a_broker_failure_frees_the_key_for_the_retry(facility: Facility) -> Non
     assert len(aborted) == 1 and aborted[0].id != retried.get_json()["id"]
 
 
+def test_a_command_aborted_by_a_broker_failure_reaches_the_results_stream(facility: Facility) -> None:
+    facility.runtime.queue.dispatch = lambda count: (_ for _ in ()).throw(OperationalError("connection refused"))
+    assert post(facility, "alice", None).status_code == 503
+    (aborted_id,) = facility.command_ids()
+    entries = facility.runtime.connection.xrange(keys.RESULTS_STREAM)
+    assert len(entries) == 1  # exactly one result, as for every other terminal command
+    fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
+    assert fields["command_id"] == aborted_id and fields["state"] == "aborted"
+    assert fields["error"].startswith("broker unavailable:")
+
+
 def test_the_header_is_in_the_openapi_document(facility: Facility) -> None:
     operation = facility.client.get("/openapi.json").get_json()["paths"]["/v1/cancellations"]["post"]
     header = next(p for p in operation["parameters"] if p["name"] == "Idempotency-Key")

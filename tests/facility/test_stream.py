@@ -67,7 +67,7 @@ def test_a_valid_entry_becomes_a_command_and_is_announced(on_redis: Facility) ->
     assert (command.job_id, command.user_id, command.products) == (1001, ALICE, ["LightCurve", "StandardPos"])
     assert command.submitted_by == "alice" and command.state == "queued"
     assert on_redis.runtime.queue.depth() == {ALICE: 1}  # in line like an HTTP submission
-    # Handled: acknowledged and deleted, so the token does not stay in the stream.
+    # EntryOutcome: acknowledged and deleted, so the token does not stay in the stream.
     assert pending(on_redis) == 0
     assert on_redis.runtime.connection.xlen(keys.COMMAND_STREAM) == 0
     # The HTTP API shows it like any other command of alice's.
@@ -172,7 +172,7 @@ def test_a_crash_between_enqueue_and_ack_makes_no_second_command(on_redis: Facil
     def killed(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("killed before XACK")
 
-    doomed._settle = killed  # the command is enqueued, then the process dies
+    doomed._ack_and_publish = killed  # the command is enqueued, then the process dies
     [left] = doomed.step()
     assert left.pending
     [first] = on_redis.command_ids()

@@ -23,6 +23,7 @@ from ukcancel.command import (
     CommandRegistry,
     Transition,
 )
+from ukcancel.listing import CommandFilter, CommandListing
 
 TTL = 3600
 
@@ -101,8 +102,13 @@ def test_the_users_index_lists_newest_first(registry: CommandRegistry, clock: Cl
     clock.tick()
     second = new(registry)
     other = new(registry, user="other@example.org")
-    assert [i for i, _ in registry.ids_for_user("astro@example.org")] == [second.id, first.id]
-    assert [i for i, _ in registry.ids_for_user("other@example.org")] == [other.id]
+    listing = CommandListing(registry)
+
+    def listed(user: str) -> list[str]:
+        return [c.id for c in listing.page(keys.user_commands(user), CommandFilter(), None, 10).items]
+
+    assert listed("astro@example.org") == [second.id, first.id]
+    assert listed("other@example.org") == [other.id]
 
 
 def test_records_expire_after_the_ttl_and_terminal_renews_it(
@@ -151,8 +157,7 @@ def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegis
 def test_attempts_count_only_started_attempts(registry: CommandRegistry) -> None:
     command = new(registry)
     registry.start_attempt(command.id)
-    registry.start_running(command.id)  # resuming after waiting for capacity: not a new attempt
-    registry.start_running(command.id)
+    registry.mark_retrying(command.id, "waiting for capacity")  # not an attempt of its own
     assert registry.get(command.id).attempts == 1  # type: ignore[union-attr]
     registry.start_attempt(command.id)  # redelivery of a running command: counted
     assert registry.get(command.id).attempts == 2  # type: ignore[union-attr]
@@ -167,7 +172,6 @@ def test_a_completed_command_keeps_its_first_result_for_ever(registry: CommandRe
     for attempt in (
         lambda: registry.complete(command.id, [-1, {"ERROR": "second"}]),
         lambda: registry.start_attempt(command.id),
-        lambda: registry.start_running(command.id),
         lambda: registry.mark_retrying(command.id, "late"),
         lambda: registry.withdraw(command.id),
     ):
@@ -243,7 +247,7 @@ def test_transitions_publish_the_new_state(registry: CommandRegistry, connection
 
 # Random sequences of operations: states never move backwards, terminal is for ever.
 ORDER = {QUEUED: 0, RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
-OPERATIONS = ["start_attempt", "start_running", "mark_retrying", "complete", "withdraw"]
+OPERATIONS = ["start_attempt", "mark_retrying", "complete", "withdraw"]
 
 
 @settings(max_examples=150, deadline=None)

@@ -10,16 +10,10 @@ import sys
 
 import click
 
-from ukcancel.settings import Settings, SettingsError
+from ukcancel.cli.config import load_settings
+from ukcancel.settings import Settings
 
 LOCAL_USER = "astro@example.org"
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise click.UsageError(f"configuration error: {exc}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

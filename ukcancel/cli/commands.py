@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ukcancel.cli import load_settings
+from ukcancel.cli.config import load_settings
 from ukcancel.client import Client, ServiceError, as_tuple
 from ukcancel.command import TERMINAL
 

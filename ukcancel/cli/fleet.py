@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ukcancel.cli import load_settings
+from ukcancel.cli.config import load_settings
 
 
 @click.command()

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ukcancel.cli import load_settings
+from ukcancel.cli.config import load_settings
 
 
 @click.command("stream-consumer")

@@ -87,6 +87,7 @@ class CancelCommand:
     state: str = QUEUED
     attempts: int = 0
     last_error: str | None = None
+    next_attempt_at: float | None = None  # epoch seconds, while the command is due again later
     created_at: float = 0.0
     updated_at: float = 0.0
     result: list[Any] | None = None
@@ -151,6 +152,7 @@ class CancelCommand:
             state=data["state"],
             attempts=int(data.get("attempts") or 0),
             last_error=data.get("last_error") or None,
+            next_attempt_at=float(data["next_attempt_at"]) if data.get("next_attempt_at") else None,
             created_at=created_at,
             updated_at=float(data["updated_at"]),
             result=loads("result"),
@@ -325,11 +327,16 @@ class CommandRegistry:
         return Transition(moved == 1, as_text(state))
 
     def start_attempt(self, command_id: str) -> Transition:
-        """queued/retrying (or running, on redelivery after a crash) -> running, counting an attempt."""
-        return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING), count_attempt=True)
+        """queued/retrying (or running, taken over after a crash) -> running, counting an attempt."""
+        return self.transition(
+            command_id, RUNNING, (QUEUED, RETRYING, RUNNING), count_attempt=True, fields={"next_attempt_at": None}
+        )
 
-    def mark_retrying(self, command_id: str, error: str) -> Transition:
-        return self.transition(command_id, RETRYING, (RUNNING,), fields={"last_error": error})
+    def mark_retrying(self, command_id: str, error: str, next_attempt_at: float | None = None) -> Transition:
+        """running -> retrying, due again at `next_attempt_at` (epoch seconds)."""
+        return self.transition(
+            command_id, RETRYING, (RUNNING,), fields={"last_error": error, "next_attempt_at": next_attempt_at}
+        )
 
     def complete(
         self, command_id: str, result: list[Any], *, server_ok: int | None = None, error: str | None = None
@@ -339,7 +346,7 @@ class CommandRegistry:
         The per-product progress (`settled`) is dropped with it: nothing resumes a completed
         command, and the tuple holds those outcomes.
         """
-        fields: dict[str, Any] = {"result": result, "settled": None}
+        fields: dict[str, Any] = {"result": result, "settled": None, "next_attempt_at": None}
         if server_ok is not None:
             fields["server_ok"] = server_ok
         if error is not None:

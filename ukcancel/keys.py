@@ -5,7 +5,8 @@ The service's own records are the source of truth; Celery's result backend is no
 
 Commands (`ukcancel.command.CommandRegistry`)
     ``ukcancel:cmd:{id}``                 hash, one cancel command: job_id, user_id, products
-                                          (JSON), state, attempts, last_error, created_at,
+                                          (JSON), state, attempts, last_error, next_attempt_at
+                                          (epoch seconds, while due again), created_at,
                                           updated_at (epoch seconds, to the microsecond), result
                                           (JSON tuple), server_ok, submitted_by, history, batch_id,
                                           callback_url, callback (JSON delivery outcome) and the
@@ -28,11 +29,20 @@ Commands (`ukcancel.command.CommandRegistry`)
                                           admin's listing across users); pruned like the above.
     ``ukcancel:events:{id}``              pub/sub channel, a state name on every transition (long poll).
 
-Dispatch (`ukcancel.queue.CancelQueue`)
+The schedule (`ukcancel.queue.CancelQueue`): the service's Redis, not the broker, decides what runs.
+A Celery message is an anonymous turn; a turn claims, in this order, an expired lease, a due
+command, then the oldest waiting command of the next user in the round-robin ring.
     ``ukcancel:fair:users``               list, round-robin ring of user ids with waiting commands.
     ``ukcancel:fair:q:{user_id}``         list, that user's waiting command ids, oldest first.
-    ``ukcancel:fair:claims``              hash, Celery task id -> command id it has taken; lets a
-                                          redelivered or retried task resume the same command.
+    ``ukcancel:due``                      sorted set, command id -> epoch seconds it is due again
+                                          (retries, and commands that found the fleet busy).
+    ``ukcancel:leases``                   sorted set, command id -> lease expiry (epoch seconds) of
+                                          each claimed command; renewed by the worker running it,
+                                          taken over by the next turn once expired.
+    ``ukcancel:lease:holders``            hash, command id -> the holder of its lease (the turn's
+                                          Celery task id); only the holder renews or releases it.
+    ``ukcancel:reconciler``               string with expiry, the name of the one reconciler that
+                                          acts now (`ukcancel.reconciler.Reconciler`).
 
 Batches (`ukcancel.batch.BatchRegistry`)
     ``ukcancel:batch:{id}``               hash: id, user_id, submitted_by, created_at, total, state
@@ -112,7 +122,10 @@ def command_events(command_id: str) -> str:
 
 
 FAIR_USERS = f"{PREFIX}:fair:users"
-FAIR_CLAIMS = f"{PREFIX}:fair:claims"
+DUE = f"{PREFIX}:due"
+LEASES = f"{PREFIX}:leases"
+LEASE_HOLDERS = f"{PREFIX}:lease:holders"
+RECONCILER_LOCK = f"{PREFIX}:reconciler"
 
 
 def fair_queue(user_id: str) -> str:

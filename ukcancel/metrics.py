@@ -47,6 +47,18 @@ RETRIES = Counter(
     "ukcancel_command_retries",
     "Cancel commands sent round again after a transient failure or an unsettled outcome.",
 )
+EMPTY_TURNS = Counter(
+    "ukcancel_dispatch_empty_turns",
+    "Turns that found nothing to claim (they end at once: no permit, no call).",
+)
+RECONCILER_TURNS = Counter(
+    "ukcancel_dispatch_reconciler_turns",
+    "Turns the reconciler sent because runnable work had none on its way (lost or never sent).",
+)
+LEASES_TAKEN_OVER = Counter(
+    "ukcancel_dispatch_leases_taken_over",
+    "Commands whose lease expired (their worker was lost) and that another turn took over.",
+)
 RESULTS = Counter(
     "ukcancel_command_results",
     "Cancel commands completed, by the status of their cancelProducts() tuple (-1, 0, 1, 2).",
@@ -81,6 +93,7 @@ class StoreCollector(Collector):
         for user, waiting in sorted(self.runtime.queue.depth().items()):
             depth.add_metric([user], waiting)
         yield depth
+        yield from self._schedule()
 
         gate = self.runtime.gate
         breaker = gate.breaker_state()
@@ -103,6 +116,25 @@ class StoreCollector(Collector):
         )
         yield GaugeMetricFamily(
             "ukcancel_fleet_max_in_flight", "The fleet's concurrency cap now.", value=limits.max_in_flight
+        )
+
+    def _schedule(self) -> Iterator[Metric]:
+        """The dispatch schedule: due commands, leases, and how long the oldest command has waited."""
+        queue = self.runtime.queue
+        counts = queue.counts()
+        due = GaugeMetricFamily("ukcancel_schedule_due", "Commands on the due list (retries).", labels=["when"])
+        due.add_metric(["now"], counts.due_now)
+        due.add_metric(["later"], counts.due_later)
+        yield due
+        leases = GaugeMetricFamily("ukcancel_schedule_leases", "Leases of claimed commands.", labels=["state"])
+        leases.add_metric(["live"], counts.live_leases)
+        leases.add_metric(["expired"], counts.expired_leases)
+        yield leases
+        oldest = queue.oldest_waiting_since()
+        yield GaugeMetricFamily(
+            "ukcancel_oldest_waiting_seconds",
+            "Age of the oldest command waiting in a user's line (0 when none waits).",
+            value=max(0.0, queue.clock() - oldest) if oldest is not None else 0.0,
         )
 
     def _commands_by_state(self) -> GaugeMetricFamily:

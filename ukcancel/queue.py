@@ -1,17 +1,35 @@
-"""Dispatch of cancel commands to the workers, fair between UKSSDC users.
+"""The schedule of cancel commands, kept in the service's Redis: what waits, what is due later, what runs.
 
-Celery queues are first in, first out: a 5,000-item batch ahead of a single cancel would
-make it wait behind all of them. So a Celery message here does not name a command; it is a
-turn to run "the next command". Commands wait in per-user lists in Redis, and a worker taking
-its turn pops from the next user in a round-robin ring. One message is sent per command, so
-every command gets a turn; the command a message took is recorded under the Celery task id,
-so a redelivered (worker killed) or retried message resumes that same command.
+A Celery message here does not name a command: it is a *turn*, leave to run "the next command".
+What a turn finds is decided by this schedule, never by the broker:
+
+- **waiting**: per-user lists of command ids, oldest first, and a round-robin ring of the users
+  with waiting commands, so a 5,000-item batch ahead of a single cancel does not make it wait;
+- **due**: commands to run again at a given time (retries after a transient failure, and
+  commands that found the fleet busy), ordered by that time;
+- **running**: a lease per claimed command, with an expiry that the worker running it renews.
+  A lease that expires (its worker was killed, or lost Redis for longer than a lease) is taken
+  over by the next turn, and the command resumes as an ambiguous attempt.
+
+A turn claims, in this order: an expired lease, a due command, then the oldest command of the
+user at the head of the ring. Claiming is one script, so two turns never take the same work.
+A turn with nothing to claim ends at once: no fleet permit, no UKSSDC call.
+
+Turns are not sent one per command. `enqueue` sends a few (up to the number of *lanes*); a turn
+that ran a command sends its successor while work remains; and the reconciler
+(`ukcancel.reconciler`) sends what is missing. So withdrawn work leaves no line of empty turns
+behind it, and a lost turn (broker restart, a purged queue, a killed worker) is replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import redis
 
@@ -30,49 +48,155 @@ if before == 0 and not redis.call('LPOS', KEYS[2], ARGV[1]) then redis.call('RPU
 return before
 """
 
-# KEYS[1] the round-robin ring of users   KEYS[2] the claims hash (task id -> command id)
-# ARGV[1] Celery task id   ARGV[2] key prefix of the per-user lists
-# Returns the command this task already holds, else pops the oldest command of the user at the
-# head of the ring, records the claim and moves the user to the tail if it has more waiting.
-# Returns false when nothing waits. (Per-user list keys are derived from ARGV[2], so this
-# script needs a single Redis node, not a cluster.)
+# KEYS[1] leases (command id -> expiry)   KEYS[2] lease holders (command id -> holder)
+# KEYS[3] due (command id -> due time)    KEYS[4] the round-robin ring of users
+# ARGV[1] now   ARGV[2] holder (the turn's task id)   ARGV[3] lease expiry   ARGV[4] key prefix of
+# the per-user lists
+# Takes the oldest expired lease, else the earliest due command, else the oldest command of the
+# user at the head of the ring (moving that user to the tail if it has more waiting). Leases it
+# to the holder and returns {command id, how it was found: "takeover" | "due" | "waiting"}, or
+# false when nothing can run now. (Per-user list keys are derived from ARGV[4], so this script
+# needs a single Redis node, not a cluster.)
 _CLAIM = """
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if held then return held end
-local users = redis.call('LLEN', KEYS[1])
+local function lease(id, kind)
+  redis.call('ZADD', KEYS[1], ARGV[3], id)
+  redis.call('HSET', KEYS[2], id, ARGV[2])
+  return {id, kind}
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if expired[1] then return lease(expired[1], 'takeover') end
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if due[1] then
+  redis.call('ZREM', KEYS[3], due[1])
+  return lease(due[1], 'due')
+end
+local users = redis.call('LLEN', KEYS[4])
 for i = 1, users do
-  local user = redis.call('LPOP', KEYS[1])
+  local user = redis.call('LPOP', KEYS[4])
   if not user then return false end
-  local list = ARGV[2] .. user
+  local list = ARGV[4] .. user
   local id = redis.call('LPOP', list)
-  if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[1], user) end
-  if id then
-    redis.call('HSET', KEYS[2], ARGV[1], id)
-    return id
-  end
+  if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[4], user) end
+  if id then return lease(id, 'waiting') end
 end
 return false
 """
 
-Dispatch = Callable[[int], None]
+# KEYS[1] leases   KEYS[2] lease holders
+# ARGV[1] command id   ARGV[2] holder   ARGV[3] new expiry
+# Extends the lease only while this holder has it; returns 1 if extended, 0 if it was taken over.
+_RENEW = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS[1] leases   KEYS[2] lease holders   KEYS[3] due
+# ARGV[1] command id   ARGV[2] holder   ARGV[3] due time, or '' to release without rescheduling
+# Ends this holder's lease (a lease taken over by another holder is left alone) and, with a due
+# time, puts the command on the due list. Returns 1 if this holder had the lease.
+_RELEASE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users
+# ARGV[1] now   ARGV[2] key prefix of the per-user lists
+# Returns {waiting, due now, expired leases, live leases, due later, seconds until the next due
+# command or lease expiry (-1: none)} as strings: the figures the reconciler and metrics need.
+_COUNTS = """
+local now = tonumber(ARGV[1])
+local waiting = 0
+for _, user in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  waiting = waiting + redis.call('LLEN', ARGV[2] .. user)
+end
+local due_now = redis.call('ZCOUNT', KEYS[2], '-inf', now)
+local expired = redis.call('ZCOUNT', KEYS[1], '-inf', now)
+local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+local later = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+local next_at = -1
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  local first = redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if first[2] then
+    local at = tonumber(first[2]) - now
+    if next_at < 0 or at < next_at then next_at = at end
+  end
+end
+return {tostring(waiting), tostring(due_now), tostring(expired), tostring(live), tostring(later), tostring(next_at)}
+"""
+
+log = logging.getLogger(__name__)
+
+SendTurns = Callable[[int], None]
+Clock = Callable[[], float]
 PUSH_CHUNK = 1000
+TAKEOVER, DUE, WAITING = "takeover", "due", "waiting"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A command a turn now holds the lease of, and how it was found (`TAKEOVER`, `DUE` or `WAITING`)."""
+
+    command_id: str
+    found: str
+
+    @property
+    def takeover(self) -> bool:
+        """The command's lease had expired: an earlier run may have reached the UKSSDC."""
+        return self.found == TAKEOVER
+
+
+@dataclass(frozen=True)
+class ScheduleCounts:
+    """How the schedule stands at one moment."""
+
+    waiting: int  # in the users' lists
+    due_now: int  # due commands whose time has come
+    expired_leases: int  # claimed commands whose worker stopped renewing
+    live_leases: int  # commands being run now
+    due_later: int
+    next_change_in: float | None  # seconds until a due command or a lease falls due
+
+    @property
+    def runnable(self) -> int:
+        """Commands a turn could claim right now."""
+        return self.waiting + self.due_now + self.expired_leases
 
 
 class CancelQueue:
-    """Enqueues cancel commands and hands them to workers round robin by user.
+    """The schedule: enqueues commands, hands them to turns, leases, reschedules and releases them.
 
-    Redis keys owned: ``ukcancel:fair:users``, ``ukcancel:fair:q:{user_id}`` and
-    ``ukcancel:fair:claims`` (see `ukcancel.keys`).
+    Redis keys owned: ``ukcancel:fair:users``, ``ukcancel:fair:q:{user_id}``, ``ukcancel:due``,
+    ``ukcancel:leases`` and ``ukcancel:lease:holders`` (see `ukcancel.keys`).
     """
 
-    def __init__(self, connection: redis.Redis, registry: CommandRegistry, dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        registry: CommandRegistry,
+        dispatch: SendTurns,
+        *,
+        lanes: int = 6,
+        lease_seconds: float = 10.0,
+        clock: Clock = time.time,
+    ) -> None:
         self.connection = connection
         self.registry = registry
-        self.dispatch = dispatch  # sends n "run the next command" messages to the broker
+        self.dispatch = dispatch  # sends n turns to the broker
+        self.lanes = lanes  # turns to keep going while work waits
+        self.lease_seconds = lease_seconds
+        self.clock = clock
         self._claim = connection.register_script(_CLAIM)
+        self._renew = connection.register_script(_RENEW)
+        self._release = connection.register_script(_RELEASE)
+        self._counts = connection.register_script(_COUNTS)
 
+    # -- in -----------------------------------------------------------------------------------
     def enqueue(self, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
-        """Store the commands and their places in line in one round trip, then send their turns."""
+        """Store the commands and their places in line in one round trip, then send turns for them."""
         pipe = pipeline if pipeline is not None else self.connection.pipeline(transaction=True)
         by_user: dict[str, list[str]] = defaultdict(list)
         for command in commands:
@@ -87,20 +211,88 @@ class CancelQueue:
                 # sent with the call, so a server that lost its script cache still runs it.
                 pipe.eval(_PUSH, 2, keys.fair_queue(user_id), keys.FAIR_USERS, user_id, *chunk)
         pipe.execute()
-        self.dispatch(len(commands))
+        # One turn per command up to the lanes: running turns send their successors.
+        self.dispatch(min(len(commands), self.lanes))
 
-    def claim(self, task_id: str) -> str | None:
-        """The command id this Celery task holds or now takes, or None when nothing waits."""
-        found = self._claim(keys=[keys.FAIR_USERS, keys.FAIR_CLAIMS], args=[task_id, keys.fair_queue("")])
-        return as_text(found) if found is not None else None
+    # -- a turn's work ----------------------------------------------------------------------------
+    def claim(self, holder: str) -> Claim | None:
+        """The command this turn now leases (expired lease, due, then round robin), or None."""
+        now = self.clock()
+        found = self._claim(
+            keys=[keys.LEASES, keys.LEASE_HOLDERS, keys.DUE, keys.FAIR_USERS],
+            args=[repr(now), holder, repr(now + self.lease_seconds), keys.fair_queue("")],
+        )
+        if not found:
+            return None
+        return Claim(as_text(found[0]), as_text(found[1]))
 
-    def release(self, task_id: str) -> None:
-        """Forget the task's claim once its command is terminal."""
-        self.connection.hdel(keys.FAIR_CLAIMS, task_id)
+    def renew(self, command_id: str, holder: str) -> bool:
+        """Extend the lease; False when another turn has taken it over."""
+        expiry = self.clock() + self.lease_seconds
+        return bool(self._renew(keys=[keys.LEASES, keys.LEASE_HOLDERS], args=[command_id, holder, repr(expiry)]))
+
+    @contextlib.contextmanager
+    def holding(self, command_id: str, holder: str) -> Iterator[None]:
+        """Renew the command's lease every third of a lease while the block runs.
+
+        A renewal that fails (Redis away) is retried at the next beat; one that finds the lease
+        taken over stops renewing: the other run's outcome and this one's race, and the first
+        terminal transition wins.
+        """
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_seconds / 3):
+                try:
+                    if not self.renew(command_id, holder):
+                        log.warning("command %s: lease taken over by another run", command_id)
+                        return
+                except redis.RedisError as exc:
+                    log.warning("command %s: lease renewal failed: %s", command_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"ukcancel-lease-{command_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(1.0)
+
+    def continue_lane(self) -> bool:
+        """After a turn ran a command: send its successor while work is runnable and lanes are free.
+
+        Returns whether a turn was sent. The reconciler covers a successor that is lost.
+        """
+        counts = self.counts()
+        if counts.runnable == 0 or counts.live_leases >= self.lanes:
+            return False
+        self.dispatch(1)
+        return True
+
+    def reschedule(self, command_id: str, holder: str, at: float) -> bool:
+        """End the lease and make the command due at `at` (epoch seconds)."""
+        return self._end_lease(command_id, holder, repr(at))
+
+    def release(self, command_id: str, holder: str) -> bool:
+        """End the lease of a command that needs no more turns (terminal, expired or withdrawn)."""
+        return self._end_lease(command_id, holder, "")
+
+    def _end_lease(self, command_id: str, holder: str, due: str) -> bool:
+        return bool(
+            self._release(keys=[keys.LEASES, keys.LEASE_HOLDERS, keys.DUE], args=[command_id, holder, due])
+        )
 
     def remove_waiting(self, command: CancelCommand) -> None:
         """Take a command out of its user's line (it was withdrawn, or its turn could not be sent)."""
         self.connection.lrem(keys.fair_queue(command.user_id), 1, command.id)
+
+    # -- how it stands ------------------------------------------------------------------------
+    def counts(self) -> ScheduleCounts:
+        raw = self._counts(keys=[keys.LEASES, keys.DUE, keys.FAIR_USERS], args=[repr(self.clock()), keys.fair_queue("")])
+        waiting, due_now, expired, live, later, next_in = (float(as_text(v)) for v in raw)
+        return ScheduleCounts(
+            int(waiting), int(due_now), int(expired), int(live), int(later), next_in if next_in >= 0 else None
+        )
 
     def depth(self) -> dict[str, int]:
         """Waiting commands per user, for metrics and the batch ETA."""
@@ -109,3 +301,19 @@ class CancelQueue:
         for user in users:
             pipe.llen(keys.fair_queue(user))
         return dict(zip(users, pipe.execute()))
+
+    def oldest_waiting_since(self) -> float | None:
+        """When the oldest command at the head of a user's line was created (None: nothing waits)."""
+        users = [as_text(u) for u in self.connection.lrange(keys.FAIR_USERS, 0, -1)]
+        pipe = self.connection.pipeline(transaction=False)
+        for user in users:
+            pipe.lindex(keys.fair_queue(user), 0)
+        heads = [as_text(head) for head in pipe.execute() if head is not None]
+        for head in heads:
+            pipe.hget(keys.command(head), "created_at")
+        created = [float(value) for value in pipe.execute() if value is not None] if heads else []
+        return min(created) if created else None
+
+    def due_at(self, command_id: str) -> float | None:
+        score = self.connection.zscore(keys.DUE, command_id)
+        return float(score) if score is not None else None

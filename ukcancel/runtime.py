@@ -32,6 +32,9 @@ class Dispatch(Protocol):
     def send_turns(self, count: int) -> None:
         """Send `count` turns ("run the next command")."""
 
+    def queued_turns(self) -> int:
+        """Turns waiting in the broker, not yet delivered to a worker (for the reconciler)."""
+
     def expand_all_active(self, batch_id: str) -> None:
         """Have a worker find the active products of an `all_active` batch."""
 
@@ -59,7 +62,13 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.registry = CommandRegistry(self.connection, self.settings.result_ttl_seconds)
-        self.queue = CancelQueue(self.connection, self.registry, self.dispatch.send_turns)
+        self.queue = CancelQueue(
+            self.connection,
+            self.registry,
+            self.dispatch.send_turns,
+            lanes=self.settings.dispatch_lanes,
+            lease_seconds=self.settings.lease_seconds,
+        )
         self.tokens = TokenRegistry(self.connection)
         self.batches = BatchRegistry(self.connection, self.settings.result_ttl_seconds)
         self.gate = FleetGate(self.connection, self.settings)

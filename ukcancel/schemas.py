@@ -155,6 +155,11 @@ class CancellationSchema(Schema):
     state = fields.String(validate=validate.OneOf(STATES))
     attempts = fields.Integer()
     last_error = fields.String(allow_none=True)
+    next_attempt_at = EpochTime(
+        allow_none=True,
+        metadata={"description": "When the command is due to be tried again (retrying, or waiting for the "
+                  "fleet); null otherwise."},
+    )
     created_at = EpochTime()
     updated_at = EpochTime()
     result = fields.Raw(

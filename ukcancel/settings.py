@@ -109,6 +109,11 @@ class Settings:
     callback_max_attempts: int = 5
     worker_concurrency: int = 8
     fleet_guard_seconds: float = 0.04
+    # Dispatch (`ukcancel.queue`, `ukcancel.reconciler`): turns kept going while work waits, how
+    # long a claimed command's lease lasts without renewal, how often the reconciler looks.
+    dispatch_lanes: int = 6
+    lease_seconds: float = 10.0
+    reconcile_seconds: float = 0.5
     metrics_multiproc_dir: str | None = None
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
@@ -139,6 +144,9 @@ class Settings:
             ("UKCANCEL_CALLBACK_MAX_ATTEMPTS", "callback_max_attempts", _positive_int),
             ("UKCANCEL_WORKER_CONCURRENCY", "worker_concurrency", _positive_int),
             ("UKCANCEL_FLEET_GUARD_SECONDS", "fleet_guard_seconds", _non_negative_float),
+            ("UKCANCEL_DISPATCH_LANES", "dispatch_lanes", _positive_int),
+            ("UKCANCEL_LEASE_SECONDS", "lease_seconds", _positive_float),
+            ("UKCANCEL_RECONCILE_SECONDS", "reconcile_seconds", _positive_float),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),
@@ -163,6 +171,9 @@ class Settings:
         settings = cls(**values)
         if settings.retry_base_seconds > settings.retry_max_delay_seconds:
             raise SettingsError("UKCANCEL_RETRY_BASE_SECONDS must not exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS")
+        if settings.reconcile_seconds * 2 > settings.lease_seconds:
+            # A lease must outlive a few renewals and reconciler ticks, or live work is taken over.
+            raise SettingsError("UKCANCEL_LEASE_SECONDS must be at least twice UKCANCEL_RECONCILE_SECONDS")
         if settings.broker_visibility_timeout_seconds <= settings.retry_max_delay_seconds:
             # A delayed retry that outlives the visibility timeout would be redelivered twice.
             raise SettingsError(

@@ -1,10 +1,12 @@
 """Performing one cancel command against the UKSSDC: the worker's side of the data flow.
 
-One `CancellationRun` is one execution of a Celery task. It takes a permit from the fleet gate,
-takes the next command (fair between users), makes the UKSSDC calls, and either stores the
-final tuple or asks Celery to run it again later (`Reschedule`). Everything it learned on the
-way (products resolved from "all", products already settled, whether an earlier request may
-have reached the server) is written to the command's record, so the next run carries on.
+One `CancellationRun` is one turn (one execution of a Celery task). It claims the next command
+from the schedule (`ukcancel.queue`: an expired lease, a due retry, else fair between users),
+then takes a permit from the fleet gate, makes the UKSSDC calls while renewing the command's
+lease, and either stores the final tuple or puts the command on the due list for later.
+Everything it learned on the way (products resolved from "all", products already settled,
+whether an earlier request may have reached the server) is written to the command's record, so
+the next run carries on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ukcancel import lifecycle, metrics
 from ukcancel import products as product_names
-from ukcancel.command import RUNNING, CancelCommand
+from ukcancel.command import RETRYING, RUNNING, CancelCommand
 from ukcancel.fleet import FleetGate, Permit, Wait
 from ukcancel.outcome import (
     ACTIVE_STATES,
@@ -32,6 +34,7 @@ from ukcancel.outcome import (
     error_tuple,
     processed_tuple,
 )
+from ukcancel.queue import Claim
 from ukcancel.retry import Rand, Reschedule, backoff_delay, spread
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
@@ -62,10 +65,16 @@ class _NeedsRetry(Exception):
 
 
 class CancellationRun:
+    """One turn: claim work from the schedule, then a permit, then the UKSSDC calls.
+
+    `holder` names this run's leases (unique per run, so two deliveries of one message never
+    renew or end each other's leases).
+    """
+
     def __init__(
         self,
         runtime: Runtime,
-        task_id: str,
+        holder: str,
         gate: FleetGate,
         client: UkssdcClient,
         rand: Rand = random.uniform,
@@ -74,7 +83,7 @@ class CancellationRun:
         self.settings = runtime.settings
         self.registry = runtime.registry
         self.queue = runtime.queue
-        self.task_id = task_id
+        self.holder = holder
         self.gate = gate
         self.client = client
         self.rand = rand
@@ -82,35 +91,50 @@ class CancellationRun:
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Take (or resume) a command and carry it as far as it goes; may raise `Reschedule`."""
+        """Claim a command (work before permit) and carry it as far as it goes now.
+
+        A turn that finds nothing ends at once, without a permit or a call. A command that
+        cannot go on now (a retry, or no permit in time) is put on the due list, never left in
+        a Celery countdown.
+        """
         while True:
-            self._take_permit(self.settings.fleet_max_wait_seconds)
-            command_id = self.queue.claim(self.task_id)
-            if command_id is None:
-                self._return_unused_permit()
+            claim = self.queue.claim(self.holder)
+            if claim is None:
+                metrics.EMPTY_TURNS.inc()
                 return RunResult(None, None)
-            command = self.registry.get(command_id)
+            command = self.registry.get(claim.command_id)
             if command is None or command.terminal:
-                # Withdrawn (aborted), expired, or finished by a duplicate delivery: take the next.
-                self.queue.release(self.task_id)
+                # Withdrawn (aborted), expired, or finished by another run: take the next.
+                self.queue.release(claim.command_id, self.holder)
                 continue
-            try:
-                return self._perform(command)
-            finally:
-                self._return_unused_permit()  # every call gave its own permit back
+            if claim.takeover:
+                metrics.LEASES_TAKEN_OVER.inc()
+                log.warning("command %s: its lease had expired (worker lost); taking it over", command.id)
+            with self.queue.holding(command.id, self.holder):
+                return self._run_claimed(command, claim)
+
+    def _run_claimed(self, command: CancelCommand, claim: Claim) -> RunResult:
+        outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds)
+        if isinstance(outcome, Wait):
+            return self._wait_for_the_fleet(command, claim, outcome)
+        self._permit = outcome
+        try:
+            return self._perform(command, claim)
+        finally:
+            self._return_unused_permit()  # every call gave its own permit back
+
+    def _wait_for_the_fleet(self, command: CancelCommand, claim: Claim, wait: Wait) -> RunResult:
+        """No permit in time: due again soon, the slot freed, and no attempt counted (none began)."""
+        at = self.registry.now() + spread(wait.seconds, self.rand)
+        if command.state == RUNNING:  # taken over: the attempt that died may have reached the server
+            self.registry.record_progress(command.id, ambiguous=True)
+            self.registry.mark_retrying(command.id, f"waiting: {wait.reason}", at)
+        else:
+            self.registry.record_progress(command.id, next_attempt_at=at, last_error=f"waiting: {wait.reason}")
+        self.queue.reschedule(command.id, self.holder, at)
+        return RunResult(command.id, RETRYING if command.state == RUNNING else command.state)
 
     # -- permits -------------------------------------------------------------------------------
-    def _take_permit(self, max_wait: float) -> Permit:
-        """The permit this run holds, or a new one; raises `Reschedule` when none comes in time."""
-        if self._permit is not None:
-            return self._permit
-        outcome = self.gate.acquire(max_wait)
-        if isinstance(outcome, Wait):
-            # Free the worker slot; spread the retries so waiting tasks do not stampede.
-            raise Reschedule(spread(outcome.seconds, self.rand), outcome.reason)
-        self._permit = outcome
-        return outcome
-
     def _return_unused_permit(self) -> None:
         # No call was made with it: neither a success nor a failure for the breaker.
         if self._permit is not None:
@@ -125,13 +149,13 @@ class CancellationRun:
             return fn(*args)
 
     # -- one command -----------------------------------------------------------------------------
-    def _perform(self, command: CancelCommand) -> RunResult:
-        # Found "running": the run that set it died (worker killed) and this is the redelivery.
-        # Its request may have reached the server, so a "not cancelled" answer must be checked.
-        redelivered = command.state == RUNNING
+    def _perform(self, command: CancelCommand, claim: Claim) -> RunResult:
+        # Taken over (or found "running"): the run that started it died, and its request may
+        # have reached the server, so a "not cancelled" answer must be checked.
+        redelivered = claim.takeover or command.state == RUNNING
         started = self.registry.start_attempt(command.id)
         if not started.moved:
-            self.queue.release(self.task_id)
+            self.queue.release(command.id, self.holder)
             return RunResult(command.id, started.state)
         if redelivered and not command.ambiguous:
             command.ambiguous = True
@@ -149,8 +173,7 @@ class CancellationRun:
             return self._retry_or_fail(command, attempt, str(failure), failure.retry_after)
         except Reschedule as wait:
             # No capacity for a further call mid-run: wait in state retrying, keep what was learned.
-            self.registry.mark_retrying(command.id, f"waiting: {wait.reason}")
-            raise
+            return self._due_again(command, wait.countdown, f"waiting: {wait.reason}")
         except Exception as exc:  # a defect must not leave the command running for ever
             log.exception("internal error performing command %s", command.id)
             message = f"internal error in the worker: {type(exc).__name__}"
@@ -168,18 +191,27 @@ class CancellationRun:
         if attempt >= self.settings.max_attempts:
             message = f"gave up after {attempt} attempts: {error}"
             return self._finish(command, fallback or error_tuple(-1, message), error=message)
-        self.registry.mark_retrying(command.id, error)
         delay = backoff_delay(
             attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds, retry_after, self.rand
         )
         metrics.RETRIES.inc()
-        raise Reschedule(delay, error)
+        return self._due_again(command, delay, error)
+
+    def _due_again(self, command: CancelCommand, delay: float, error: str) -> RunResult:
+        """running -> retrying, on the due list `delay` seconds from now."""
+        at = self.registry.now() + delay
+        moved = self.registry.mark_retrying(command.id, error, at)
+        if moved.moved:
+            self.queue.reschedule(command.id, self.holder, at)
+        else:  # finished meanwhile by a run that took it over
+            self.queue.release(command.id, self.holder)
+        return RunResult(command.id, moved.state)
 
     def _finish(
         self, command: CancelCommand, result: list[Any], *, server_ok: int | None = None, error: str | None = None
     ) -> RunResult:
         done = lifecycle.complete(self.runtime, command.id, result, server_ok=server_ok, error=error)
-        self.queue.release(self.task_id)
+        self.queue.release(command.id, self.holder)
         return RunResult(command.id, done.state)
 
     # -- the UKSSDC conversation -------------------------------------------------------------

@@ -3,21 +3,27 @@
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its task
   finished, and a worker killed mid-task (SIGKILL) puts the message back for another worker.
 - prefetch multiplier 1: a worker reserves one message per slot, so others can take the rest.
-- a broker visibility timeout longer than the longest retry delay: Redis redelivers unacked
-  messages after that timeout, and a delayed retry must not be redelivered while it waits.
+- a broker visibility timeout longer than the longest retry delay of a control task (callbacks
+  and the expansion retry through Celery; cancel commands never do).
+- two queues (see `ukcancel.worker.tasks`): turns, and control work that never waits behind them.
+- every worker runs the heartbeat (for `/readyz`) and the reconciler (`ukcancel.reconciler`).
 Redis is the default broker; `CELERY_BROKER_URL=amqp://...` switches to RabbitMQ unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, bootsteps
+from kombu import Queue
+from kombu.exceptions import KombuError
 
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
+from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
 from ukcancel.worker import all_active, callbacks, tasks
 from ukcancel.worker.base_task import ServiceTask
@@ -25,7 +31,10 @@ from ukcancel.worker.base_task import ServiceTask
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
 
-QUEUE = "ukcancel"
+log = logging.getLogger(__name__)
+
+QUEUE = tasks.TURN_QUEUE
+QUEUES = (tasks.TURN_QUEUE, tasks.CONTROL_QUEUE)
 
 
 class ServiceCelery(Celery):
@@ -68,11 +77,55 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             pass
 
 
+class ReconcilerStep(bootsteps.StartStopStep):
+    """Runs `Reconciler.tick` every `reconcile_seconds` in a thread of this worker's main process.
+
+    Every worker runs one; the reconciler's lock in Redis lets one act at a time. Errors (Redis
+    or the broker away) are logged and the next tick tries again.
+    """
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._reconciler: Reconciler | None = None
+
+    def start(self, worker: Any) -> None:
+        runtime: Runtime = worker.app.runtime
+        self._reconciler = reconciler = Reconciler(
+            runtime.connection,
+            runtime.queue,
+            runtime.dispatch,
+            f"{worker.hostname or socket.gethostname()}",
+            period_seconds=runtime.settings.reconcile_seconds,
+        )
+
+        def loop() -> None:
+            while not self._stop.wait(reconciler.period_seconds):
+                try:
+                    reconciler.tick()
+                except (redis.RedisError, KombuError, OSError) as exc:
+                    log.warning("reconciler tick failed (next tick retries): %s", exc)
+                except Exception:  # a defect must not end healing for this worker
+                    log.exception("reconciler tick failed")
+
+        threading.Thread(target=loop, name="ukcancel-reconciler", daemon=True).start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._reconciler is not None:
+            try:
+                self._reconciler.step_down()
+            except redis.RedisError:  # the lock lapses on its own
+                pass
+
+
 def create_celery(settings: Settings) -> ServiceCelery:
     """A Celery app for `settings` with the service's tasks registered (its runtime is set later)."""
     app = ServiceCelery("ukcancel", broker=settings.effective_broker_url, set_as_current=False, task_cls=ServiceTask)
     app.conf.update(
         task_default_queue=QUEUE,
+        task_queues=[Queue(name) for name in QUEUES],  # what a worker consumes unless told otherwise
+        task_routes=tasks.ROUTES,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
@@ -87,6 +140,7 @@ def create_celery(settings: Settings) -> ServiceCelery:
         result_backend=None,
     )
     app.steps["worker"].add(WorkerHeartbeat)
+    app.steps["worker"].add(ReconcilerStep)
     tasks.register_tasks(app)
     all_active.register_all_active(app)
     callbacks.register_callback_tasks(app)

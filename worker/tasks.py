@@ -1,14 +1,22 @@
-"""The Celery tasks that run commands, and `CeleryDispatch`, the broker side of `ukcancel.runtime.Dispatch`."""
+"""The turn task that runs commands, and `CeleryDispatch`, the broker side of `ukcancel.runtime.Dispatch`.
+
+Routing (one broker, two queues, both consumed by every `ukcancel worker` by default):
+
+- ``ukcancel``: turns (`ukcancel.run_next`), anonymous leave to run "the next command";
+- ``ukcancel.control``: the `all_active` expansion and callback deliveries, so control work
+  never waits behind cancel turns.
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
+import redis
 from celery import Celery
-from kombu.exceptions import KombuError
+from kombu.exceptions import ChannelError, KombuError
 
-from ukcancel.retry import Reschedule
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.callbacks import DELIVER_CALLBACK
@@ -17,31 +25,30 @@ from ukcancel.worker.cancellation import CancellationRun
 log = logging.getLogger(__name__)
 
 RUN_NEXT = "ukcancel.run_next"
-FAN_OUT = "ukcancel.fan_out"
-# Above this many turns, the API sends one fan-out message and a worker sends the turns, so
-# accepting a 10,000-item batch costs the API one broker round trip.
-FAN_OUT_THRESHOLD = 16
-# Turns per batched publish (see `send_turns`).
-TURN_BATCH = 1000
+TURN_QUEUE = "ukcancel"
+CONTROL_QUEUE = "ukcancel.control"
+ROUTES = {RUN_NEXT: {"queue": TURN_QUEUE}, EXPAND_ALL_ACTIVE: {"queue": CONTROL_QUEUE},
+          DELIVER_CALLBACK: {"queue": CONTROL_QUEUE}}
 
 
 def register_tasks(app: Celery) -> None:
-    @service_task(app, RUN_NEXT, max_retries=None)
+    @service_task(app, RUN_NEXT)
     def run_next(self: ServiceTask) -> dict[str, Any]:
-        """Take a turn: perform the next waiting command (or resume the one this task holds)."""
-        try:
-            result = CancellationRun(self.runtime, self.request.id, self.gate, self.ukssdc).run()
-        except Reschedule as later:
-            log.info("task %s rescheduled in %.2f s: %s", self.request.id, later.countdown, later.reason)
-            # Celery's retry re-sends this message with the same task id, so the claim carries over.
-            raise self.retry(countdown=later.countdown, max_retries=None) from None
-        return {"command": result.command_id, "state": result.state}
+        """Take a turn: claim the next runnable command and carry it as far as it goes now.
 
-    @service_task(app, FAN_OUT)
-    def fan_out(self: ServiceTask, count: int) -> int:
-        """Send `count` turns. A redelivery may send extra turns; a turn with nothing to do is a no-op."""
-        send_turns(app, count)
-        return count
+        Never retried through Celery: what is due later is on the schedule's due list. A Redis
+        or broker error ends the turn; the command's lease then lapses and the reconciler sends a
+        turn for it, so nothing is lost with the turn.
+        """
+        holder = f"{self.request.id}/{uuid.uuid4().hex[:8]}"
+        try:
+            result = CancellationRun(self.runtime, holder, self.gate, self.ukssdc).run()
+            if result.command_id is not None:
+                self.runtime.queue.continue_lane()
+        except (redis.RedisError, KombuError) as exc:
+            log.warning("turn %s ended by a store or broker error (the reconciler resends): %s", holder, exc)
+            return {"command": None, "state": None, "error": str(exc)}
+        return {"command": result.command_id, "state": result.state}
 
 
 class CeleryDispatch:
@@ -51,12 +58,14 @@ class CeleryDispatch:
         self.app = app
 
     def send_turns(self, count: int) -> None:
-        if count <= 0:
-            return
-        if count > FAN_OUT_THRESHOLD:
-            self.app.send_task(FAN_OUT, args=[count])
-        else:
-            send_turns(self.app, count)
+        send_turns(self.app, count)
+
+    def queued_turns(self) -> int:
+        with self.app.pool.acquire(block=True) as connection:
+            try:
+                return int(connection.default_channel.queue_declare(TURN_QUEUE, passive=True).message_count)
+            except ChannelError:  # no worker has declared the queue yet: nothing waits in it
+                return 0
 
     def expand_all_active(self, batch_id: str) -> None:
         self.app.send_task(EXPAND_ALL_ACTIVE, args=[batch_id])
@@ -66,28 +75,10 @@ class CeleryDispatch:
 
 
 def send_turns(app: Celery, count: int) -> None:
-    """Send `count` turns through one producer.
-
-    Where the transport batches publishes (kombu >= 5.7 on Redis) they go `TURN_BATCH` to a round
-    trip instead of one each. A batch that fails is sent again one message at a time, with Celery's
-    publish retries: its delivery is uncertain, and a turn sent twice only finds nothing to do,
-    while a lost turn would leave a command waiting.
-    """
+    """Send `count` turns through one producer (a handful: enqueue and the reconciler send at most
+    the number of lanes)."""
+    if count <= 0:
+        return
     with app.producer_or_acquire() as producer:
-        batch = getattr(producer, "batch", None)
-        sent = 0
-        while sent < count:
-            chunk = min(TURN_BATCH, count - sent)
-            if batch is not None and chunk > 1:
-                try:
-                    with batch(max_size=chunk):
-                        for _ in range(chunk):
-                            app.send_task(RUN_NEXT, producer=producer)
-                    sent += chunk
-                    continue
-                except KombuError as exc:
-                    log.warning("batched publish of %d turns failed (%s); sending them one by one", chunk, exc)
-                    batch = None
-            for _ in range(chunk):
-                app.send_task(RUN_NEXT, producer=producer)
-            sent += chunk
+        for _ in range(count):
+            app.send_task(RUN_NEXT, producer=producer)

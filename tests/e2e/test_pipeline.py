@@ -23,7 +23,6 @@ from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 from ukcancel.worker.celery_app import QUEUE
-from ukcancel.worker.tasks import RUN_NEXT
 
 pytestmark = pytest.mark.e2e
 
@@ -290,25 +289,18 @@ def test_every_bad_input_is_a_problem_and_nothing_is_enqueued(make_pipeline: Cal
 # ---- a worker killed mid-command --------------------------------------------------------------
 
 
-def test_sigkill_mid_command_is_redelivered_and_completes_exactly_once(
+def test_sigkill_mid_command_is_taken_over_and_completes_exactly_once(
     make_pipeline: Callable[..., Pipeline], worker_factory: Any
 ) -> None:
-    # kombu's Redis transport gives an unacknowledged message back once it is older than the
-    # visibility timeout, in its sweep when a worker's event loop starts (later sweeps are
-    # minutes apart). So: kill the first worker mid-call, wait until the message is past the
-    # timeout, then start the second worker, whose start-up sweep redelivers it.
-    visibility = 3
-    p = make_pipeline(
-        UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS=str(visibility),
-        UKCANCEL_RETRY_MAX_DELAY_SECONDS="0.5",
-        UKCANCEL_UKSSDC_TIMEOUT_SECONDS="10",
-    )
+    # The killed worker's broker message would come back only after the visibility timeout;
+    # its command comes back as soon as its lease lapses, through the schedule, not the broker.
+    p = make_pipeline(UKCANCEL_LEASE_SECONDS="2", UKCANCEL_UKSSDC_TIMEOUT_SECONDS="10")
     first = worker_factory(p.env, name="doomed")
     p.sim.state.add_faults(Fault("latency", seconds=3))  # holds the call, then cancels
     command_id = p.submit(1001, ["LightCurve"])
 
     wait_until(lambda: p.get(command_id)["state"] == "running" and p.calls(), 10, "the call to be in flight")
-    assert p.redis.hlen("unacked") == 1
+    assert p.redis.zscore(keys.LEASES, command_id) is not None
     first.kill()
     assert first.process.poll() is not None
 
@@ -316,10 +308,7 @@ def test_sigkill_mid_command_is_redelivered_and_completes_exactly_once(
     wait_until(lambda: p.calls()[0]["t_done"] is not None, 10, "the held call to be processed")
     assert p.sim.state.product_state(1001, "lc") == -4
     assert p.get(command_id)["state"] == "running"  # nobody recorded the outcome
-
-    delivered_at = float(p.redis.zrange("unacked_index", 0, 0, withscores=True)[0][1])
-    wait_until(lambda: time.time() > delivered_at + visibility + 0.2, visibility + 2, "the visibility timeout")
-    worker_factory(p.env, name="rescuer")
+    rescuer = worker_factory(p.env, name="rescuer")
 
     command = p.result(command_id, timeout=20)
     assert command["state"] == "completed"
@@ -328,17 +317,13 @@ def test_sigkill_mid_command_is_redelivered_and_completes_exactly_once(
     assert history(command) == ["queued", "running", "running", "completed"]
     assert history(command).count("completed") == 1
     assert len(p.calls()) == 2 and len(p.calls("checkProductStatus.php")) == 1
-    wait_until(p.broker_idle, 10, "the redelivered message to be acknowledged")
+    assert "taking it over" in rescuer.log()
+    wait_until(lambda: p.redis.zcard(keys.LEASES) == 0, 5, "the lease to be released after completion")
 
-    # A duplicate turn, even one that believes it holds this command, changes nothing.
+    # Duplicate turns change nothing: each finds nothing to claim and ends.
     before = p.redis.hgetall(keys.command(command_id))
-    p.redis.hset(keys.FAIR_CLAIMS, "duplicate-turn", command_id)
-    p.runtime.celery.send_task(RUN_NEXT, task_id="duplicate-turn")
-    p.runtime.celery.send_task(RUN_NEXT)
-    wait_until(
-        lambda: p.broker_idle() and not p.redis.hexists(keys.FAIR_CLAIMS, "duplicate-turn"),
-        15,
-        "the duplicate turns to be run",
-    )
+    empty_before = rescuer.log().count("'command': None")
+    p.runtime.dispatch.send_turns(3)
+    wait_until(lambda: rescuer.log().count("'command': None") >= empty_before + 3, 15, "the duplicate turns")
     assert p.redis.hgetall(keys.command(command_id)) == before
     assert len(p.calls()) == 2

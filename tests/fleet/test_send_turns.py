@@ -1,4 +1,4 @@
-"""Sending turns to the broker (`ukcancel.worker.tasks.send_turns`) on a real Redis broker."""
+"""Turns on a real Redis broker: sent (`send_turns`) and counted back (`CeleryDispatch.queued_turns`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ukcancel.assemble import create_runtime
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.worker.celery_app import QUEUE
-from ukcancel.worker.tasks import TURN_BATCH, send_turns
+from ukcancel.worker.tasks import CONTROL_QUEUE, send_turns
 
 
 @pytest.fixture
@@ -16,28 +16,17 @@ def runtime(redis_url: str) -> Runtime:
     return create_runtime(Settings(redis_url=redis_url))
 
 
-def test_every_turn_is_sent(runtime: Runtime) -> None:
-    for count in (1, 2, TURN_BATCH, 2 * TURN_BATCH + 7):
+def test_every_turn_is_sent_and_counted_as_queued(runtime: Runtime) -> None:
+    assert runtime.dispatch.queued_turns() == 0  # no queue declared yet
+    for count in (1, 2, 6):
         runtime.connection.delete(QUEUE)
         send_turns(runtime.celery, count)
         assert runtime.connection.llen(QUEUE) == count
+        assert runtime.dispatch.queued_turns() == count
 
 
-def test_a_failed_batch_is_sent_again_one_message_at_a_time(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from kombu.transport import redis as redis_transport
-
-    assert hasattr(redis_transport, "PublishBatch")  # kombu >= 5.7, as pyproject.toml requires
-    from kombu.exceptions import BatchPublishError
-
-    flushes: list[object] = []
-
-    def broken_flush(self: object) -> None:
-        flushes.append(self)
-        raise BatchPublishError("the connection dropped during the pipeline")
-
-    monkeypatch.setattr(redis_transport.PublishBatch, "flush", broken_flush)
-    send_turns(runtime.celery, 25)
-    assert flushes, "the turns were not batched"
-    assert runtime.connection.llen(QUEUE) == 25  # none lost (a real failure may also send some twice)
+def test_control_work_goes_to_its_own_queue(runtime: Runtime) -> None:
+    runtime.dispatch.expand_all_active("b" * 32)
+    runtime.dispatch.deliver_callback("c" * 32)
+    assert runtime.connection.llen(CONTROL_QUEUE) == 2
+    assert runtime.connection.llen(QUEUE) == 0 and runtime.dispatch.queued_turns() == 0

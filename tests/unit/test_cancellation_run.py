@@ -24,7 +24,7 @@ from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, RUNNING, Canc
 from ukcancel.fleet import FleetGate, Permit, Wait
 from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT, CONFIRMED_FINISHED_TEXT
 from ukcancel.products import normalise
-from ukcancel.retry import Reschedule, backoff_delay
+from ukcancel.retry import backoff_delay
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
@@ -72,11 +72,22 @@ class OpenGate(FleetGate):
         self.paused.append(seconds)
 
 
+class FakeClock:
+    """Time that moves only when a test says so (the schedule's and the records' clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Harness:
     sim: SimulatorServer
     runtime: Runtime
     client: UkssdcClient
+    clock: FakeClock
     gate: OpenGate = field(default_factory=OpenGate)
     rand: Callable[[float, float], float] = lambda low, high: high
     countdowns: list[float] = field(default_factory=list)
@@ -88,17 +99,30 @@ class Harness:
         self.runtime.queue.enqueue([command])
         return command
 
-    def run(self, task_id: str = "task-1") -> RunResult:
-        return CancellationRun(self.runtime, task_id, self.gate, self.client, rand=self.rand).run()  # type: ignore[arg-type]
+    def run(self, holder: str = "turn-1") -> RunResult:
+        return CancellationRun(self.runtime, holder, self.gate, self.client, rand=self.rand).run()  # type: ignore[arg-type]
 
-    def run_to_end(self, task_id: str = "task-1", limit: int = 20) -> RunResult:
-        """Run the task as Celery would: again after every Reschedule (without sleeping it out)."""
+    def due_in(self, command: CancelCommand) -> float | None:
+        """Seconds until the command is due again on the schedule (None: it is not)."""
+        at = self.runtime.queue.due_at(command.id)
+        return None if at is None else at - self.clock.now
+
+    def run_to_end(self, holder: str = "turn-1", limit: int = 20) -> RunResult:
+        """Run turns as the workers would: again each time the command falls due (the clock is moved
+        to that time instead of sleeping it out)."""
         for _ in range(limit):
-            try:
-                return self.run(task_id)
-            except Reschedule as later:
-                self.countdowns.append(later.countdown)
-        raise AssertionError(f"still rescheduling after {limit} runs")
+            result = self.run(holder)
+            due = self.runtime.connection.zrange(keys.DUE, 0, 0, withscores=True)
+            if not due:
+                return result
+            at = due[0][1]
+            if at > self.clock.now:
+                self.countdowns.append(at - self.clock.now)
+                self.clock.now = at
+        raise AssertionError(f"still due again after {limit} runs")
+
+    def leases(self) -> int:
+        return self.runtime.connection.zcard(keys.LEASES) + self.runtime.connection.hlen(keys.LEASE_HOLDERS)
 
     def record(self, command: CancelCommand) -> CancelCommand:
         stored = self.runtime.registry.get(command.id)
@@ -125,13 +149,15 @@ def make_harness(sim: SimulatorServer, client_class: type[UkssdcClient] = Ukssdc
     settings_ = Settings(**options)
     runtime = create_runtime(settings_, connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
     runtime.queue.dispatch = lambda count: None
+    clock = FakeClock()
+    runtime.queue.clock = runtime.registry.clock = clock
     client = client_class(
         settings_.ukssdc_base_url,
         settings_.ukssdc_api_version,
         settings_.ukssdc_connect_timeout_seconds,
         settings_.ukssdc_timeout_seconds,
     )
-    return Harness(sim, runtime, client)
+    return Harness(sim, runtime, client, clock)
 
 
 @pytest.fixture
@@ -165,16 +191,16 @@ def test_success_cancels_the_product_and_stores_the_guides_first_tuple(h: Harnes
         "api_version": "1.12",
     }
     assert h.calls("checkProductStatus.php") == []
-    assert h.runtime.connection.hlen(keys.FAIR_CLAIMS) == 0  # claim released
+    assert h.leases() == 0  # lease released
     assert h.gate.released == [False]
     assert h.gate.stamped == ["permit-1"]  # the permit's time was moved to just before the call
 
 
 def test_the_guides_two_calls_give_1_then_2(h: Harness) -> None:
     first = h.submit(1001, ["LightCurve"])
-    h.run("task-a")
+    h.run("turn-a")
     second = h.submit(1001, "all")
-    h.run("task-b")
+    h.run("turn-b")
     assert h.record(first).result == [1, {"LightCurve": {"code": 0, "text": CANCELLED_OK}}]
     assert h.record(second).result == [
         2,
@@ -212,13 +238,15 @@ def test_ok_0_for_a_job_of_another_user_is_status_0_at_once(h: Harness) -> None:
 def test_503_twice_is_rescheduled_then_succeeds(h: Harness) -> None:
     h.sim.state.add_faults(Fault("http503", count=2))
     command = h.submit(1001, ["LightCurve"])
-    with pytest.raises(Reschedule) as later:
-        h.run()
+    assert h.run() == RunResult(command.id, RETRYING)
     waiting = h.record(command)
     assert waiting.state == RETRYING and waiting.result is None
     assert "HTTP 503" in (waiting.last_error or "")
-    assert 0 < later.value.countdown <= 0.5
-    assert h.runtime.connection.hget(keys.FAIR_CLAIMS, "task-1").decode() == command.id  # claim kept
+    countdown = h.due_in(command)
+    assert countdown is not None and 0 < countdown <= 0.5  # on the due list, not in a Celery countdown
+    assert waiting.next_attempt_at == h.runtime.queue.due_at(command.id)  # GET shows when
+    assert h.leases() == 0  # the slot and the lease are free while it waits
+    assert h.run() == RunResult(None, None)  # not due yet: a turn now finds nothing
     h.run_to_end()
     done = h.record(command)
     assert done.result == [1, {"LightCurve": {"code": 0, "text": CANCELLED_OK}}]
@@ -280,9 +308,8 @@ def test_retry_after_pauses_the_fleet_and_sets_the_countdown(simulator: Simulato
     h.rand = lambda low, high: low  # jitter would say "at once"; the server said 7 s
     h.sim.state.add_faults(Fault("http503", retry_after=7))
     command = h.submit(1001, ["LightCurve"])
-    with pytest.raises(Reschedule) as later:
-        h.run()
-    assert later.value.countdown == 7.0
+    assert h.run() == RunResult(command.id, RETRYING)
+    assert h.due_in(command) == pytest.approx(7.0)
     assert h.gate.paused == [7.0]
     assert h.record(command).state == RETRYING
 
@@ -298,17 +325,22 @@ def test_connection_refused_is_transient_and_not_ambiguous(simulator: SimulatorS
     assert not done.ambiguous
 
 
-def test_no_capacity_reschedules_before_taking_a_command(h: Harness) -> None:
+def test_no_capacity_puts_the_command_on_the_due_list_without_an_attempt(h: Harness) -> None:
     h.gate.wait = Wait(2.0, "fleet paused by the UKSSDC's Retry-After")
     h.rand = lambda low, high: high
     command = h.submit(1001, ["LightCurve"])
-    with pytest.raises(Reschedule) as later:
-        h.run()
-    assert later.value.countdown == pytest.approx(3.0)  # 2 s plus up to half again of jitter
-    assert later.value.reason == "fleet paused by the UKSSDC's Retry-After"
-    assert h.record(command).state == QUEUED and h.record(command).attempts == 0
-    assert h.runtime.connection.hlen(keys.FAIR_CLAIMS) == 0
+    assert h.run() == RunResult(command.id, QUEUED)
+    assert h.due_in(command) == pytest.approx(3.0)  # 2 s plus up to half again of jitter
+    waiting = h.record(command)
+    assert waiting.state == QUEUED and waiting.attempts == 0  # no attempt began
+    assert waiting.last_error == "waiting: fleet paused by the UKSSDC's Retry-After"
+    assert waiting.next_attempt_at == h.runtime.queue.due_at(command.id)
+    assert h.leases() == 0 and h.gate.acquired == 0
     assert h.calls() == []
+    h.gate.wait = None
+    h.clock.now += 3.0
+    assert h.run() == RunResult(command.id, COMPLETED)  # due now: the next turn takes it first
+    assert h.record(command).attempts == 1
 
 
 # ---- ambiguous outcomes ----------------------------------------------------------------------
@@ -318,8 +350,7 @@ def test_no_capacity_reschedules_before_taking_a_command(h: Harness) -> None:
 def test_an_ambiguous_failure_is_confirmed_by_a_status_check(h: Harness, kind: str) -> None:
     h.sim.state.add_faults(Fault(kind, seconds=2.0) if "timeout" in kind else Fault(kind))
     command = h.submit(1001, ["LightCurve"])
-    with pytest.raises(Reschedule):
-        h.run()
+    assert h.run() == RunResult(command.id, RETRYING)
     waiting = h.record(command)
     assert waiting.ambiguous and waiting.state == RETRYING
     assert h.sim.state.product_state(1001, "lc") == -4  # the first request did cancel it
@@ -346,15 +377,18 @@ def test_ambiguity_does_not_turn_a_product_finished_before_into_a_cancellation(h
     ]
 
 
-def test_redelivery_of_a_running_command_is_treated_as_ambiguous(h: Harness) -> None:
+def test_a_command_whose_lease_expired_is_taken_over_as_ambiguous(h: Harness) -> None:
     command = h.submit(1001, ["LightCurve"])
-    # The first delivery claimed the command, started it, reached the server, then its worker died.
-    assert h.runtime.queue.claim("task-1") == command.id
+    # A turn claimed the command, started it, reached the server, then its worker died.
+    claim = h.runtime.queue.claim("dead-turn")
+    assert claim is not None and claim.command_id == command.id and not claim.takeover
     assert h.runtime.registry.start_attempt(command.id).moved
     requests.post(
         f"{h.sim.base_url}/canceljob.php", json={"UserID": ASTRO, "JobID": 1001, "what": "lc"}, timeout=5
     ).raise_for_status()
-    result = h.run("task-1")  # the redelivered message, same task id
+    assert h.run("turn-2") == RunResult(None, None)  # the lease is live: nobody else may take it
+    h.clock.now += h.runtime.settings.lease_seconds + 0.001  # no renewal came: the lease lapses
+    result = h.run("turn-2")
     assert result == RunResult(command.id, COMPLETED)
     done = h.record(command)
     assert done.result == [1, {"LightCurve": {"code": 0, "text": CONFIRMED_CANCELLED_TEXT}}]
@@ -363,26 +397,28 @@ def test_redelivery_of_a_running_command_is_treated_as_ambiguous(h: Harness) -> 
     assert history(done).count(COMPLETED) == 1
 
 
-def test_redelivery_when_the_dead_run_never_reached_the_server(h: Harness) -> None:
+def test_a_takeover_when_the_dead_run_never_reached_the_server(h: Harness) -> None:
     command = h.submit(1001, ["LightCurve"])
-    h.runtime.queue.claim("task-1")
+    h.runtime.queue.claim("dead-turn")
     h.runtime.registry.start_attempt(command.id)
-    h.run("task-1")
+    h.clock.now += h.runtime.settings.lease_seconds + 0.001
+    h.run("turn-2")
     assert h.record(command).result == [1, {"LightCurve": {"code": 0, "text": CANCELLED_OK}}]
     assert h.calls("checkProductStatus.php") == []
 
 
-def test_a_duplicate_delivery_after_completion_changes_nothing(h: Harness) -> None:
+def test_a_stale_lease_on_a_completed_command_changes_nothing(h: Harness) -> None:
     command = h.submit(1001, ["LightCurve"])
-    h.run("task-1")
+    h.run("turn-1")
     before = h.record(command)
     calls_before = len(h.sim.state.log())
-    # A duplicate of the message still holding the claim, e.g. redelivered before its ack.
-    h.runtime.connection.hset(keys.FAIR_CLAIMS, "task-dup", command.id)
-    assert h.run("task-dup") == RunResult(None, None)
+    # A lease left behind, e.g. by a run that was taken over while the first one finished.
+    h.runtime.connection.zadd(keys.LEASES, {command.id: h.clock.now - 1})
+    h.runtime.connection.hset(keys.LEASE_HOLDERS, command.id, "lost-turn")
+    assert h.run("turn-dup") == RunResult(None, None)
     assert h.record(command) == before
     assert len(h.sim.state.log()) == calls_before
-    assert h.runtime.connection.hlen(keys.FAIR_CLAIMS) == 0
+    assert h.leases() == 0
 
 
 def test_a_withdrawn_command_is_skipped_and_the_ukssdc_never_called(h: Harness) -> None:
@@ -440,8 +476,7 @@ def test_code_4_on_a_still_active_product_retries_that_product_only(simulator: S
     h.client.sim, h.client.undo = simulator, 1  # type: ignore[attr-defined]
     h.sim.state.add_faults(Fault("codes", codes={"lc": 4}))
     command = h.submit(1001, ["LightCurve", "StandardPos"])
-    with pytest.raises(Reschedule):
-        h.run()
+    assert h.run().state == RETRYING
     waiting = h.record(command)
     assert waiting.state == RETRYING
     assert waiting.settled == {"psf": {"code": 0, "text": CANCELLED_OK}}

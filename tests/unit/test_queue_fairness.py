@@ -40,22 +40,23 @@ def commands(user: str, count: int) -> list[CancelCommand]:
 def drain(queue: CancelQueue, prefix: str = "t") -> list[str]:
     taken = []
     for n in range(1000):
-        command_id = queue.claim(f"{prefix}{n}")
-        if command_id is None:
+        claim = queue.claim(f"{prefix}{n}")
+        if claim is None:
             return taken
-        taken.append(command_id)
+        taken.append(claim.command_id)
     raise AssertionError("the queue never ran dry")
 
 
-def test_enqueue_stores_records_and_sends_one_turn_per_command() -> None:
+def test_enqueue_stores_records_and_sends_a_turn_per_command_up_to_the_lanes() -> None:
     queue, recorder = make_queue()
     batch = commands(A, 3) + commands(B, 2)
     queue.enqueue(batch)
-    assert recorder.calls == [5]
+    queue.enqueue(commands(C, 50))
+    assert recorder.calls == [5, queue.lanes]  # running turns send their successors
     for command in batch:
         stored = queue.registry.get(command.id)
         assert stored is not None and stored.state == QUEUED
-    assert queue.depth() == {A: 3, B: 2}
+    assert queue.depth() == {A: 3, B: 2, C: 50}
 
 
 def test_a_big_batch_of_one_user_does_not_starve_another_user(queue: CancelQueue) -> None:
@@ -103,30 +104,6 @@ def test_every_command_is_handed_out_exactly_once_and_fairly(plan: list[tuple[st
         remaining[user] -= 1
 
 
-def test_a_task_id_keeps_its_claim_until_released(queue: CancelQueue) -> None:
-    a = commands(A, 3)
-    queue.enqueue(a)
-    first = queue.claim("task-1")
-    assert first == a[0].id
-    assert queue.claim("task-2") == a[1].id
-    # Redelivered or retried message with the same task id: the same command again.
-    assert queue.claim("task-1") == first
-    assert queue.claim("task-1") == first
-    queue.release("task-1")
-    assert queue.claim("task-1") == a[2].id  # after release the task takes the next waiting one
-    queue.release("task-1")
-    assert queue.claim("task-1") is None
-    assert queue.claim("task-2") == a[1].id
-
-
-def test_claims_are_kept_in_redis_so_another_process_sees_them(queue: CancelQueue) -> None:
-    queue.enqueue(commands(A, 1))
-    held = queue.claim("task-9")
-    other_process = CancelQueue(queue.connection, queue.registry, lambda n: None)
-    assert other_process.claim("task-9") == held
-    assert queue.connection.hget(keys.FAIR_CLAIMS, "task-9").decode() == held
-
-
 def test_remove_waiting_takes_a_command_out_of_line(queue: CancelQueue) -> None:
     a = commands(A, 3)
     b = commands(B, 1)
@@ -148,7 +125,7 @@ def test_a_user_whose_line_emptied_while_on_the_ring_is_skipped_then_served_agai
 
 def test_claim_on_an_empty_queue_takes_nothing(queue: CancelQueue) -> None:
     assert queue.claim("t") is None
-    assert queue.connection.hlen(keys.FAIR_CLAIMS) == 0
+    assert queue.connection.zcard(keys.LEASES) == 0
     assert queue.depth() == {}
 
 

@@ -1,0 +1,173 @@
+"""The schedule (`ukcancel.queue.CancelQueue`) and the reconciler, on fakeredis with an injected clock."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from ukcancel import keys
+from ukcancel.command import CancelCommand, CommandRegistry
+from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, ScheduleCounts
+from ukcancel.reconciler import Reconciler, missing_turns
+
+A, B = "a@example.org", "b@example.org"
+LEASE = 10.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Broker:
+    """The turns a reconciler sends, and how many the broker says are waiting."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.queued = 0
+
+    def send_turns(self, count: int) -> None:
+        self.sent.append(count)
+        self.queued += count
+
+    def queued_turns(self) -> int:
+        return self.queued
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def queue(clock: Clock) -> CancelQueue:
+    connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    registry = CommandRegistry(connection, 3600, clock=clock)
+    return CancelQueue(connection, registry, lambda n: None, lanes=4, lease_seconds=LEASE, clock=clock)
+
+
+def enqueue(queue: CancelQueue, user: str, count: int) -> list[str]:
+    commands = [CancelCommand(job_id=1000 + n, user_id=user, products=["LightCurve"]) for n in range(count)]
+    queue.enqueue(commands)
+    return [c.id for c in commands]
+
+
+def test_a_claim_leases_the_command_to_its_holder(queue: CancelQueue, clock: Clock) -> None:
+    [command] = enqueue(queue, A, 1)
+    claim = queue.claim("turn-1")
+    assert claim is not None and (claim.command_id, claim.found) == (command, WAITING)
+    assert queue.connection.zscore(keys.LEASES, command) == clock.now + LEASE
+    assert queue.claim("turn-2") is None  # leased: no second turn takes it
+    assert queue.counts() == ScheduleCounts(0, 0, 0, 1, 0, LEASE)
+
+
+def test_only_the_holder_renews_or_releases_a_lease(queue: CancelQueue, clock: Clock) -> None:
+    [command] = enqueue(queue, A, 1)
+    queue.claim("turn-1")
+    clock.now += 5
+    assert not queue.renew(command, "turn-2") and not queue.release(command, "turn-2")
+    assert queue.renew(command, "turn-1")
+    assert queue.connection.zscore(keys.LEASES, command) == clock.now + LEASE
+    clock.now += 9  # 14 s after the claim, but 9 s after the renewal: still live
+    assert queue.claim("turn-3") is None
+    assert queue.release(command, "turn-1")
+    assert queue.counts() == ScheduleCounts(0, 0, 0, 0, 0, None)
+
+
+def test_an_expired_lease_is_taken_over_first(queue: CancelQueue, clock: Clock) -> None:
+    first, second = enqueue(queue, A, 2)
+    queue.claim("dead-turn")
+    clock.now += LEASE + 0.001
+    assert queue.counts().expired_leases == 1 and queue.counts().runnable == 2
+    claim = queue.claim("heir")
+    assert claim is not None and (claim.command_id, claim.found) == (first, TAKEOVER) and claim.takeover
+    assert queue.connection.hget(keys.LEASE_HOLDERS, first) == b"heir"
+    assert not queue.renew(first, "dead-turn")  # the dead run cannot take it back
+    assert queue.claim("next").command_id == second  # type: ignore[union-attr]
+
+
+def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(queue: CancelQueue, clock: Clock) -> None:
+    retried, = enqueue(queue, A, 1)
+    queue.claim("turn-1")
+    assert queue.reschedule(retried, "turn-1", clock.now + 2.0)
+    waiting = enqueue(queue, B, 5_000)
+    assert queue.due_at(retried) == clock.now + 2.0
+    assert queue.counts() == ScheduleCounts(5_000, 0, 0, 0, 1, 2.0)
+    assert queue.claim("turn-2").command_id == waiting[0]  # type: ignore[union-attr]  # not due yet
+    clock.now += 2.0
+    claim = queue.claim("turn-3")
+    assert claim is not None and (claim.command_id, claim.found) == (retried, DUE)  # ahead of B's 4,999
+    assert queue.due_at(retried) is None
+
+
+def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(queue: CancelQueue, clock: Clock) -> None:
+    [command] = enqueue(queue, A, 1)
+    queue.claim("slow-turn")
+    clock.now += LEASE + 1
+    queue.claim("heir")
+    assert not queue.reschedule(command, "slow-turn", clock.now + 5)
+    assert queue.due_at(command) is None and queue.counts().live_leases == 1
+
+
+def test_continue_lane_sends_a_successor_only_while_work_is_runnable_and_lanes_are_free(
+    queue: CancelQueue, clock: Clock
+) -> None:
+    sent: list[int] = []
+    queue.dispatch = sent.append
+    assert not queue.continue_lane()  # nothing runnable
+    ids = enqueue(queue, A, 10)
+    for n in range(4):
+        queue.claim(f"turn-{n}")
+    assert not queue.continue_lane()  # every lane is running
+    queue.release(ids[0], "turn-0")
+    assert queue.continue_lane() and sent[-1] == 1
+
+
+# -- the reconciler --------------------------------------------------------------------------------
+def test_missing_turns_fills_up_to_the_lanes() -> None:
+    def counts(waiting: int = 0, due: int = 0, expired: int = 0, live: int = 0) -> ScheduleCounts:
+        return ScheduleCounts(waiting, due, expired, live, 0, None)
+
+    assert missing_turns(counts(), queued=0, lanes=6) == 0
+    assert missing_turns(counts(waiting=1), queued=0, lanes=6) == 1  # a lost turn
+    assert missing_turns(counts(waiting=1), queued=1, lanes=6) == 0  # its turn is on its way
+    assert missing_turns(counts(waiting=5_000), queued=0, lanes=6) == 6
+    assert missing_turns(counts(waiting=5_000, live=6), queued=0, lanes=6) == 0  # running turns continue
+    assert missing_turns(counts(waiting=5_000, live=4), queued=1, lanes=6) == 1
+    assert missing_turns(counts(due=1, live=6), queued=0, lanes=6) == 0
+    assert missing_turns(counts(expired=2), queued=0, lanes=6) == 2  # killed workers' commands
+
+
+def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: CancelQueue, clock: Clock) -> None:
+    broker = Broker()
+    reconciler = Reconciler(queue.connection, queue, broker, "w1", period_seconds=0.5)
+    enqueue(queue, A, 3)  # their turns were lost (the queue's dispatch here sends none)
+    report = reconciler.tick()
+    assert report.held and report.sent == 3 and broker.sent == [3]
+    assert reconciler.tick().sent == 0  # they are queued now
+    broker.queued = 10  # extra duplicate turns in the broker
+    assert reconciler.tick().sent == 0
+
+
+def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queue: CancelQueue) -> None:
+    first, second = Broker(), Broker()
+    one = Reconciler(queue.connection, queue, first, "w1", period_seconds=0.5)
+    two = Reconciler(queue.connection, queue, second, "w2", period_seconds=0.5)
+    enqueue(queue, A, 1)
+    assert one.tick().held and not two.tick().held
+    assert second.sent == []
+    one.step_down()
+    assert two.tick().held and second.sent == [1]
+
+
+def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: CancelQueue, clock: Clock) -> None:
+    broker = Broker()
+    reconciler = Reconciler(queue.connection, queue, broker, "w1", period_seconds=0.5)
+    enqueue(queue, A, 1)
+    queue.claim("killed-turn")
+    assert reconciler.tick().sent == 0  # live lease: its worker may still be calling
+    clock.now += LEASE + 0.001
+    assert reconciler.tick().sent == 1

@@ -1,0 +1,120 @@
+"""Self-healing dispatch: one reconciler at a time sends the turns that the schedule is missing.
+
+Every worker runs `Reconciler.tick` every `reconcile_seconds` (a Celery bootstep); a lock in
+Redis lets only one of them act at a time, and passes to another worker when its holder stops.
+A tick compares the work a turn could claim now (waiting commands, due retries, expired leases)
+with the turns already on their way (waiting in the broker, or running under a lease) and sends
+the difference, up to the number of lanes:
+
+    missing = min(runnable + running, lanes) - (queued in the broker + running)
+
+So whatever is lost (a turn the broker dropped, a queue emptied by hand, a worker killed mid
+call, Redis restarted under the workers) is replaced within a tick or, for a killed worker's
+command, within a lease; and extra turns change nothing, since a turn with nothing to claim ends
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from ukcancel import keys, metrics
+from ukcancel.queue import CancelQueue, ScheduleCounts
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] the lock   ARGV[1] this reconciler's name   ARGV[2] lock time (ms)
+# Takes the lock when it is free, or keeps it when this reconciler holds it. Returns 1 if held.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] the lock   ARGV[1] this reconciler's name
+# Frees the lock only if this reconciler holds it.
+_DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class TurnSender(Protocol):
+    def send_turns(self, count: int) -> None: ...
+
+    def queued_turns(self) -> int:
+        """Turns waiting in the broker, not yet delivered to a worker."""
+
+
+@dataclass(frozen=True)
+class TickReport:
+    held: bool  # this reconciler held the lock and looked
+    counts: ScheduleCounts | None = None
+    queued: int = 0
+    sent: int = 0
+
+
+def missing_turns(counts: ScheduleCounts, queued: int, lanes: int) -> int:
+    """Turns to send so that the runnable work has turns on their way, at most `lanes` in all."""
+    if counts.runnable == 0:
+        return 0
+    wanted = min(counts.runnable + counts.live_leases, lanes)
+    return max(0, min(wanted - queued - counts.live_leases, counts.runnable))
+
+
+class Reconciler:
+    """Redis keys owned: ``ukcancel:reconciler`` (the lock; see `ukcancel.keys`)."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        queue: CancelQueue,
+        sender: TurnSender,
+        name: str,
+        *,
+        period_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.connection = connection
+        self.queue = queue
+        self.sender = sender
+        self.name = name
+        self.period_seconds = period_seconds
+        self.clock = clock
+        self._hold = connection.register_script(_HOLD)
+        self._drop = connection.register_script(_DROP)
+
+    @property
+    def lock_ms(self) -> int:
+        # Long enough to outlast one missed tick, short enough that a dead holder's successor
+        # takes over within a few periods.
+        return max(100, int(self.period_seconds * 3 * 1000))
+
+    def tick(self) -> TickReport:
+        """One look, if this reconciler holds (or now takes) the lock."""
+        if not self._hold(keys=[keys.RECONCILER_LOCK], args=[self.name, self.lock_ms]):
+            return TickReport(held=False)
+        counts = self.queue.counts()
+        if counts.runnable == 0:
+            return TickReport(True, counts)
+        queued = self.sender.queued_turns()
+        missing = missing_turns(counts, queued, self.queue.lanes)
+        if missing:
+            self.sender.send_turns(missing)
+            metrics.RECONCILER_TURNS.inc(missing)
+            log.info(
+                "reconciler sent %d turn(s): %d runnable, %d running, %d queued in the broker",
+                missing, counts.runnable, counts.live_leases, queued,
+            )
+        return TickReport(True, counts, queued, missing)
+
+    def step_down(self) -> None:
+        """Free the lock (a stopping worker), so another reconciler takes over at its next tick."""
+        self._drop(keys=[keys.RECONCILER_LOCK], args=[self.name])

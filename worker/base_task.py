@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 from celery import Celery, Task
+from celery.worker.request import Request
 
 from ukcancel.worker.ukssdc import UkssdcClient
 
@@ -20,10 +21,28 @@ if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
 
 
+class ServiceRequest(Request):
+    """Celery's request, whose ack or reject survives a broker connection lost meanwhile.
+
+    A task received before a Redis broker restart finishes after the worker reconnected; its
+    message still belongs to the old channel, whose client kombu has cleared, so the ack raises
+    an AttributeError. Celery runs the ack on its event loop and catches only the errors the
+    request names, so that error stopped the worker ("Unrecoverable error"). Naming it here makes
+    the ack fail like any lost-connection ack, logged: the message stays unacknowledged, the broker
+    gives it back after its visibility timeout, and a turn or control task delivered twice changes
+    nothing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connection_errors = (*self._connection_errors, AttributeError)
+
+
 class ServiceTask(Task):
     # Acknowledged only once the task has finished; a worker killed mid-task puts the message back.
     acks_late = True
     reject_on_worker_lost = True
+    Request = ServiceRequest
 
     @functools.cached_property
     def runtime(self) -> Runtime:

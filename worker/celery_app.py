@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, bootsteps
+from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError
 
@@ -119,6 +120,33 @@ class ReconcilerStep(bootsteps.StartStopStep):
                 pass
 
 
+class ServiceConsumer(Consumer):
+    """Celery's consumer, surviving the loss of a Redis broker (Redis restarted under the workers).
+
+    Celery 5.7.0's `on_connection_error_after_connected` first `collect()`s the broken connection,
+    which clears its transport's client, then `close()`s it; closing restores unacknowledged
+    messages through that cleared client, and kombu raises an AttributeError that `ignore_errors`
+    does not cover, so the worker stops with "Unrecoverable error". Here only that close is made
+    to tolerate the cleared client; the rest of Celery's handler (cancelling, prefetch, restart)
+    runs as it is. The unacknowledged messages it could not restore are turns and control tasks
+    that the broker gives back after its visibility timeout, and that the reconciler replaces.
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        connection = self.connection
+        if connection is not None:
+            close = connection.close
+
+            def close_cleared_connection() -> None:
+                try:
+                    close()
+                except AttributeError as error:
+                    log.warning("closing the lost broker connection failed (%s); reconnecting anyway", error)
+
+            connection.close = close_cleared_connection  # type: ignore[method-assign]
+        super().on_connection_error_after_connected(exc)
+
+
 def create_celery(settings: Settings) -> ServiceCelery:
     """A Celery app for `settings` with the service's tasks registered (its runtime is set later)."""
     app = ServiceCelery("ukcancel", broker=settings.effective_broker_url, set_as_current=False, task_cls=ServiceTask)
@@ -138,6 +166,7 @@ def create_celery(settings: Settings) -> ServiceCelery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
         result_backend=None,
+        worker_consumer=f"{__name__}:ServiceConsumer",
     )
     app.steps["worker"].add(WorkerHeartbeat)
     app.steps["worker"].add(ReconcilerStep)

@@ -248,6 +248,7 @@ def test_a_redis_restart_mid_batch_loses_no_command(
         assert simulator.state.product_state(job_id, "lc") == -4
     results = redis.Redis.from_url(own_redis.url).xrange(keys.RESULTS_STREAM)
     assert len(results) == 200  # exactly one result per command
+    assert all(worker.process.poll() is None for worker in workers), "a worker did not survive the restart"
 
 
 # -- a worker killed mid-call, default settings ------------------------------------------------------

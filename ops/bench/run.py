@@ -506,10 +506,6 @@ def post_batch(base_url: str, token: str, job_ids: list[int]) -> tuple[float, in
     return elapsed, response.status_code, payload
 
 
-def batches_file_present() -> bool:
-    return (ROOT / "service" / "batches.py").exists()
-
-
 # ------------------------------------------------------------------------------------------------
 # Redis helpers
 # ------------------------------------------------------------------------------------------------
@@ -956,7 +952,7 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
 
     n = 300 if ctx.quick else 2000
     n_whatif = 150 if ctx.quick else 500
-    shipped_guard = Settings().fleet_guard_seconds if hasattr(Settings(), "fleet_guard_seconds") else None
+    shipped_guard = Settings().fleet_guard_seconds
     main = rate_run(ctx, n, None, "rate")
     # What-ifs: the `limits` library's moving window (what the gate would use without its own
     # window), and the gate's own paced window without a guard interval.
@@ -972,7 +968,7 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
         value = r.get(key)
         return "-" if value is None else (fmt(value, digits) + unit if isinstance(value, float) else f"{value}{unit}")
 
-    heads = [f"shipped (guard {shipped_guard if shipped_guard is not None else '-'} s), N={n:,}"] + [
+    heads = [f"shipped (guard {shipped_guard} s), N={n:,}"] + [
         f"what-if `limits` moving window, N={r['n']:,}" if r["limits_window"]
         else f"what-if guard {r['guard_seconds']:g} s, N={r['n']:,}" for r in whatifs]
     rows = [
@@ -1081,8 +1077,7 @@ def bench_fairness(ctx: Context) -> dict[str, Any]:
             batch_id = payload["id"]
             out["batch_submit"] = {"mode": mode, "seconds": seconds, "status": status}
         else:
-            mode = f"{n_batch:,} single POSTs (POST /v1/batches answered {status}" + (
-                "; service/batches.py not present)" if not batches_file_present() else ")")
+            mode = f"{n_batch:,} single POSTs (POST /v1/batches answered {status})"
             seconds, statuses, _ = post_cancellations(api.base_url, token_batch, job_ids)
             out["batch_submit"] = {"mode": mode, "seconds": seconds, "statuses": dict(statuses),
                                    "batch_endpoint_status": status, "batch_endpoint_reply": payload}
@@ -1114,7 +1109,7 @@ def bench_fairness(ctx: Context) -> dict[str, Any]:
 
     from ukcancel.settings import Settings
 
-    window = 1.0 + float(getattr(Settings(), "fleet_guard_seconds", 0.0))  # the gate's window at RATE/s
+    window = 1.0 + Settings().fleet_guard_seconds  # the gate's window at RATE/s
     receipts = sorted(e["t"] for e in log if str(e["endpoint"]).endswith("canceljob.php"))
     cancels = [e for e in log if str(e["endpoint"]).endswith("canceljob.php") and isinstance(e["body"], dict)]
     batch_calls = sorted(e["t"] for e in cancels if e["body"].get("UserID") == USER_BATCH)
@@ -1385,8 +1380,7 @@ def _batch_acceptance(ctx: Context, store: Store, api: Api, out: dict[str, Any])
         mem0 = store.used_memory()
         fb_seconds, fb_statuses, _ = post_cancellations(api.base_url, token_batch, job_ids[:fallback_items])
         out["batch_accept"] = {
-            "mode": f"{fallback_items:,} single POSTs (POST /v1/batches answered {status}"
-                    + ("; service/batches.py not present)" if not batches_file_present() else ")"),
+            "mode": f"{fallback_items:,} single POSTs (POST /v1/batches answered {status})",
             "items": fallback_items, "seconds": fb_seconds, "statuses": dict(fb_statuses),
             "extrapolated_10000_seconds": fb_seconds * items / fallback_items,
             "batch_endpoint_status": status, "batch_endpoint_reply": payload,

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
@@ -160,31 +162,25 @@ class Children:
 
 def group_pids(pgid: int) -> list[int]:
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in psutil.pids():
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
+            if os.getpgid(pid) == pgid:
+                pids.append(pid)
+        except ProcessLookupError:
             continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        if int(rest[2]) == pgid:
-            pids.append(int(entry))
     return pids
 
 
 def group_cpu_seconds(pgid: int) -> float:
     """User+system CPU of every live process in the group (and of children they reaped)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = 0.0
     for pid in group_pids(pgid):
         try:
-            rest = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
             continue
-        fields = rest[rest.rfind(")") + 2 :].split()
-        total += sum(int(x) for x in fields[11:15])
-    return total / ticks
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def own_cpu_seconds() -> float:
@@ -192,12 +188,11 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    total = sum(fields[:8])
-    return total - idle, total
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of all CPUs since boot: user, nice, system, irq, softirq and steal (not
+    idle, iowait, or guest time, which the kernel already counts in user and nice)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 class LoadMeter:
@@ -209,17 +204,15 @@ class LoadMeter:
 
     def __init__(self, store: Store | None, groups: list[int]) -> None:
         self.store, self.groups = store, groups
-        self.ticks = os.sysconf("SC_CLK_TCK")
         self.wall = time.monotonic()
-        self.jiffies = machine_jiffies()
+        self.busy = machine_busy_seconds()
         self.own = own_cpu_seconds()
         self.group_cpu = {g: group_cpu_seconds(g) for g in groups}
         self.redis = store.redis_cpu() if store else 0.0
 
     def stop(self) -> dict[str, float]:
         wall = time.monotonic() - self.wall
-        busy, total = machine_jiffies()
-        busy_s = (busy - self.jiffies[0]) / self.ticks
+        busy_s = machine_busy_seconds() - self.busy
         ours = own_cpu_seconds() - self.own
         ours += sum(group_cpu_seconds(g) - c for g, c in self.group_cpu.items())
         ours += (self.store.redis_cpu() - self.redis) if self.store else 0.0
@@ -633,15 +626,13 @@ def fmt(value: float, digits: int = 1) -> str:
 # Benchmark 1: API enqueue vs bare Celery
 # ------------------------------------------------------------------------------------------------
 def pid_cpu_seconds(pids: list[int]) -> dict[int, float]:
-    ticks = os.sysconf("SC_CLK_TCK")
     out = {}
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        out[pid] = times.user + times.system
     return out
 
 
@@ -1502,13 +1493,7 @@ def machine(store: Store) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    mem_gib = round(psutil.virtual_memory().total / 1024**3, 1)
     from importlib.metadata import version
 
     versions = {}

@@ -2,7 +2,7 @@
 HTTP client helpers, the Redis store, CPU and load meters, output, and the run's context.
 
 The benchmark modules (enqueue, rate, fairness, cost) import what they need from here; run.py is
-the entry point.
+the entry point. The process helpers that the tests' fixtures use too are in processes.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from processes import (
+    clean_environment,
+    free_port,
+    kill_group,
+    redis_answers,
+    redis_server_argv,
+    signal_group,
+    start_in_own_group,
+    stop_group,
+    wait_for_workers,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -83,60 +94,29 @@ class Children:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         LOGS.mkdir(parents=True, exist_ok=True)
         log_path = LOGS / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        child = Child(name, process, log_path)
+        child = Child(name, start_in_own_group(argv, env, log_path, cwd=ROOT), log_path)
         self.children.append(child)
         return child
 
-    def stop(self, child: Child, timeout: float = 12.0, sig: int = signal.SIGTERM) -> None:
-        if child.alive():
-            try:
-                os.killpg(child.pgid, sig)
-                child.process.wait(timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                self._kill(child)
+    def stop(self, child: Child, timeout: float = 12.0) -> None:
+        stop_group(child.process, timeout)
         # Children of the group that outlived their parent (a prefork pool) go too.
-        self._kill_group_leftovers(child)
+        if group_pids(child.pgid):
+            signal_group(child.process, signal.SIGKILL)
         if child in self.children:
             self.children.remove(child)
-
-    def _kill(self, child: Child) -> None:
-        try:
-            os.killpg(child.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            child.process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def _kill_group_leftovers(self, child: Child) -> None:
-        if group_pids(child.pgid):
-            try:
-                os.killpg(child.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def stop_many(self, children: list[Child], timeout: float = 12.0) -> None:
         """SIGTERM them all at once, then wait (warm shutdowns run in parallel)."""
         for child in children:
             if child.alive():
-                try:
-                    os.killpg(child.pgid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                signal_group(child.process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in children:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self._kill(child)
+                kill_group(child.process)
         for child in children:
             self.stop(child, timeout=1)
 
@@ -230,12 +210,6 @@ def wait_for_quiet(ctx: Context, max_wait: float) -> dict[str, float]:
         time.sleep(2.0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ukcancel_argv(*args: str) -> list[str]:
     if UKCANCEL.exists():
         return [str(UKCANCEL), *args]
@@ -243,8 +217,7 @@ def ukcancel_argv(*args: str) -> list[str]:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    prefixes = ("UKCANCEL_", "REDIS_URL", "CELERY_", "UKSSDC_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env = clean_environment()
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -347,8 +320,6 @@ def start_workers(children: Children, redis_url: str, sim: Simulator, count: int
                   limits_window: bool = False, **extra: str) -> list[Child]:
     """`count` prefork workers; with `limits_window`, workers whose gate uses the `limits` library's
     moving window instead of its own (ops/bench/limits_worker.py), for benchmark 2's comparison."""
-    import redis
-
     env = child_env(
         REDIS_URL=redis_url,
         UKSSDC_BASE_URL=sim.base_url,
@@ -364,20 +335,7 @@ def start_workers(children: Children, redis_url: str, sim: Simulator, count: int
         argv = [sys.executable, str(HERE / "limits_worker.py"), *args] if limits_window \
             else ukcancel_argv(*args)
         started.append(children.start(f"worker-{name}", argv, env))
-    client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 60
-    pending = {f"{tag}{i + 1}": child for i, child in enumerate(started)}
-    while pending and time.monotonic() < deadline:
-        members = [m.decode() for m in client.zrange("ukcancel:workers", 0, -1)]
-        for name, child in list(pending.items()):
-            if not child.alive():
-                raise RuntimeError(f"worker {name} exited:\n{child.log()}")
-            if any(m.startswith(f"{name}@") for m in members) and "ready" in child.log():
-                del pending[name]
-        time.sleep(0.1)
-    client.close()
-    if pending:
-        raise RuntimeError(f"workers not ready: {sorted(pending)}")
+    wait_for_workers(redis_url, {f"{tag}{i + 1}": (c.process, c.log_path) for i, c in enumerate(started)}, 60)
     return started
 
 
@@ -385,22 +343,14 @@ def private_redis(children: Children, extra_args: list[str] | None = None,
                   name: str = "redis-private") -> tuple[Child, str] | None:
     """A redis-server of this benchmark's own (no persistence), so INFO used_memory is not moved by
     other tenants of the shared server; None when the binary is missing."""
-    import redis
-
     binary = shutil.which("redis-server")
     if binary is None:
         return None
     port = free_port()
-    child = children.start(name, [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                  "--appendonly", "no", *(extra_args or [])], child_env())
+    child = children.start(name, redis_server_argv(binary, port, *(extra_args or [])), child_env())
     url = f"redis://127.0.0.1:{port}/7"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis.from_url(url, socket_connect_timeout=0.5).ping():
-                return child, url
-        except redis.RedisError:
-            time.sleep(0.05)
+    if wait_until(lambda: redis_answers(url, connect_timeout=0.5), 10):
+        return child, url
     children.stop(child)
     return None
 

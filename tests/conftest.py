@@ -8,10 +8,8 @@ session starts on a free port (installing Debian's package if the binary is miss
 from __future__ import annotations
 
 import fcntl
-import os
 import queue
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,17 @@ from typing import Any
 
 import pytest
 import redis
+from processes import (  # ops/bench/processes.py, on the path by pyproject.toml's pytest `pythonpath`
+    clean_environment,
+    free_port,
+    kill_group,
+    redis_answers,
+    redis_server_argv,
+    start_in_own_group,
+    stop_group,
+    wait_for_workers,
+    wait_until,
+)
 
 from ukcancel.simulator import SimulatorServer, SimulatorState
 
@@ -65,42 +74,22 @@ def swifttools_request() -> Callable[..., Any]:
 
 
 # -- a real Redis server ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """`redis://host:port` of a real Redis server (without a database number)."""
-    if _answers("redis://127.0.0.1:6379/0"):
+    if redis_answers("redis://127.0.0.1:6379/0"):
         yield "redis://127.0.0.1:6379"
         return
     binary = shutil.which("redis-server")
     if binary is None:
         subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True, capture_output=True)
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
+    process = subprocess.Popen(redis_server_argv(binary, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while not _answers(url + "/0"):
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
+    if not wait_until(lambda: redis_answers(url + "/0"), 10):
+        process.kill()
+        raise RuntimeError("redis-server did not start")
     yield url
     process.terminate()
     process.wait(10)
@@ -194,19 +183,10 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and all its children (a crash, not a shutdown)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(10)
+        kill_group(self.process)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                self.kill()
+        stop_group(self.process, 15)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -223,40 +203,19 @@ class WorkerFactory:
                  wait_ready: bool = True, name: str | None = None) -> WorkerProcess:
         name = name or f"w{len(self.started) + 1}"
         log_path = self.tmp_path / f"worker-{name}.log"
-        full_env = {**_clean_environment(), **env}
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [UKCANCEL, "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--hostname={name}@%h"],
-                env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        process = start_in_own_group(
+            [UKCANCEL, "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--hostname={name}@%h"],
+            {**clean_environment(), **env}, log_path,
+        )
         worker = WorkerProcess(process, log_path)
         self.started.append(worker)
         if wait_ready:
-            _wait_for_worker(env["REDIS_URL"], name, worker)
+            wait_for_workers(env["REDIS_URL"], {name: (process, log_path)}, 30)
         return worker
 
     def stop_all(self) -> None:
         for worker in self.started:
             worker.stop()
-
-
-def _clean_environment() -> dict[str, str]:
-    """This environment without any ukcancel/Celery setting that could leak into a test's worker."""
-    prefixes = ("UKCANCEL_", "REDIS_URL", "CELERY_", "UKSSDC_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
-def _wait_for_worker(redis_url: str, name: str, worker: WorkerProcess, timeout: float = 30) -> None:
-    client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {worker.process.returncode}:\n{worker.log()}")
-        members = [m.decode() for m in client.zrange("ukcancel:workers", 0, -1)]
-        if any(m.startswith(f"{name}@") for m in members) and b"ready" in worker.log_path.read_bytes():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"worker {name} not ready after {timeout} s:\n{worker.log()}")
 
 
 @pytest.fixture

@@ -259,15 +259,16 @@ def _cost_table(ctx: Context, store: Store, out: dict[str, Any], config: str, fi
 
 
 def idle_wait(store: Store, timeout: float = 15.0) -> None:
-    """Until the fair queue, claims, broker queue and unacked messages are empty, then 1.2 s more
-    (the limiter's 1 s window and the in-flight leases expire)."""
+    """Until the fair queue, the schedule's leases and due list, the broker queue and unacked
+    messages are empty, then 1.2 s more (the limiter's 1 s window and the in-flight leases expire)."""
     from ukcancel import keys
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pipe = store.redis.pipeline(transaction=False)
         pipe.llen(keys.FAIR_USERS)
-        pipe.hlen(keys.FAIR_CLAIMS)
+        pipe.zcard(keys.LEASES)
+        pipe.zcard(keys.DUE)
         pipe.llen("ukcancel")
         pipe.hlen("unacked")
         if not any(pipe.execute()):

@@ -4,7 +4,11 @@ ops/image/build-image.sh builds ops/Dockerfile, unchanged, with buildah (chroot 
 network) on the stand-in python:3.11-slim of ops/image/build-base.sh (debootstrapped once per
 version of that script, then cached under /var/tmp). The built image then runs the compose file's
 API command, `ukcancel worker` and the simulator against this test's own Redis database, and a
-cancellation goes through its HTTP API. The buildah store is a temporary one of this module's.
+cancellation goes through its HTTP API. Then the three Deployments of ops/k8s run from the image
+as their pod specs say (command, environment, user, read-only root with only their emptyDirs
+writable, no capabilities, no privilege escalation; see run_as_pod.py), and cancellations go
+through their HTTP API and the command stream. The buildah store is a temporary one of this
+module's.
 
 Needs root, buildah and debootstrap (.ci/run installs them); without them these tests skip and say
 why, except under CI (CI=true), where they fail.
@@ -25,23 +29,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import k8s_manifests as k8s
 import pytest
+import redis
 import requests
 from test_deployment_files import _argv, _environment, _services
 
 from ukcancel import __version__
-from ukcancel.client import Client
+from ukcancel.client import Client, as_tuple
 
 pytestmark = pytest.mark.image
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_BASE = ROOT / "ops" / "image" / "build-base.sh"
 BUILD_IMAGE = ROOT / "ops" / "image" / "build-image.sh"
+RUN_AS_POD = Path(__file__).with_name("run_as_pod.py")
 IMAGE = "localhost/ukssdc-cancel:test"
 BASE = "python:3.11-slim"
 USER_ID = 10001
 TEST_EXTRAS = ("pytest", "hypothesis", "swifttools")
 ASTRO = "astro@example.org"
+CANCELLED_OK = {"code": 0, "text": "Job cancelled OK"}
 # Room the layers of ops/Dockerfile may take on top of the base: the runtime dependencies are
 # about 60 MB; a source tree, a wheelhouse or the test extras left behind would show here.
 MAX_ADDED_BYTES = 120 * 10**6
@@ -59,6 +67,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
 def _descendants(pid: int) -> list[tuple[int, int, str]]:
     """(pid, real uid, command line) of every process below `pid`."""
     children: dict[int, list[int]] = {}
@@ -74,11 +87,10 @@ def _descendants(pid: int) -> list[tuple[int, int, str]]:
         child = stack.pop()
         stack.extend(children.get(child, []))
         try:
-            status = Path(f"/proc/{child}/status").read_text()
+            uid = int(_status(child)["Uid"].split()[0])
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
         except OSError:
             continue
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
         found.append((child, uid, cmdline))
     return found
 
@@ -155,6 +167,23 @@ class Buildah:
         running = Running(name, process, log_path)
         self.running.append(running)
         return running
+
+    def start_pod(self, name: str, spec: dict[str, Any]) -> Running:
+        """Start a command as a Kubernetes container would run it (run_as_pod.py); stopped at the end."""
+        spec_path = self.logs / f"{name}.json"
+        spec_path.write_text(json.dumps(spec))
+        log_path = self.logs / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", sys.executable, str(RUN_AS_POD), str(spec_path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        running = Running(name, process, log_path)
+        self.running.append(running)
+        return running
+
+    def image_config(self, name: str) -> dict[str, Any]:
+        return json.loads(self("inspect", "--type", "image", name))["OCIv1"]["config"]
 
     def image_bytes(self, name: str) -> int:
         """The image's size: its layers, uncompressed, as its manifest lists them."""
@@ -337,3 +366,97 @@ def test_a_cancellation_through_the_image(
         assert {uid for _pid, uid, _cmd in processes} == {USER_ID}, processes
     deploy_report.append(f"image run: simulator, worker and API started and one cancellation done in "
                          f"{time.monotonic() - started:.0f} s")
+
+
+# -- the Kubernetes pods, emulated on the image -----------------------------------------------------
+def _pod(buildah: Buildah, root: Path, deployment: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """The run_as_pod.py spec of a Deployment's container: what its pod spec says, on this host."""
+    config = buildah.image_config(IMAGE)
+    security = k8s.pod_spec(deployment)["securityContext"]
+    uid, gid = security["runAsUser"], security["runAsGroup"]
+    passwd = {int(f[2]): f[5] for f in (line.split(":") for line in (root / "etc" / "passwd").read_text().splitlines())}
+    env = dict(item.split("=", 1) for item in config["Env"])
+    # As a container runtime does: HOME from the image's passwd, HOSTNAME the pod's name.
+    env |= {"HOME": passwd[uid], "HOSTNAME": f"{deployment['metadata']['name']}-0"}
+    env |= k8s.environment(deployment) | overrides
+    pod_root = buildah.logs / f"root-{deployment['metadata']['name']}"
+    pod_root.mkdir()
+    return {"image_root": str(root), "root": str(pod_root), "writable": k8s.empty_dirs(deployment), "uid": uid,
+            "gid": gid, "workdir": config["WorkingDir"], "env": env, "command": list(k8s.container(deployment)["command"])}
+
+
+def _root_mount_options(pid: int) -> tuple[set[str], dict[str, str]]:
+    """The options of a process's root mount, and the file system type of each mount below it."""
+    root, types = set(), {}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        parts = fields.split()
+        if parts[4] == "/":
+            root = set(parts[5].split(","))
+        types[parts[4]] = tail.split()[0]
+    return root, types
+
+
+def test_the_kubernetes_pods_run_on_the_image(
+    buildah: Buildah, image: str, image_root: Path, redis_url: str, deploy_report: list[str]
+) -> None:
+    started = time.monotonic()
+    sim_port, api_port = _free_port(), _free_port()
+    sim_url, api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
+    simulator = buildah.start("pod-simulator", ["ukcancel", "simulator", "--port", str(sim_port)], {})
+
+    # The Secret's placeholders and the ConfigMap's UKSSDC replaced, as an operator would.
+    overrides = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "UKSSDC_BASE_URL": sim_url,
+                 "UKCANCEL_RETRY_BASE_SECONDS": "0.05", "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5"}
+    pods = {}
+    for name, deployment in k8s.deployments().items():
+        spec = _pod(buildah, image_root, deployment, overrides)
+        if name == "ukcancel-api":
+            # The host's network: a free loopback port instead of 0.0.0.0:8000.
+            spec["command"][spec["command"].index("--bind") + 1] = f"127.0.0.1:{api_port}"
+        pods[name] = buildah.start_pod(name, spec)
+    parts = [simulator, *pods.values()]
+
+    _wait(lambda: _answers(f"{sim_url}/_sim/log"), "the simulator", parts)
+    _wait(lambda: _answers(f"{api_url}/readyz"), "the API pod's /readyz (a live worker pod)", parts)
+    created = buildah.run(["ukcancel", "token", "create", "--user", ASTRO], {"REDIS_URL": redis_url})
+    token = next(line.split()[1] for line in created.splitlines() if line.startswith("token:"))
+    client = Client(api_url, token, timeout=30)
+
+    # Through the HTTP API ...
+    assert client.cancel_products(1001, ["LightCurve"]) == (1, {"LightCurve": CANCELLED_OK})
+    # ... and through the command stream, which the stream consumer pod takes.
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    entry = store.xadd("ukcancel:commands", {"token": token, "job_id": "1001", "products": "psf",
+                                             "request_id": "pod-test"})
+
+    def accepted() -> str | None:
+        for _id, fields in store.xrange("ukcancel:commands:accepted"):
+            if fields.get("entry_id") == entry:
+                return fields["command_id"]
+        dead = store.xrange("ukcancel:deadletter")
+        assert not dead, dead
+        return None
+
+    command_id = _wait(accepted, "the stream consumer pod to accept the entry", parts)
+    assert as_tuple(client.wait(command_id, timeout=30, poll=10)) == (1, {"StandardPos": CANCELLED_OK})
+
+    # Each pod ran as its spec says (the user, no capabilities, no privilege escalation, a
+    # read-only root with only its emptyDirs writable), and none logged an error: gunicorn, for
+    # one, only logs it when it cannot make its control socket.
+    for name, running in pods.items():
+        running.alive()
+        errors = [line for line in running.log().splitlines() if "ERROR" in line or "Errno" in line]
+        assert not errors, f"{name}: {errors}"
+        pid = running.process.pid
+        for process in [pid, *(child for child, _uid, _cmd in _descendants(pid))]:
+            status = _status(process)
+            assert status["Uid"].split() == [str(USER_ID)] * 4 and status["Gid"].split() == [str(USER_ID)] * 4
+            assert status["NoNewPrivs"] == "1" and int(status["CapBnd"], 16) == 0 and int(status["CapEff"], 16) == 0
+        root_options, types = _root_mount_options(pid)
+        assert "ro" in root_options, f"{name}: the root file system is writable"
+        assert {path: types.get(path) for path in k8s.empty_dirs(k8s.deployments()[name])} == {
+            path: "tmpfs" for path in k8s.empty_dirs(k8s.deployments()[name])
+        }
+    deploy_report.append(f"Kubernetes pods emulated on the image: three parts started and two cancellations "
+                         f"(HTTP, stream) done in {time.monotonic() - started:.0f} s")

@@ -245,7 +245,7 @@ def image(buildah: Buildah, deploy_report: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def image_root(buildah: Buildah, image: str) -> Iterator[Path]:
-    """The image's file system, mounted read-only for inspection from the host."""
+    """The image's file system (a container's mount), to inspect from the host and to run the pods on."""
     container = buildah.container()
     yield Path(buildah("mount", container).strip())
     buildah("umount", container)

@@ -8,14 +8,12 @@ click error that names the argument, the file line or the item.
 Exit status: 0 when every command ended with status 1 or 2 (or was only submitted); 1 when any
 ended with -1 or 0, or the service refused or could not be reached; 2 for a usage error.
 
-Batch files: CSV with the header ``job_id,products``, products as ``LightCurve;StandardPos``
-(long or short names, ``;``-separated) or ``all`` (an empty cell is ``all`` too); or JSON, a
-list of ``{"job_id": ..., "products": ...}`` objects (or ``{"items": [...]}``).
+Batch files are read and validated, every item before anything is sent, by
+`ukcancel.cli.batch_file`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,10 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ukcancel.cli import load_settings
+from ukcancel.cli.batch_file import read_batch_file
 from ukcancel.client import TERMINAL, Client, ServiceError, as_tuple
 
 FAILED_STATUSES = (-1, 0)
-CSV_HEADER = ("job_id", "products")
 
 
 # -- talking to the service ----------------------------------------------------------------------
@@ -167,58 +165,6 @@ def wait_with_progress(client: Client, batch_id: str, as_json: bool) -> dict[str
         return client.wait_batch(batch_id, progress=update)
 
 
-# -- batch files -------------------------------------------------------------------------------------
-def read_batch_file(path: Path) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
-    """Items from a CSV or JSON file, and how to name item i in an error (its CSV line)."""
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
-    if suffix == ".csv":
-        return read_csv(text), lambda i: f"item {i} (line {i + 2})"
-    if suffix == ".json":
-        return read_json(text), lambda i: f"item {i}"
-    raise click.BadParameter(f"{path.name}: expected a .csv or .json file", param_hint="FILE")
-
-
-def read_csv(text: str) -> list[dict[str, Any]]:
-    rows = csv.reader(text.splitlines())
-    header = [cell.strip().lower() for cell in next(rows, [])]
-    if "job_id" not in header or not set(header) <= set(CSV_HEADER):
-        raise click.BadParameter(f"the CSV header must be {','.join(CSV_HEADER)} (products optional), not "
-                                 f"{','.join(header) or 'empty'}", param_hint="FILE")
-    items = []
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) > len(header):
-            raise click.BadParameter(f"line {line}: {len(row)} cells for a {len(header)}-column header",
-                                     param_hint="FILE")
-        cells = dict(zip(header, (cell.strip() for cell in row)))
-        job = cells.get("job_id", "")
-        products = cells.get("products", "") or "all"
-        items.append({
-            # Digits become a number; anything else is sent as it is for the service to refuse by line.
-            "job_id": int(job) if job.isdigit() else job,
-            "products": "all" if products == "all" else [p.strip() for p in products.split(";") if p.strip()],
-        })
-    if not items:
-        raise click.BadParameter("the CSV file has no items", param_hint="FILE")
-    return items
-
-
-def read_json(text: str) -> list[dict[str, Any]]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="FILE") from None
-    items = document.get("items") if isinstance(document, dict) else document
-    if not isinstance(items, list):
-        raise click.BadParameter('expected a JSON list of items or {"items": [...]}', param_hint="FILE")
-    return items
-
-
 # -- the commands ------------------------------------------------------------------------------------
 @click.command()
 @click.argument("jobs", metavar="JOB [JOB ...]", nargs=-1, required=True, type=click.INT)
@@ -265,14 +211,19 @@ def cancel(jobs: tuple[int, ...], products: str, user_id: str | None, wait: bool
 @service_options
 def batch(file: Path | None, all_active: bool, user_id: str | None, wait: bool, as_json: bool,
           api_url: str | None, token: str | None) -> None:
-    """Cancel many jobs from a CSV (job_id,products) or JSON FILE, or every active product (--all-active)."""
+    """Cancel many jobs from a CSV (job_id,products) or JSON FILE, or every active product (--all-active).
+
+    Every item of FILE is checked first; a bad one is reported by its index (and CSV line) and
+    nothing is submitted.
+    """
     if (file is None) == (not all_active):
         raise click.UsageError("give a FILE or --all-active (one of the two)")
-    items, name_item = read_batch_file(file) if file is not None else (None, str)
+    parsed = read_batch_file(file) if file is not None else None
+    items = parsed.items if parsed is not None else None
     client = connect(api_url, token)
 
     def blame(errors: list[dict[str, Any]]) -> str:
-        return field_messages(errors, name_item, {"items": "FILE", "user_id": "--user"})
+        return field_messages(errors, parsed.name_item if parsed else str, {"items": "FILE", "user_id": "--user"})
 
     with service_errors(api_url, blame):
         batch_id = client.submit_batch(items, all_active=all_active, user_id=user_id)

@@ -150,7 +150,7 @@ def _attach_subcommands() -> None:
 
     main.add_command(tokens.token)
     main.add_command(fleet.fleet)
-    for command in (commands.cancel, commands.batch, commands.status):
+    for command in (commands.cancel, commands.batch, commands.status, commands.list_commands, commands.withdraw):
         main.add_command(command)
     main.add_command(stream.stream_consumer)
 

@@ -306,3 +306,16 @@ def test_completion_offers_the_new_commands() -> None:
     env = {**os.environ, "_UKCANCEL_COMPLETE": "bash_complete", "COMP_WORDS": "ukcancel wi", "COMP_CWORD": "1"}
     result = subprocess.run([UKCANCEL], env=env, capture_output=True, text=True, timeout=60)
     assert "plain,withdraw" in result.stdout.splitlines()
+
+
+def test_ctrl_c_while_waiting_stops_the_wait_not_the_command(served_without_worker: Served, ukcancel: CliRun,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Client, "wait", interrupted)
+    result = ukcancel(served_without_worker, "cancel", "1001", "--wait")
+    assert result.exit_code == 130
+    command_id = FULL_ID.search(result.stderr).group(0)  # type: ignore[union-attr]
+    assert f"stopped waiting; it goes on in the service: `ukcancel status {command_id}`" in result.stderr
+    assert served_without_worker.runtime.registry.get(command_id).state == "queued"

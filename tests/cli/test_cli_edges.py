@@ -64,6 +64,17 @@ def test_list_prints_full_ids_newest_first_and_applies_the_apis_filters(served_w
     assert [c["id"] for c in listed("--cursor", cursor)] == ids[::-1][1:]
 
 
+def test_tables_sent_to_a_pipe_keep_whole_ids(served_without_worker: Served, ukcancel: CliRun) -> None:
+    """No terminal and no COLUMNS: Rich would fit 80 columns and cut ids; a pipe gets whole lines."""
+    api = served_without_worker
+    batch_id = client_of(api).submit_batch([(1001, ["LightCurve", "StandardPos"]), (1002, "all")])
+    command_ids = api.runtime.batches.command_ids(batch_id)
+    listing = ukcancel(api, "list", env={"COLUMNS": None})
+    assert sorted(FULL_ID.findall(listing.stdout)) == sorted([*command_ids, batch_id, batch_id])
+    items = ukcancel(api, "status", batch_id, "--items", env={"COLUMNS": None})
+    assert set(FULL_ID.findall(items.stdout)) == {batch_id, *command_ids}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

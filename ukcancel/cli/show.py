@@ -8,6 +8,8 @@ usage error; 3 when ``--timeout`` ran out before every command ended (and none h
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -22,6 +24,15 @@ FAILED_STATUSES = (-1, 0)
 # Result statuses in the order a summary lists them, with what each means.
 STATUS_MEANINGS = (("1", "cancelled"), ("2", "partly cancelled"), ("0", "not cancelled"), ("-1", "error or withdrawn"))
 ID_WIDTH = 32  # ids are printed whole, never folded or cut
+# Tables written to a pipe or a file: as wide as they need (no terminal to fit), so that grep and
+# scripts see whole lines and whole ids; Rich would otherwise assume 80 columns.
+PIPE_WIDTH = 400
+
+
+def table_console() -> Console:
+    """A console for stdout tables: the terminal's width, COLUMNS if set, else `PIPE_WIDTH`."""
+    fits_a_terminal = sys.stdout.isatty() or "COLUMNS" in os.environ
+    return Console(width=None if fits_a_terminal else PIPE_WIDTH)
 
 
 # -- rows: a command, or a batch item, as one line -----------------------------------------------------
@@ -77,18 +88,18 @@ def show_table(rows: list[dict[str, Any]], title: str = "Cancellations") -> None
             outcome_text(row.get("result"), row.get("state")),
             str(row.get("command_id") or ""),
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 def show_listing(commands: list[dict[str, Any]]) -> None:
     """`ukcancel list`: one line per command, newest first, with its full id."""
     table = Table(title="Cancel commands", show_lines=False)
     table.add_column("id", no_wrap=True, min_width=ID_WIDTH)
-    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("created (UTC)", no_wrap=True, min_width=19)
     for name in ("job", "products", "state", "status"):
         table.add_column(name, overflow="fold")
     table.add_column("outcome", overflow="fold", ratio=1)
-    table.add_column("batch", no_wrap=True)
+    table.add_column("batch", no_wrap=True, min_width=ID_WIDTH)
     for command in commands:
         row = command_row(command)
         table.add_row(
@@ -101,7 +112,7 @@ def show_listing(commands: list[dict[str, Any]]) -> None:
             outcome_text(row["result"], row["state"]),
             str(command.get("batch_id") or ""),
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 def created_text(value: Any) -> str:

@@ -5,12 +5,15 @@
     (1, {'LightCurve': {'code': 0, 'text': 'Job cancelled OK'}, 'StandardPos': {...}})
 
 Connection errors to the service itself are retried with back-off, and a 429 from the service
-is honoured by waiting for its Retry-After.
+is honoured by waiting for its Retry-After. An answer that is not this service's JSON (a web
+server's HTML page, a proxy's error) raises `UnexpectedAnswer`, never a decoding error.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +31,33 @@ class ServiceError(RuntimeError):
         super().__init__(f"HTTP {status}: {problem.get('detail') or problem.get('title')}")
         self.status = status
         self.problem = problem
+
+
+class UnexpectedAnswer(ServiceError):
+    """The URL answered, but not as this service does: not JSON, or JSON that is not its answer.
+
+    Most often the base URL names another server (its HTML 404 page) or a proxy in front of a
+    service that is down. `glimpse` is the page's title or first line, to recognise it by.
+    """
+
+    def __init__(self, status: int, url: str, content_type: str, body: str, reason: str = "") -> None:
+        self.url = url
+        self.content_type = content_type.split(";")[0].strip() or "no content type"
+        self.glimpse = _glimpse(body)
+        super().__init__(status, {"title": reason or "Unexpected answer", "detail": self.glimpse})
+        self.args = (f"{url} answered HTTP {status} ({self.content_type}), not as the ukssdc-cancel API does",)
+
+
+def _glimpse(body: str) -> str:
+    """An HTML page's <title>, or the first line of anything else, cut short."""
+    title = re.search(r"<title[^>]*>(.*?)</title>", body, flags=re.IGNORECASE | re.DOTALL)
+    text = title.group(1) if title else next((line for line in body.splitlines() if line.strip()), "")
+    return " ".join(text.split())[:80]
+
+
+def not_found(exc: ServiceError) -> bool:
+    """The service itself said 404 (an unknown id), not some other server's page."""
+    return exc.status == 404 and not isinstance(exc, UnexpectedAnswer)
 
 
 def as_tuple(command: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -50,6 +80,8 @@ class Client:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"the service URL must start with http:// or https://, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.connect_attempts = connect_attempts
@@ -72,13 +104,45 @@ class Client:
                 self.sleep(float(response.headers.get("Retry-After", "1") or 1))
                 continue
             if response.status_code >= 400:
-                try:
-                    problem = response.json()
-                except ValueError:
-                    problem = {"title": response.reason, "detail": response.text[:200]}
-                raise ServiceError(response.status_code, problem)
+                raise ServiceError(response.status_code, self._problem(response))
             return response
         raise AssertionError("unreachable")
+
+    def document(self, response: requests.Response, *required: str) -> dict[str, Any]:
+        """The JSON object of a successful answer, holding at least the `required` keys."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or any(key not in body for key in required):
+            raise self._unexpected(response)
+        return body
+
+    @classmethod
+    def _problem(cls, response: requests.Response) -> dict[str, Any]:
+        """An error answer's problem+json body; anything else is not this service speaking."""
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = None
+        if not isinstance(problem, dict) or not ("title" in problem or "detail" in problem):
+            raise cls._unexpected(response)
+        return problem
+
+    @staticmethod
+    def _unexpected(response: requests.Response) -> UnexpectedAnswer:
+        return UnexpectedAnswer(response.status_code, response.url, response.headers.get("Content-Type", ""),
+                                response.text[:2000], response.reason or "")
+
+    def readiness(self) -> dict[str, Any]:
+        """`GET /readyz`: ``{"status", "checks"}``, whether ready (200) or not (503).
+
+        Asked once, without retries: it is advice to show, not a step the caller depends on.
+        """
+        response = self.session.get(self.base_url + "/readyz", timeout=min(self.timeout, 10.0))
+        if response.status_code not in (200, 503):
+            raise ServiceError(response.status_code, self._problem(response))
+        return self.document(response, "status", "checks")
 
     # -- commands ---------------------------------------------------------------------------
     def submit(
@@ -97,16 +161,17 @@ class Client:
         if callback_url is not None:
             body["callback_url"] = callback_url
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self.request("POST", "/v1/cancellations", json=body, headers=headers).json()["id"]
+        return self.document(self.request("POST", "/v1/cancellations", json=body, headers=headers), "id")["id"]
 
     def get(self, command_id: str, wait: int = 0) -> dict[str, Any]:
-        return self.request("GET", f"/v1/cancellations/{command_id}", params={"wait": wait} if wait else None).json()
+        response = self.request("GET", f"/v1/cancellations/{command_id}", params={"wait": wait} if wait else None)
+        return self.document(response, "id", "state")
 
     def wait(self, command_id: str, timeout: float | None = None, poll: int = 60) -> dict[str, Any]:
         """The command once terminal (long polls of up to `poll` s), or as it is after `timeout` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = poll if deadline is None else max(0, min(poll, int(deadline - time.monotonic())))
+            remaining = _poll_seconds(poll, deadline)
             command = self.get(command_id, wait=remaining)
             if command["state"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
                 return command
@@ -124,17 +189,30 @@ class Client:
         return as_tuple(self.wait(command_id))
 
     def withdraw(self, command_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/cancellations/{command_id}").json()
+        return self.document(self.request("DELETE", f"/v1/cancellations/{command_id}"), "id", "state")
+
+    def list_page(self, **filters: Any) -> dict[str, Any]:
+        """One page of the caller's commands: ``{"items", "next_cursor"}``.
+
+        Filters are the query of ``GET /v1/cancellations``: state, job_id, created_after (a
+        datetime or ISO 8601 text), user_id, limit, cursor; None values are left out.
+        """
+        params = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in filters.items() if v is not None}
+        response = self.request("GET", "/v1/cancellations", params=params)
+        page = self.document(response, "items")
+        if not isinstance(page["items"], list):
+            raise self._unexpected(response)
+        return page
 
     def list(self, **filters: Any) -> Iterable[dict[str, Any]]:
         """The caller's commands, newest first, following the pagination cursor."""
-        params = {k: v for k, v in filters.items() if v is not None}
+        filters = dict(filters)
         while True:
-            page = self.request("GET", "/v1/cancellations", params=params).json()
+            page = self.list_page(**filters)
             yield from page["items"]
             if not page.get("next_cursor"):
                 return
-            params["cursor"] = page["next_cursor"]
+            filters["cursor"] = page["next_cursor"]
 
     # -- batches ----------------------------------------------------------------------------
     def submit_batch(
@@ -153,7 +231,7 @@ class Client:
         body: dict[str, Any] = {"all_active": True} if all_active else {"items": [_batch_item(i) for i in items or ()]}
         if user_id is not None:
             body["user_id"] = user_id
-        return self.request("POST", "/v1/batches", json=body).json()["id"]
+        return self.document(self.request("POST", "/v1/batches", json=body), "id")["id"]
 
     def get_batch(
         self, batch_id: str, wait: int = 0, cursor: str | None = None, limit: int | None = None
@@ -166,7 +244,8 @@ class Client:
             params["cursor"] = cursor
         if limit is not None:
             params["limit"] = limit
-        return self.request("GET", f"/v1/batches/{batch_id}", params=params or None).json()
+        response = self.request("GET", f"/v1/batches/{batch_id}", params=params or None)
+        return self.document(response, "id", "state", "total", "counts", "results", "items")
 
     def batch_items(self, batch_id: str) -> Iterable[dict[str, Any]]:
         """Every item of the batch, in order, following the pagination cursor."""
@@ -183,33 +262,44 @@ class Client:
         batch_id: str,
         progress: Callable[[dict[str, Any]], None] | None = None,
         timeout: float | None = None,
+        items: bool = True,
     ) -> dict[str, Any]:
         """The batch once every item is terminal (or it failed), with all its items.
 
         Long polls of up to 60 s; with a `progress` callback, which is handed each view as it
-        comes, the polls are shorter so the caller can show progress.
+        comes, the polls are shorter so the caller can show progress. After `timeout` s the
+        batch is returned as it stands. With `items=False` the view carries no items (its
+        counts cover them all), which spares reading a large batch page by page.
         """
         poll = PROGRESS_POLL_SECONDS if progress is not None else 60
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = poll if deadline is None else max(0, min(poll, int(deadline - time.monotonic())))
+            remaining = _poll_seconds(poll, deadline)
             view = self.get_batch(batch_id, wait=remaining, limit=1)
             if progress is not None:
                 progress(view)
             if view["state"] in BATCH_ENDED or (deadline is not None and time.monotonic() >= deadline):
                 break
-        view["items"] = list(self.batch_items(batch_id))
+        view["items"] = list(self.batch_items(batch_id)) if items else []
         view["next_cursor"] = None
         return view
 
     def withdraw_batch(self, batch_id: str) -> dict[str, Any]:
         """Withdraw every item of the batch that has not started."""
-        return self.request("DELETE", f"/v1/batches/{batch_id}").json()
+        return self.document(self.request("DELETE", f"/v1/batches/{batch_id}"), "id", "state", "counts")
 
 
 BATCH_ENDED = ("completed", "failed")
 BATCH_PAGE = 1000
 PROGRESS_POLL_SECONDS = 2
+
+
+def _poll_seconds(poll: int, deadline: float | None) -> int:
+    """The next long poll's `wait`: whole seconds (the API's unit), rounded up so that a
+    fraction of a second left is one short poll rather than a busy loop of zero-second ones."""
+    if deadline is None:
+        return poll
+    return max(0, min(poll, math.ceil(deadline - time.monotonic())))
 
 
 def _batch_item(item: Mapping[str, Any] | tuple[int, str | Sequence[str]]) -> dict[str, Any]:

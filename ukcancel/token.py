@@ -21,6 +21,7 @@ from ukcancel import keys
 from ukcancel.store import as_text, as_text_dict
 
 TOKEN_PREFIX = "ukc_"
+PREFIX_LENGTH = len(TOKEN_PREFIX) + 6  # the start of a token kept in its record, to recognise it
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -83,7 +84,7 @@ class TokenRegistry:
     def create(self, user_id: str, name: str | None = None, admin: bool = False) -> tuple[str, TokenRecord]:
         """A new token (returned once, never stored) and its record."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        prefix = token[: len(TOKEN_PREFIX) + 6]
+        prefix = token[:PREFIX_LENGTH]
         name = name or f"{user_id.split('@')[0]}-{prefix[len(TOKEN_PREFIX):]}"
         if not NAME_PATTERN.match(name):
             raise TokenError(f"token name {name!r} must be 1-64 letters, digits or ._@-")
@@ -129,10 +130,20 @@ class TokenRegistry:
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
 
     def revoke(self, name_or_prefix: str) -> TokenRecord:
-        """Revoke the token with this name, or the only token whose prefix starts with it."""
-        matches = [r for r in self.list() if r.name == name_or_prefix]
-        if not matches and len(name_or_prefix) >= len(TOKEN_PREFIX) + 4:
+        """Revoke the token with this name, the only token whose prefix starts with it, or the
+        token itself, whole (a leaked one pasted in: found by its digest, like a request)."""
+        if not name_or_prefix.startswith(TOKEN_PREFIX):  # names cannot contain "_"
+            matches = [r for r in self.list() if r.name == name_or_prefix]
+        elif len(name_or_prefix) > PREFIX_LENGTH:
+            whole = self.verify(name_or_prefix)
+            if whole is None:
+                # Never echo what may be a whole token back into a terminal or a log.
+                raise TokenError(f"{name_or_prefix[:PREFIX_LENGTH]}... is not a valid token (revoked already?)")
+            matches = [whole]
+        elif len(name_or_prefix) >= len(TOKEN_PREFIX) + 4:
             matches = [r for r in self.list() if r.prefix.startswith(name_or_prefix)]
+        else:
+            matches = []
         if len(matches) != 1:
             raise TokenError(f"no single token matches {name_or_prefix!r} ({len(matches)} found)")
         record = matches[0]

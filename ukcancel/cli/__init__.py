@@ -38,31 +38,65 @@ def demo() -> None:
               help="gunicorn worker processes (with REDIS_URL).")
 @click.option("--local-user", default=LOCAL_USER, show_default=True,
               help="Embedded mode only: the UKSSDC UserID of the token printed at start-up.")
-def serve(host: str, port: int, workers: int, local_user: str) -> None:
+@click.option("--simulator", "with_simulator", is_flag=True,
+              help="Embedded mode only: start the built-in UKSSDC simulator and send every call to it, "
+                   "not to the UKSSDC.")
+def serve(host: str, port: int, workers: int, local_user: str, with_simulator: bool) -> None:
     """Run the HTTP API (with an embedded store and worker when REDIS_URL is unset)."""
     settings = load_settings()
     if settings.embedded:
-        _serve_embedded(settings, host, port, local_user)
+        _serve_embedded(settings, host, port, local_user, with_simulator)
+    elif with_simulator:
+        raise click.UsageError("--simulator is for the embedded mode (no REDIS_URL); with REDIS_URL run "
+                               "`ukcancel simulator` and set UKSSDC_BASE_URL for the workers")
     else:
         from ukcancel.cli.gunicorn_server import run_gunicorn
 
         run_gunicorn(host, port, workers)
 
 
-def _serve_embedded(settings: Settings, host: str, port: int, local_user: str) -> None:
+def warn_production_target(base_url: str, user_id: str) -> None:
+    """Loudly, on stderr: an embedded trial would cancel real jobs at the UKSSDC with a local token."""
+    from rich.console import Console
+    from rich.panel import Panel
+
+    Console(stderr=True).print(Panel(
+        "This embedded service sends its cancellations to the PRODUCTION UKSSDC:\n"
+        f"  {base_url}\n"
+        f"Real jobs of {user_id} are cancelled there by anyone holding the local token below.\n"
+        "For a trial, run `ukcancel serve --simulator` instead (or set UKSSDC_BASE_URL).",
+        title="WARNING: production UKSSDC", border_style="bold red", style="bold",
+    ))
+
+
+def _serve_embedded(settings: Settings, host: str, port: int, local_user: str, with_simulator: bool) -> None:
+    from contextlib import ExitStack
+
     from werkzeug.serving import make_server
 
     from ukcancel.assemble import create_api, create_runtime
     from ukcancel.embedded import EmbeddedWorker
+    from ukcancel.settings import PRODUCTION_BASE_URL
+    from ukcancel.simulator import SimulatorServer, SimulatorState
     from ukcancel.stream import CommandStreamConsumer
 
-    runtime = create_runtime(settings)
-    token, record = runtime.tokens.create(local_user, name="local")
-    app = create_api(runtime=runtime)
-    click.echo("REDIS_URL is not set: running with an embedded in-memory store and worker (nothing is kept).")
-    click.echo(f"UKSSDC base URL: {settings.ukssdc_base_url}")
-    click.echo(f"Token for {record.user_id} (shown once): {token}")
-    with EmbeddedWorker(runtime), CommandStreamConsumer(runtime, "embedded").running():
+    with ExitStack() as running:
+        if with_simulator:
+            simulator = running.enter_context(SimulatorServer(SimulatorState(), host="127.0.0.1"))
+            settings = settings.replace(ukssdc_base_url=simulator.base_url)
+        runtime = create_runtime(settings)
+        token, record = runtime.tokens.create(local_user, name="local")
+        app = create_api(runtime=runtime)
+        click.echo("REDIS_URL is not set: running with an embedded in-memory store and worker (nothing is kept).")
+        if with_simulator:
+            click.echo(f"UKSSDC base URL: {settings.ukssdc_base_url} (the built-in simulator; the UKSSDC is never called)")
+        else:
+            click.echo(f"UKSSDC base URL: {settings.ukssdc_base_url}")
+            if settings.ukssdc_base_url.rstrip("/") == PRODUCTION_BASE_URL:
+                warn_production_target(settings.ukssdc_base_url, record.user_id)
+        click.echo(f"Token for {record.user_id} (shown once): {token}")
+        running.enter_context(EmbeddedWorker(runtime))
+        running.enter_context(CommandStreamConsumer(runtime, "embedded").running())
         server = make_server(host, port, app, threaded=True)
         click.echo(f"API listening on http://{host}:{server.server_port}")
         try:
@@ -109,7 +143,7 @@ def _attach_subcommands() -> None:
 
     main.add_command(tokens.token)
     main.add_command(fleet.fleet)
-    for command in (commands.cancel, commands.batch, commands.status):
+    for command in (commands.cancel, commands.batch, commands.status, commands.list_commands, commands.withdraw):
         main.add_command(command)
     main.add_command(stream.stream_consumer)
 

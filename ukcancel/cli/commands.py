@@ -1,259 +1,184 @@
-"""`ukcancel cancel`, `ukcancel batch`, `ukcancel status`: the service's client on the command line.
+"""`ukcancel cancel / batch / status / list / withdraw`: the service's client on the command line.
 
 They talk HTTP to the service at ``--api-url`` (``UKCANCEL_API_URL``, default
 http://127.0.0.1:8000) with ``--token`` (``UKCANCEL_TOKEN``). Results are a table, or JSON with
-``--json`` for scripts. The service validates what is sent; its answer is turned back into a
-click error that names the argument, the file line or the item.
+``--json`` for scripts. Arguments and batch files are checked before anything is sent; what the
+service still refuses is turned back into a click error that names the argument or the item.
 
-Exit status: 0 when every command ended with status 1 or 2 (or was only submitted); 1 when any
-ended with -1 or 0, or the service refused or could not be reached; 2 for a usage error.
+A batch is shown as a summary (counts by state and by result, ETA) whatever its size; its items
+are listed with ``--items``, or only those not fully cancelled with ``--failed-only``. Commands
+and batches are named by their full id or a unique start of it (`ukcancel.cli.ids`).
 
-Batch files: CSV with the header ``job_id,products``, products as ``LightCurve;StandardPos``
-(long or short names, ``;``-separated) or ``all`` (an empty cell is ``all`` too); or JSON, a
-list of ``{"job_id": ..., "products": ...}`` objects (or ``{"items": [...]}``).
+Exit status: see `ukcancel.cli.show` (0 done, 1 failed or refused, 2 usage, 3 timed out).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ukcancel.cli.config import load_settings
-from ukcancel.client import Client, ServiceError, as_tuple
-from ukcancel.command import TERMINAL
+from ukcancel import products as product_names
+from ukcancel.cli.batch_file import read_batch_file
+from ukcancel.cli.connection import connect, field_messages, service_errors, service_options, warn_if_no_worker
+from ukcancel.cli.ids import COMMAND, resolve
+from ukcancel.cli.show import finish_batch, finish_command, not_fully_cancelled, show_listing
+from ukcancel.client import Client, ServiceError
+from ukcancel.command import STATES, TERMINAL
+from ukcancel.schemas import MAX_JOB_ID
 
-FAILED_STATUSES = (-1, 0)
-CSV_HEADER = ("job_id", "products")
+# `batch --wait` and `cancel --wait` list the items as well as the summary up to this size.
+SMALL_BATCH = 100
+LIST_DEFAULT_LIMIT = 50
+LIST_MAX_LIMIT = 200  # the API's largest page
+INTERRUPTED = 130  # the shell's status for Ctrl-C
+TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 
 
-# -- talking to the service ----------------------------------------------------------------------
-def service_options(command: Callable[..., Any]) -> Callable[..., Any]:
+# -- shared options ------------------------------------------------------------------------------------
+class ProductsParam(click.ParamType):
+    """``all`` or comma-separated long or short product names; loads to long names or "all"."""
+
+    name = "PRODUCTS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | list[str]:
+        if isinstance(value, list):
+            return value
+        text = str(value).strip()
+        if text.lower() == product_names.ALL:
+            return product_names.ALL
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            self.fail("name at least one product, or all", param, ctx)
+        try:
+            return product_names.normalise(names)
+        except product_names.UnknownProduct as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
-        "--token", default=None, help="Bearer token (default: UKCANCEL_TOKEN)."
-    )(command)
-    command = click.option(
-        "--api-url", default=None, help="The service's base URL (default: UKCANCEL_API_URL or http://127.0.0.1:8000)."
+        "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+        help="With --wait: stop waiting after this long (exit 3 if not everything has ended).",
     )(command)
     return command
 
 
-def connect(api_url: str | None, token: str | None) -> Client:
-    settings = load_settings()
-    token = token or settings.token
-    if not token:
-        raise click.UsageError("no token: pass --token or set UKCANCEL_TOKEN (see `ukcancel token create`)")
-    return Client(api_url or settings.api_url, token, connect_attempts=2)
+def item_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--failed-only", is_flag=True,
+        help="List only the items not fully cancelled (status -1, 0 or 2).",
+    )(command)
+    command = click.option("--items", "all_items", is_flag=True, help="List every item of a batch, not only its summary.")(
+        command
+    )
+    return command
+
+
+def check_timeout(wait: bool, timeout: float | None) -> None:
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout bounds a wait: give it with --wait")
 
 
 @contextmanager
-def service_errors(api_url: str | None, blame: Callable[[list[dict[str, Any]]], str | None] | None = None) -> Iterator[None]:
-    """Turn the service's refusals and an unreachable service into click errors, never a traceback.
-
-    `blame` turns a 422's field errors into the message of a usage error (exit 2); other
-    refusals are plain errors (exit 1).
-    """
+def waiting_on(identifier: str) -> Iterator[None]:
+    """Ctrl-C while waiting stops the wait, not the command: say how to look at it later."""
     try:
         yield
-    except ServiceError as exc:
-        errors = exc.problem.get("errors") or []
-        if exc.status == 422 and blame is not None and errors:
-            message = blame(errors)
-            if message:
-                raise click.UsageError(message) from None
-        detail = exc.problem.get("detail") or exc.problem.get("title") or "no detail"
-        raise click.ClickException(f"the service refused (HTTP {exc.status}): {detail}") from None
-    except requests.RequestException as exc:
-        raise click.ClickException(f"cannot reach the service at {api_url or load_settings().api_url}: {exc}") from None
-    except ValueError as exc:  # a body that is not JSON: not this service
-        raise click.ClickException(f"unexpected answer from the service: {exc}") from None
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; it goes on in the service: `ukcancel status {identifier}`", err=True)
+        click.get_current_context().exit(INTERRUPTED)
 
 
-def field_messages(errors: list[dict[str, Any]], name_item: Callable[[int], str] | None = None,
-                   names: dict[str, str] | None = None) -> str:
-    """'JOB: Must be greater ...' lines from problem+json pointers."""
-    lines = []
-    for error in errors:
-        parts = error.get("pointer", "/").strip("/").split("/")
-        if parts[0] == "items" and len(parts) >= 2 and parts[1].isdigit() and name_item is not None:
-            where = f"{name_item(int(parts[1]))}, {'/'.join(parts[2:]) or 'item'}"
-        else:
-            where = (names or {}).get(parts[0], "/".join(parts) or "request")
-        lines.append(f"{where}: {error.get('detail')}")
-    return "\n".join(lines)
+# -- waiting and showing -----------------------------------------------------------------------------------
+def wait_for_command(client: Client, command_id: str, timeout: float | None) -> dict[str, Any]:
+    warn_if_no_worker(client)
+    with waiting_on(command_id):
+        return client.wait(command_id, timeout=timeout)
 
 
-# -- showing results -----------------------------------------------------------------------------
-def outcome_text(result: list[Any] | None, state: str | None) -> str:
-    if result is None:
-        return state or "expired"
-    status, detail = result
-    if "ERROR" in detail and len(detail) == 1:
-        return str(detail["ERROR"])
-    return "; ".join(f"{name} {entry.get('code')}: {entry.get('text')}" for name, entry in detail.items())
+def wait_for_batch(client: Client, batch_id: str, as_json: bool, timeout: float | None) -> dict[str, Any]:
+    """Wait for a batch (its view without items); a live progress bar on stderr unless the output is JSON."""
+    warn_if_no_worker(client)
+    with waiting_on(batch_id):
+        if as_json:
+            return client.wait_batch(batch_id, timeout=timeout, items=False)
+        with Progress(
+            TextColumn("[bold]batch {task.fields[batch_id]}[/] {task.fields[state]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            console=Console(stderr=True),
+        ) as bar:
+            task: TaskID = bar.add_task("batch", total=None, batch_id=batch_id, state="", eta="")
+
+            def update(view: dict[str, Any]) -> None:
+                counts = view.get("counts", {})
+                done = sum(counts.get(state, 0) for state in TERMINAL)
+                eta = view.get("eta_seconds")
+                bar.update(task, total=view.get("total") or None, completed=done, state=view.get("state", ""),
+                           eta=f"eta {eta:.0f} s" if eta is not None else "")
+
+            return client.wait_batch(batch_id, progress=update, timeout=timeout, items=False)
 
 
-def show_table(rows: list[dict[str, Any]]) -> None:
-    """One line per command: job, products, state, tuple status and what each product came to."""
-    table = Table(title="Cancellations", show_lines=False)
-    for column in ("#", "job", "products", "state", "status", "outcome"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        result = row.get("result")
-        products = row.get("products")
-        table.add_row(
-            str(row.get("index", "")),
-            str(row.get("job_id")),
-            products if isinstance(products, str) else ",".join(products or []),
-            str(row.get("state")),
-            "" if result is None else str(result[0]),
-            outcome_text(result, row.get("state")),
-        )
-    Console().print(table)
+def batch_rows(client: Client, view: dict[str, Any], all_items: bool, failed_only: bool,
+               as_json: bool, small_by_default: bool) -> list[dict[str, Any]] | None:
+    """The items to print (all of them, or --failed-only's), or None for the summary alone.
 
-
-def command_row(command: dict[str, Any]) -> dict[str, Any]:
-    """A single command shown like a batch item (its result as the client's tuple once terminal)."""
-    result = list(as_tuple(command)) if command["state"] in TERMINAL else None
-    return {"index": 0, "job_id": command["job_id"], "products": command["products"],
-            "state": command["state"], "result": result}
-
-
-def any_failed(rows: list[dict[str, Any]]) -> bool:
-    return any(row.get("result") is not None and row["result"][0] in FAILED_STATUSES for row in rows)
-
-
-def finish(rows: list[dict[str, Any]], document: dict[str, Any], as_json: bool) -> NoReturn:
-    """Print the outcome and end the command with its exit status."""
-    if as_json:
-        click.echo(json.dumps(document, indent=2))
-    else:
-        if document.get("state") == "failed" and document.get("error"):
-            click.echo(f"batch failed: {document['error']}", err=True)
-        show_table(rows)
-    failed = any_failed(rows) or document.get("state") == "failed"
-    click.get_current_context().exit(1 if failed else 0)
-
-
-def wait_with_progress(client: Client, batch_id: str, as_json: bool) -> dict[str, Any]:
-    """Wait for a batch; a live progress bar on stderr unless the output is JSON."""
-    if as_json:
-        return client.wait_batch(batch_id)
-    with Progress(
-        TextColumn("[bold]batch {task.fields[short_id]}[/] {task.fields[state]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[eta]}"),
-        console=Console(stderr=True),
-    ) as bar:
-        task: TaskID = bar.add_task("batch", total=None, short_id=batch_id[:8], state="", eta="")
-
-        def update(view: dict[str, Any]) -> None:
-            counts = view.get("counts", {})
-            done = sum(counts.get(state, 0) for state in TERMINAL)
-            eta = view.get("eta_seconds")
-            bar.update(task, total=view.get("total") or None, completed=done, state=view.get("state", ""),
-                       eta=f"eta {eta:.0f} s" if eta is not None else "")
-
-        return client.wait_batch(batch_id, progress=update)
-
-
-# -- batch files -------------------------------------------------------------------------------------
-def read_batch_file(path: Path) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
-    """Items from a CSV or JSON file, and how to name item i in an error (its CSV line)."""
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
-    if suffix == ".csv":
-        return read_csv(text), lambda i: f"item {i} (line {i + 2})"
-    if suffix == ".json":
-        return read_json(text), lambda i: f"item {i}"
-    raise click.BadParameter(f"{path.name}: expected a .csv or .json file", param_hint="FILE")
-
-
-def read_csv(text: str) -> list[dict[str, Any]]:
-    rows = csv.reader(text.splitlines())
-    header = [cell.strip().lower() for cell in next(rows, [])]
-    if "job_id" not in header or not set(header) <= set(CSV_HEADER):
-        raise click.BadParameter(f"the CSV header must be {','.join(CSV_HEADER)} (products optional), not "
-                                 f"{','.join(header) or 'empty'}", param_hint="FILE")
-    items = []
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) > len(header):
-            raise click.BadParameter(f"line {line}: {len(row)} cells for a {len(header)}-column header",
-                                     param_hint="FILE")
-        cells = dict(zip(header, (cell.strip() for cell in row)))
-        job = cells.get("job_id", "")
-        products = cells.get("products", "") or "all"
-        items.append({
-            # Digits become a number; anything else is sent as it is for the service to refuse by line.
-            "job_id": int(job) if job.isdigit() else job,
-            "products": "all" if products == "all" else [p.strip() for p in products.split(";") if p.strip()],
-        })
-    if not items:
-        raise click.BadParameter("the CSV file has no items", param_hint="FILE")
-    return items
-
-
-def read_json(text: str) -> list[dict[str, Any]]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="FILE") from None
-    items = document.get("items") if isinstance(document, dict) else document
-    if not isinstance(items, list):
-        raise click.BadParameter('expected a JSON list of items or {"items": [...]}', param_hint="FILE")
-    return items
+    JSON carries every item unless --failed-only; a table only when asked for (or, after a
+    wait, for a small batch), so a 10,000-item batch is a summary unless --items says otherwise.
+    """
+    small = small_by_default and view.get("total", 0) <= SMALL_BATCH
+    if not (as_json or all_items or failed_only or small):
+        return None
+    items = list(client.batch_items(view["id"]))
+    return [item for item in items if not_fully_cancelled(item)] if failed_only else items
 
 
 # -- the commands ------------------------------------------------------------------------------------
 @click.command()
-@click.argument("jobs", metavar="JOB [JOB ...]", nargs=-1, required=True, type=click.INT)
-@click.option("--products", default="all", show_default=True,
-              help="Comma-separated product names (e.g. LightCurve,StandardPos), or all.")
+@click.argument("jobs", metavar="JOB [JOB ...]", nargs=-1, required=True, type=click.IntRange(1, MAX_JOB_ID))
+@click.option("--products", "what", default="all", show_default=True, type=ProductsParam(),
+              help="Comma-separated product names (e.g. LightCurve,StandardPos or lc,psf), or all.")
 @click.option("--user", "user_id", default=None, help="The UKSSDC user the jobs belong to (admin tokens).")
 @click.option("--wait", is_flag=True, help="Wait for the outcome and show it.")
+@wait_options
+@item_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @service_options
-def cancel(jobs: tuple[int, ...], products: str, user_id: str | None, wait: bool, as_json: bool,
-           api_url: str | None, token: str | None) -> None:
+def cancel(jobs: tuple[int, ...], what: str | list[str], user_id: str | None, wait: bool, timeout: float | None,
+           all_items: bool, failed_only: bool, as_json: bool, api_url: str | None, token: str | None) -> None:
     """Cancel products of one or more jobs (several jobs go as one batch)."""
-    what: str | list[str] = "all" if products.strip() == "all" else [p.strip() for p in products.split(",") if p.strip()]
+    check_timeout(wait, timeout)
     client = connect(api_url, token)
     names = {"job_id": "JOB", "products": "--products", "user_id": "--user"}
 
     def blame(errors: list[dict[str, Any]]) -> str:
         return field_messages(errors, lambda i: f"JOB {jobs[i]}", names)
 
-    with service_errors(api_url, blame):
+    with service_errors(client, blame):
         if len(jobs) == 1:
             command_id = client.submit(jobs[0], what, user_id=user_id)
             if not wait:
                 emit_submitted({"id": command_id, "kind": "command"}, as_json)
                 return
-            command = client.wait(command_id)
-            rows = [command_row(command)]
-            finish(rows, command, as_json)
+            finish_command(wait_for_command(client, command_id, timeout), as_json, waited=True)
         batch_id = client.submit_batch([{"job_id": job, "products": what} for job in jobs], user_id=user_id)
         if not wait:
             emit_submitted({"id": batch_id, "kind": "batch", "total": len(jobs)}, as_json)
             return
-        view = wait_with_progress(client, batch_id, as_json)
-    finish(view["items"], view, as_json)
+        view = wait_for_batch(client, batch_id, as_json, timeout)
+        rows = batch_rows(client, view, all_items, failed_only, as_json, small_by_default=True)
+    finish_batch(view, rows, as_json, waited=True)
 
 
 @click.command()
@@ -262,55 +187,165 @@ def cancel(jobs: tuple[int, ...], products: str, user_id: str | None, wait: bool
 @click.option("--all-active", is_flag=True, help="Cancel every product of your jobs that is still being built.")
 @click.option("--user", "user_id", default=None, help="The UKSSDC user the jobs belong to (admin tokens).")
 @click.option("--wait", is_flag=True, help="Wait for the whole batch, with a progress bar, and show the outcomes.")
+@wait_options
+@item_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (no progress bar).")
 @service_options
-def batch(file: Path | None, all_active: bool, user_id: str | None, wait: bool, as_json: bool,
-          api_url: str | None, token: str | None) -> None:
-    """Cancel many jobs from a CSV (job_id,products) or JSON FILE, or every active product (--all-active)."""
+def batch(file: Path | None, all_active: bool, user_id: str | None, wait: bool, timeout: float | None,
+          all_items: bool, failed_only: bool, as_json: bool, api_url: str | None, token: str | None) -> None:
+    """Cancel many jobs from a CSV (job_id,products) or JSON FILE, or every active product (--all-active).
+
+    Every item of FILE is checked first; a bad one is reported by its index (and CSV line) and
+    nothing is submitted.
+    """
     if (file is None) == (not all_active):
         raise click.UsageError("give a FILE or --all-active (one of the two)")
-    items, name_item = read_batch_file(file) if file is not None else (None, str)
+    check_timeout(wait, timeout)
+    parsed = read_batch_file(file) if file is not None else None
     client = connect(api_url, token)
 
     def blame(errors: list[dict[str, Any]]) -> str:
-        return field_messages(errors, name_item, {"items": "FILE", "user_id": "--user"})
+        return field_messages(errors, parsed.name_item if parsed else str, {"items": "FILE", "user_id": "--user"})
 
-    with service_errors(api_url, blame):
+    with service_errors(client, blame):
+        items = parsed.items if parsed is not None else None
         batch_id = client.submit_batch(items, all_active=all_active, user_id=user_id)
         if not wait:
             emit_submitted({"id": batch_id, "kind": "batch", "total": len(items) if items else None}, as_json)
             return
-        view = wait_with_progress(client, batch_id, as_json)
-    finish(view["items"], view, as_json)
+        view = wait_for_batch(client, batch_id, as_json, timeout)
+        rows = batch_rows(client, view, all_items, failed_only, as_json, small_by_default=True)
+    finish_batch(view, rows, as_json, waited=True)
 
 
 @click.command()
 @click.argument("identifier", metavar="ID")
+@click.option("--wait", is_flag=True, help="Wait until the command (every item of the batch) has ended.")
+@wait_options
+@item_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @service_options
-def status(identifier: str, as_json: bool, api_url: str | None, token: str | None) -> None:
-    """Show a cancel command or a batch by its id (exit 1 if any command ended with -1 or 0)."""
+def status(identifier: str, wait: bool, timeout: float | None, all_items: bool, failed_only: bool, as_json: bool,
+           api_url: str | None, token: str | None) -> None:
+    """Show a cancel command or a batch by its id, or a unique start of it.
+
+    A batch is shown as a summary; --items lists its items, --failed-only those not fully
+    cancelled. Exit 1 if any command ended with -1 or 0.
+    """
+    check_timeout(wait, timeout)
     client = connect(api_url, token)
-    with service_errors(api_url):
-        try:
-            command = client.get(identifier)
-        except ServiceError as exc:
-            if exc.status != 404:
-                raise
-        else:
-            finish([command_row(command)], command, as_json)
-        try:
-            view = client.get_batch(identifier)
-        except ServiceError as exc:
-            if exc.status == 404:
-                raise click.ClickException(f"no cancel command or batch {identifier} visible to this token") from None
-            raise
-        view["items"] = list(client.batch_items(identifier))
-        view["next_cursor"] = None
-    if not as_json:
-        counts = ", ".join(f"{state} {n}" for state, n in view["counts"].items() if n)
-        click.echo(f"batch {view['id']}: {view['state']}, {view['total']} items ({counts or 'none yet'})", err=True)
-    finish(view["items"], view, as_json)
+    with service_errors(client):
+        target = resolve(client, identifier)
+        if target.kind == COMMAND:
+            command = client.get(target.id)
+            if wait and command["state"] not in TERMINAL:
+                command = wait_for_command(client, target.id, timeout)
+            finish_command(command, as_json, waited=wait)
+        view = client.get_batch(target.id, limit=1)
+        if wait and view["state"] not in ("completed", "failed"):
+            view = wait_for_batch(client, target.id, as_json, timeout)
+        rows = batch_rows(client, view, all_items, failed_only, as_json, small_by_default=False)
+    finish_batch(view, rows, as_json, waited=wait)
+
+
+@click.command("list")
+@click.option("--state", type=click.Choice(STATES), default=None, help="Only commands in this state.")
+@click.option("--job", "job_id", type=click.IntRange(1, MAX_JOB_ID), default=None, help="Only commands for this JobID.")
+@click.option("--created-after", type=click.DateTime(TIME_FORMATS), default=None, metavar="TIME",
+              help="Only commands created after this time (UTC unless it has an offset), e.g. 2026-11-20T10:00:00.")
+@click.option("--user", "user_id", default=None,
+              help="Admin tokens: only this UKSSDC user's commands (default: every user's).")
+@click.option("--limit", type=click.IntRange(1, LIST_MAX_LIMIT), default=None,
+              help=f"Commands to show (default {LIST_DEFAULT_LIMIT}, at most {LIST_MAX_LIMIT}).")
+@click.option("--cursor", default=None, help="Carry on from where a previous listing stopped (its next cursor).")
+@click.option("--all", "all_pages", is_flag=True, help="Every matching command, following every page.")
+@click.option("--json", "as_json", is_flag=True, help='Print JSON ({"items", "next_cursor"}) instead of a table.')
+@service_options
+def list_commands(state: str | None, job_id: int | None, created_after: datetime | None, user_id: str | None,
+                  limit: int | None, cursor: str | None, all_pages: bool, as_json: bool, api_url: str | None,
+                  token: str | None) -> None:
+    """List your cancel commands, newest first (an admin token: every user's)."""
+    if all_pages and limit is not None:
+        raise click.UsageError("--all lists every command; --limit only some: give one of them")
+    client = connect(api_url, token)
+    filters = {"state": state, "job_id": job_id, "created_after": created_after, "user_id": user_id}
+    names = {"state": "--state", "job_id": "--job", "created_after": "--created-after", "user_id": "--user",
+             "limit": "--limit", "cursor": "--cursor"}
+    with service_errors(client, lambda errors: field_messages(errors, names=names)):
+        wanted = None if all_pages else (limit or LIST_DEFAULT_LIMIT)
+        commands, next_cursor = collect_commands(client, filters, cursor, wanted)
+    if as_json:
+        click.echo(json.dumps({"items": commands, "next_cursor": next_cursor}, indent=2))
+        return
+    show_listing(commands)
+    if next_cursor:
+        click.echo(f"{len(commands)} shown; more with --cursor {next_cursor} (or --all)", err=True)
+    else:
+        click.echo(f"{len(commands)} commands", err=True)
+
+
+def collect_commands(client: Client, filters: dict[str, Any], cursor: str | None,
+                     wanted: int | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to `wanted` commands (None: all), and the cursor after them.
+
+    With filters the API may answer a short page before the end (it scans a bounded number of
+    entries per request), so pages are followed until `wanted` commands are in hand.
+    """
+    commands: list[dict[str, Any]] = []
+    while True:
+        size = LIST_MAX_LIMIT if wanted is None else wanted - len(commands)
+        page = client.list_page(**filters, limit=size, cursor=cursor)
+        commands.extend(page["items"])
+        cursor = page.get("next_cursor")
+        if not cursor or (wanted is not None and len(commands) >= wanted):
+            return commands, cursor
+
+
+@click.command()
+@click.argument("identifier", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the withdrawn command (or the batch) as JSON.")
+@service_options
+def withdraw(identifier: str, as_json: bool, api_url: str | None, token: str | None) -> None:
+    """Withdraw a queued command, or every queued item of a batch, before it reaches the UKSSDC.
+
+    ID is a command or batch id, or a unique start of it. A command that has started is not
+    withdrawn (exit 1); a batch's started items finish as usual.
+    """
+    client = connect(api_url, token)
+    with service_errors(client):
+        target = resolve(client, identifier)
+        if target.kind == COMMAND:
+            try:
+                command = client.withdraw(target.id)
+            except ServiceError as exc:
+                if exc.status != 409:
+                    raise
+                state = client.get(target.id)["state"]
+                raise click.ClickException(f"command {target.id} is {state}: only a queued command can be "
+                                           "withdrawn") from None
+            emit_withdrawn_command(command, as_json)
+            return
+        aborted_before = client.get_batch(target.id, limit=1)["counts"].get("aborted", 0)
+        view = client.withdraw_batch(target.id)
+    emit_withdrawn_batch(view, view["counts"].get("aborted", 0) - aborted_before, as_json)
+
+
+def emit_withdrawn_command(command: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(command, indent=2))
+    else:
+        click.echo(f"command {command['id']} (job {command['job_id']}) withdrawn: {command['state']}; "
+                   "the UKSSDC was not called")
+
+
+def emit_withdrawn_batch(view: dict[str, Any], withdrawn: int, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({**view, "withdrawn": withdrawn}, indent=2))
+        return
+    counts = view["counts"]
+    started = sum(counts.get(state, 0) for state in ("running", "retrying"))
+    click.echo(f"batch {view['id']}: withdrew {withdrawn} queued items; {started} started items finish as usual, "
+               f"{counts.get('completed', 0)} had ended")
 
 
 def emit_submitted(document: dict[str, Any], as_json: bool) -> None:
@@ -318,3 +353,4 @@ def emit_submitted(document: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(document))
     else:
         click.echo(f"{document['kind']} {document['id']} submitted; `ukcancel status {document['id']}` shows it")
+

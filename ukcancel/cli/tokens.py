@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -50,23 +52,47 @@ def token_create(user_id: str, name: str | None, admin: bool) -> None:
 
 
 @token.command("list")
-def token_list() -> None:
-    """List tokens (names, users, prefixes; never the tokens themselves)."""
-    from datetime import datetime, timezone
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def token_list(as_json: bool) -> None:
+    """List tokens (names, users, roles, prefixes; never the tokens or their callback secrets)."""
+    records = _token_registry().list()
+    rows = [token_row(record) for record in records]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
 
-    for record in _token_registry().list():
-        created = datetime.fromtimestamp(record.created_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        click.echo(f"{record.name}\t{record.user_id}\t{'admin' if record.admin else 'user'}\t{record.prefix}...\t{created}")
+    from ukcancel.cli.show import table_console
+
+    table = Table(title="Tokens", show_lines=False)
+    for column in ("name", "user_id", "role", "prefix", "created (UTC)"):
+        table.add_column(column, no_wrap=column in ("name", "prefix"))
+    for row in rows:
+        table.add_row(row["name"], row["user_id"], row["role"], f"{row['prefix']}...", row["created_at"])
+    table_console().print(table)
+    if not rows:
+        click.echo("no tokens yet: `ukcancel token create --user EMAIL` issues one", err=True)
+
+
+def token_row(record: Any) -> dict[str, Any]:
+    """What a listing shows of a token: enough to recognise and revoke it, nothing to use it."""
+    created = datetime.fromtimestamp(record.created_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"name": record.name, "user_id": record.user_id, "role": "admin" if record.admin else "user",
+            "prefix": record.prefix, "created_at": created}
 
 
 @token.command("revoke")
-@click.argument("name_or_prefix")
-def token_revoke(name_or_prefix: str) -> None:
-    """Revoke a token by its name or the start of the token; effective on the next request."""
+@click.argument("name_or_token", metavar="NAME|TOKEN")
+def token_revoke(name_or_token: str) -> None:
+    """Revoke a token by its name, the start of the token (its listed prefix) or the whole token.
+
+    Pasting a leaked token revokes it (it is found by its SHA-256, like a request); effective on
+    the next request.
+    """
     from ukcancel.token import TokenError
 
     try:
-        record = _token_registry().revoke(name_or_prefix)
+        record = _token_registry().revoke(name_or_token.strip())
     except TokenError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"revoked {record.name} ({record.user_id})")

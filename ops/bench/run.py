@@ -8,6 +8,8 @@
 2. Rate accuracy of the fleet gate: 2 prefork workers, simulator with 20 ms latency, limit 50/s.
 3. Fairness: one user's big batch, then another user's single cancel mid-way.
 4. Cost per command: Redis memory per completed command, time to accept a 10,000-item batch.
+5. Dispatch with default settings: recovery after SIGKILL mid-call; single and retried-single
+   latency behind a withdrawn 5,000-item backlog, beside the same on an idle fleet.
 
 Everything runs on 127.0.0.1 only: the API (werkzeug threaded server and `ukcancel serve`, i.e.
 gunicorn gthread), `ukcancel worker` processes and `ukcancel simulator` are subprocesses of this
@@ -31,13 +33,14 @@ import time
 from typing import Any
 
 from cost import bench_cost
+from dispatch import bench_dispatch
 from enqueue import bench_enqueue
 from fairness import bench_fairness
 from harness import DEFAULT_REDIS_URL, LOGS, RESULTS, Context, fmt, machine, serve_werkzeug, wait_for_quiet
 from rate import bench_rate
 
 BENCHMARKS = {1: ("enqueue", bench_enqueue), 2: ("rate", bench_rate), 3: ("fairness", bench_fairness),
-              4: ("cost", bench_cost)}
+              4: ("cost", bench_cost), 5: ("dispatch", bench_dispatch)}
 
 
 def parse_only(values: list[str] | None) -> list[int]:
@@ -53,7 +56,7 @@ def parse_only(values: list[str] | None) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts (about 2 minutes)")
-    parser.add_argument("--only", action="append", metavar="N", help="run only benchmark N (1-4); repeat or N,M")
+    parser.add_argument("--only", action="append", metavar="N", help="run only benchmark N (1-5); repeat or N,M")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help=f"a Redis database of the benchmark's own, flushed (default {DEFAULT_REDIS_URL})")
     parser.add_argument("--serve-werkzeug", type=int, help=argparse.SUPPRESS)

@@ -116,15 +116,22 @@ class BatchRegistry:
     """Stores batches and reads their progress.
 
     Redis keys owned: ``ukcancel:batch:{id}``, ``ukcancel:batch:{id}:items``,
-    ``ukcancel:user:{user_id}:batches`` and the pub/sub channel ``ukcancel:events:batch:{id}``
-    (see `ukcancel.keys`). Items publish their terminal state on that channel themselves (the
-    command transition script does); an expansion publishes `EXPANDED` when it ends.
+    ``ukcancel:user:{user_id}:batches``, ``ukcancel:batches:expanding`` and the pub/sub channel
+    ``ukcancel:events:batch:{id}`` (see `ukcancel.keys`). Items publish their terminal state on
+    that channel themselves (the command transition script does); an expansion publishes
+    `EXPANDED` when it ends.
+
+    An expanding batch has a deadline by which its expansion should be heard from again (each
+    step moves it on); a batch past it lost its expansion task, and the reconciler sends another.
     """
 
-    def __init__(self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time) -> None:
+    def __init__(
+        self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time, expansion_timeout: float = 60.0
+    ) -> None:
         self.connection = connection
         self.ttl_seconds = ttl_seconds
         self.clock = clock
+        self.expansion_timeout = expansion_timeout
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, batch: Batch, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> Batch:
@@ -145,6 +152,8 @@ class BatchRegistry:
         pipeline.zadd(index, {batch.id: batch.created_at})
         pipeline.zremrangebyscore(index, "-inf", batch.created_at - self.ttl_seconds)
         pipeline.expire(index, self.ttl_seconds)
+        if batch.state == EXPANDING:
+            pipeline.zadd(keys.EXPANDING_BATCHES, {batch.id: batch.created_at + self.expansion_timeout})
         return batch
 
     def _append_items(self, batch_id: str, command_ids: list[str], pipeline: redis.client.Pipeline) -> None:
@@ -165,6 +174,7 @@ class BatchRegistry:
         self._append_items(batch_id, [command.id for command in commands], pipeline)
         pipeline.hset(keys.batch(batch_id), mapping={"state": RUNNING, "total": str(len(commands))})
         pipeline.hdel(keys.batch(batch_id), "jobs", "found")
+        pipeline.zrem(keys.EXPANDING_BATCHES, batch_id)
         pipeline.publish(keys.batch_events(batch_id), EXPANDED)
 
     def fail(self, batch_id: str, error: str) -> None:
@@ -172,6 +182,7 @@ class BatchRegistry:
         pipe = self.connection.pipeline(transaction=True)
         pipe.hset(keys.batch(batch_id), mapping={"state": FAILED, "error": error})
         pipe.hdel(keys.batch(batch_id), "jobs", "found")
+        pipe.zrem(keys.EXPANDING_BATCHES, batch_id)
         pipe.publish(keys.batch_events(batch_id), FAILED)
         pipe.execute()
 
@@ -187,10 +198,24 @@ class BatchRegistry:
         }
 
     def save_expansion_progress(self, batch_id: str, **fields: Any) -> None:
-        self.connection.hset(
+        """Write what the expansion learned, and move its deadline on (it is alive)."""
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.hset(
             keys.batch(batch_id),
             mapping={name: value if isinstance(value, (int, str)) else json.dumps(value) for name, value in fields.items()},
         )
+        pipe.zadd(keys.EXPANDING_BATCHES, {batch_id: self.clock() + self.expansion_timeout}, xx=True)
+        pipe.execute()
+
+    def expect_expansion(self, batch_id: str, within: float) -> None:
+        """The expansion will be heard from within `within` seconds (+ the timeout): e.g. rescheduled."""
+        self.connection.zadd(
+            keys.EXPANDING_BATCHES, {batch_id: self.clock() + within + self.expansion_timeout}, xx=True
+        )
+
+    def overdue_expansions(self) -> list[str]:
+        """Expanding batches not heard from by their deadline (their expansion task was lost)."""
+        return [as_text(b) for b in self.connection.zrangebyscore(keys.EXPANDING_BATCHES, "-inf", repr(self.clock()))]
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, batch_id: str) -> Batch | None:

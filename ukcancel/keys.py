@@ -53,6 +53,9 @@ Batches (`ukcancel.batch.BatchRegistry`)
                                           Expires `result_ttl_seconds` after creation.
     ``ukcancel:batch:{id}:items``         list, the batch's command ids in item order.
     ``ukcancel:user:{user_id}:batches``   sorted set, batch ids scored by created_at.
+    ``ukcancel:batches:expanding``        sorted set, `all_active` batch id -> the time by which its
+                                          expansion should be heard from again (each step moves it
+                                          on); the reconciler resends an expansion past it.
     ``ukcancel:events:batch:{id}``        pub/sub channel, notified when an item becomes terminal and
                                           when an `all_active` expansion ends (long poll).
 
@@ -142,6 +145,9 @@ def batch_items(batch_id: str) -> str:
 
 def user_batches(user_id: str) -> str:
     return f"{PREFIX}:user:{user_id}:batches"
+
+
+EXPANDING_BATCHES = f"{PREFIX}:batches:expanding"
 
 
 def batch_events(batch_id: str) -> str:

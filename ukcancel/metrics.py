@@ -55,6 +55,10 @@ RECONCILER_TURNS = Counter(
     "ukcancel_dispatch_reconciler_turns",
     "Turns the reconciler sent because runnable work had none on its way (lost or never sent).",
 )
+RECONCILER_EXPANSIONS = Counter(
+    "ukcancel_dispatch_reconciler_expansions",
+    "all_active expansions the reconciler sent again because theirs was not heard from in time.",
+)
 LEASES_TAKEN_OVER = Counter(
     "ukcancel_dispatch_leases_taken_over",
     "Commands whose lease expired (their worker was lost) and that another turn took over.",

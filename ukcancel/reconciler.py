@@ -11,7 +11,8 @@ the difference, up to the number of lanes:
 So whatever is lost (a turn the broker dropped, a queue emptied by hand, a worker killed mid
 call, Redis restarted under the workers) is replaced within a tick or, for a killed worker's
 command, within a lease; and extra turns change nothing, since a turn with nothing to claim ends
-at once.
+at once. An `all_active` expansion not heard from by its deadline is sent again the same way (a
+second expansion of one batch finishes it at most once).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Protocol
 import redis
 
 from ukcancel import keys, metrics
+from ukcancel.batch import BatchRegistry
 from ukcancel.queue import CancelQueue, ScheduleCounts
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class TurnSender(Protocol):
     def queued_turns(self) -> int:
         """Turns waiting in the broker, not yet delivered to a worker."""
 
+    def expand_all_active(self, batch_id: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class TickReport:
@@ -59,6 +63,7 @@ class TickReport:
     counts: ScheduleCounts | None = None
     queued: int = 0
     sent: int = 0
+    expansions: int = 0  # overdue all_active expansions sent again
 
 
 def missing_turns(counts: ScheduleCounts, queued: int, lanes: int) -> int:
@@ -76,6 +81,7 @@ class Reconciler:
         self,
         connection: redis.Redis,
         queue: CancelQueue,
+        batches: BatchRegistry,
         sender: TurnSender,
         name: str,
         *,
@@ -84,6 +90,7 @@ class Reconciler:
     ) -> None:
         self.connection = connection
         self.queue = queue
+        self.batches = batches
         self.sender = sender
         self.name = name
         self.period_seconds = period_seconds
@@ -101,9 +108,10 @@ class Reconciler:
         """One look, if this reconciler holds (or now takes) the lock."""
         if not self._hold(keys=[keys.RECONCILER_LOCK], args=[self.name, self.lock_ms]):
             return TickReport(held=False)
+        expansions = self._resend_overdue_expansions()
         counts = self.queue.counts()
         if counts.runnable == 0:
-            return TickReport(True, counts)
+            return TickReport(True, counts, expansions=expansions)
         queued = self.sender.queued_turns()
         missing = missing_turns(counts, queued, self.queue.lanes)
         if missing:
@@ -113,7 +121,16 @@ class Reconciler:
                 "reconciler sent %d turn(s): %d runnable, %d running, %d queued in the broker",
                 missing, counts.runnable, counts.live_leases, queued,
             )
-        return TickReport(True, counts, queued, missing)
+        return TickReport(True, counts, queued, missing, expansions)
+
+    def _resend_overdue_expansions(self) -> int:
+        overdue = self.batches.overdue_expansions()
+        for batch_id in overdue:
+            self.batches.expect_expansion(batch_id, 0.0)  # a new deadline first: one resend per timeout
+            self.sender.expand_all_active(batch_id)
+            log.warning("reconciler: expansion of batch %s not heard from; sent again", batch_id)
+        metrics.RECONCILER_EXPANSIONS.inc(len(overdue))
+        return len(overdue)
 
     def step_down(self) -> None:
         """Free the lock (a stopping worker), so another reconciler takes over at its next tick."""

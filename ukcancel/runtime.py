@@ -70,5 +70,7 @@ class Runtime:
             lease_seconds=self.settings.lease_seconds,
         )
         self.tokens = TokenRegistry(self.connection)
-        self.batches = BatchRegistry(self.connection, self.settings.result_ttl_seconds)
+        self.batches = BatchRegistry(
+            self.connection, self.settings.result_ttl_seconds, expansion_timeout=self.settings.expansion_timeout_seconds
+        )
         self.gate = FleetGate(self.connection, self.settings)

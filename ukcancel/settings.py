@@ -114,6 +114,7 @@ class Settings:
     dispatch_lanes: int = 6
     lease_seconds: float = 10.0
     reconcile_seconds: float = 0.5
+    expansion_timeout_seconds: float = 60.0  # an all_active expansion not heard from this long is resent
     metrics_multiproc_dir: str | None = None
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
@@ -147,6 +148,7 @@ class Settings:
             ("UKCANCEL_DISPATCH_LANES", "dispatch_lanes", _positive_int),
             ("UKCANCEL_LEASE_SECONDS", "lease_seconds", _positive_float),
             ("UKCANCEL_RECONCILE_SECONDS", "reconcile_seconds", _positive_float),
+            ("UKCANCEL_EXPANSION_TIMEOUT_SECONDS", "expansion_timeout_seconds", _positive_float),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),

@@ -19,14 +19,17 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery
 
+from ukcancel import keys
 from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
 from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
 from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.retry import Rand, Reschedule, backoff_delay
+from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
@@ -85,9 +88,19 @@ class ActiveJobsExpansion:
             CancelCommand(job_id=int(job_id), user_id=batch.user_id, products=products, submitted_by=batch.submitted_by)
             for job_id, products in found.items()
         ]
-        pipe = self.runtime.connection.pipeline(transaction=True)
-        self.batches.finish_expansion(self.batch_id, commands, pipe)
-        self.runtime.queue.enqueue(commands, pipe)
+        # At most once per batch, though the reconciler may have sent a second expansion: the batch
+        # record is watched, so a finish (or any progress) by another run in between aborts this one.
+        with self.runtime.connection.pipeline(transaction=True) as pipe:
+            pipe.watch(keys.batch(self.batch_id))
+            if as_text(pipe.hget(keys.batch(self.batch_id), "state") or "") != EXPANDING:
+                return None
+            pipe.multi()
+            self.batches.finish_expansion(self.batch_id, commands, pipe)
+            try:
+                self.runtime.queue.enqueue(commands, pipe)
+            except redis.WatchError:
+                log.info("batch %s: another expansion got there first", self.batch_id)
+                return None
         log.info("batch %s: %d jobs with active products", self.batch_id, len(commands))
         return len(commands)
 
@@ -142,6 +155,7 @@ def register_all_active(app: Celery) -> None:
             return ActiveJobsExpansion(self.runtime, batch_id, self.gate, self.ukssdc).run()
         except Reschedule as later:
             log.info("expansion of batch %s rescheduled in %.2f s: %s", batch_id, later.countdown, later.reason)
+            self.runtime.batches.expect_expansion(batch_id, later.countdown)
             raise self.retry(countdown=later.countdown, max_retries=None) from None
         except Exception as exc:  # a defect must not leave the batch expanding for ever
             log.exception("internal error expanding batch %s", batch_id)

@@ -95,6 +95,7 @@ class ReconcilerStep(bootsteps.StartStopStep):
         self._reconciler = reconciler = Reconciler(
             runtime.connection,
             runtime.queue,
+            runtime.batches,
             runtime.dispatch,
             f"{worker.hostname or socket.gethostname()}",
             period_seconds=runtime.settings.reconcile_seconds,

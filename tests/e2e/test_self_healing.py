@@ -385,3 +385,22 @@ def test_a_lost_turn_heals_within_the_reconciler_period_and_extra_turns_change_n
     time.sleep(0.5)  # let the last of them finish
     assert {cid: api.command(cid) for cid in before} == before
     assert len(simulator.state.log()) == calls_before
+
+
+def test_a_lost_all_active_expansion_is_sent_again_and_the_batch_completes(
+    redis_url: str,
+    simulator: SimulatorServer,
+    worker_factory: Any,
+    api_for: Callable[[dict[str, str]], Api],
+) -> None:
+    env = {**default_env(redis_url, simulator, None), "UKCANCEL_EXPANSION_TIMEOUT_SECONDS": "2"}
+    api = api_for(env)
+    worker = worker_factory(env, concurrency=2, name="w1")
+    lost: list[str] = []
+    api.runtime.dispatch.expand_all_active = lost.append  # type: ignore[method-assign]  # the message is lost
+    response = api.call("POST", "/v1/batches", OTHER, {"all_active": True})
+    assert response.status_code == 202 and lost == [response.json()["id"]]
+    view = api.batch_done(response.json()["id"], OTHER, timeout=30)
+    assert view["state"] == "completed" and view["total"] == 2  # jobs 1004 and 1005, expanded once
+    assert "not heard from; sent again" in worker.log()
+    assert len([e for e in simulator.state.log() if e["endpoint"] == "listOldJobs.php"]) == 1

@@ -6,6 +6,7 @@ import fakeredis
 import pytest
 
 from ukcancel import keys
+from ukcancel.batch import EXPANDING, Batch, BatchRegistry
 from ukcancel.command import CancelCommand, CommandRegistry
 from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, ScheduleCounts
 from ukcancel.reconciler import Reconciler, missing_turns
@@ -28,6 +29,10 @@ class Broker:
     def __init__(self) -> None:
         self.sent: list[int] = []
         self.queued = 0
+        self.expansions: list[str] = []
+
+    def expand_all_active(self, batch_id: str) -> None:
+        self.expansions.append(batch_id)
 
     def send_turns(self, count: int) -> None:
         self.sent.append(count)
@@ -47,6 +52,10 @@ def queue(clock: Clock) -> CancelQueue:
     connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     registry = CommandRegistry(connection, 3600, clock=clock)
     return CancelQueue(connection, registry, lambda n: None, lanes=4, lease_seconds=LEASE, clock=clock)
+
+
+def batches(queue: CancelQueue) -> BatchRegistry:
+    return BatchRegistry(queue.connection, 3600, clock=queue.clock, expansion_timeout=60.0)
 
 
 def enqueue(queue: CancelQueue, user: str, count: int) -> list[str]:
@@ -143,7 +152,7 @@ def test_missing_turns_fills_up_to_the_lanes() -> None:
 
 def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: CancelQueue, clock: Clock) -> None:
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, broker, "w1", period_seconds=0.5)
+    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", period_seconds=0.5)
     enqueue(queue, A, 3)  # their turns were lost (the queue's dispatch here sends none)
     report = reconciler.tick()
     assert report.held and report.sent == 3 and broker.sent == [3]
@@ -154,8 +163,8 @@ def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: Can
 
 def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queue: CancelQueue) -> None:
     first, second = Broker(), Broker()
-    one = Reconciler(queue.connection, queue, first, "w1", period_seconds=0.5)
-    two = Reconciler(queue.connection, queue, second, "w2", period_seconds=0.5)
+    one = Reconciler(queue.connection, queue, batches(queue), first, "w1", period_seconds=0.5)
+    two = Reconciler(queue.connection, queue, batches(queue), second, "w2", period_seconds=0.5)
     enqueue(queue, A, 1)
     assert one.tick().held and not two.tick().held
     assert second.sent == []
@@ -165,9 +174,34 @@ def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queu
 
 def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: CancelQueue, clock: Clock) -> None:
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, broker, "w1", period_seconds=0.5)
+    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", period_seconds=0.5)
     enqueue(queue, A, 1)
     queue.claim("killed-turn")
     assert reconciler.tick().sent == 0  # live lease: its worker may still be calling
     clock.now += LEASE + 0.001
     assert reconciler.tick().sent == 1
+
+
+def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queue: CancelQueue, clock: Clock) -> None:
+    registry = batches(queue)
+    broker = Broker()
+    reconciler = Reconciler(queue.connection, queue, registry, broker, "w1", period_seconds=0.5)
+    lost, alive = Batch(A, state=EXPANDING), Batch(B, state=EXPANDING)
+    pipe = queue.connection.pipeline(transaction=True)
+    registry.add(lost, [], pipe)
+    registry.add(alive, [], pipe)
+    pipe.execute()  # their expansion tasks were sent (and one of them lost)
+    clock.now += 50
+    registry.save_expansion_progress(alive.id, attempts=0)  # this one is working: its deadline moves on
+    assert reconciler.tick().expansions == 0
+    clock.now += 10.001
+    assert reconciler.tick().expansions == 1 and broker.expansions == [lost.id]
+    assert reconciler.tick().expansions == 0  # once per timeout, not once per tick
+    clock.now += 60.001
+    assert reconciler.tick().expansions == 2  # the resent one was not heard from either; the other's time ran out
+    registry.fail(lost.id, "x")
+    pipe = queue.connection.pipeline(transaction=True)
+    registry.finish_expansion(alive.id, [], pipe)
+    pipe.execute()
+    clock.now += 120
+    assert reconciler.tick().expansions == 0  # ended batches are off the list

@@ -373,6 +373,11 @@ class CommandRegistry:
         raw = self.connection.hgetall(keys.command(command_id))
         return CancelCommand.from_hash(raw, command_id) if raw else None
 
+    def state_of(self, command_id: str) -> str | None:
+        """The command's state alone (one HGET); None when there is no such command."""
+        state = self.connection.hget(keys.command(command_id), "state")
+        return as_text(state) if state is not None else None
+
     def get_many(self, command_ids: list[str]) -> list[CancelCommand | None]:
         pipe = self.connection.pipeline(transaction=False)
         for command_id in command_ids:

@@ -49,6 +49,7 @@ from ukcancel.store import as_text, as_text_dict
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 PAUSED_REASON = "fleet paused by the UKSSDC's Retry-After"
+UNWANTED_REASON = "the work was withdrawn or finished while it waited"
 HEARTBEAT_SECONDS = 5.0
 LIVE_WORKER_SECONDS = 3 * HEARTBEAT_SECONDS
 
@@ -190,12 +191,20 @@ class FleetGate:
         return self.limits()
 
     # -- permits ---------------------------------------------------------------------------
-    def acquire(self, max_wait: float | None = None) -> Permit | Wait:
-        """A permit, waiting up to `max_wait` seconds for one; otherwise how long to wait and why."""
+    def acquire(self, max_wait: float | None = None, wanted: Callable[[], bool] | None = None) -> Permit | Wait:
+        """A permit, waiting up to `max_wait` seconds for one; otherwise how long to wait and why.
+
+        `wanted` is asked after each wait: once the work is gone (withdrawn, or finished by another
+        run) the answer is `Wait(0, UNWANTED_REASON)` and no permit is taken, so a withdrawn
+        command never spends one of the fleet's calls, nor moves its pacing schedule on.
+        """
         max_wait = self.settings.fleet_max_wait_seconds if max_wait is None else max_wait
         started = self.clock()
         deadline = started + max_wait
+        waited = False
         while True:
+            if waited and wanted is not None and not wanted():
+                return Wait(0.0, UNWANTED_REASON)
             outcome = self._try_acquire()
             if isinstance(outcome, Permit):
                 metrics.PERMIT_WAIT_SECONDS.labels("granted").observe(self.clock() - started)
@@ -204,6 +213,7 @@ class FleetGate:
                 metrics.PERMIT_WAIT_SECONDS.labels("deferred").observe(self.clock() - started)
                 return outcome
             self.sleep(outcome.seconds)
+            waited = True
 
     def _try_acquire(self) -> Permit | Wait:
         now = self.clock()

@@ -15,8 +15,8 @@ A turn claims, in this order: an expired lease, a due command, then the oldest c
 user at the head of the ring. Claiming is one script, so two turns never take the same work.
 A turn with nothing to claim ends at once: no fleet permit, no UKSSDC call.
 
-Turns are not sent one per command. `enqueue` sends a few (up to the number of *lanes*); a turn
-that ran a command sends its successor while work remains; and the reconciler
+Turns are not sent one per command. `enqueue` sends a few (one per command, up to the lanes not
+already running); a turn that ran a command sends its successor while work remains; and the reconciler
 (`ukcancel.reconciler`) sends what is missing. So withdrawn work leaves no line of empty turns
 behind it, and a lost turn (broker restart, a purged queue, a killed worker) is replaced.
 """
@@ -210,9 +210,13 @@ class CancelQueue:
                 # SCRIPT EXISTS before every execute, one more round trip per enqueue. The text is
                 # sent with the call, so a server that lost its script cache still runs it.
                 pipe.eval(_PUSH, 2, keys.fair_queue(user_id), keys.FAIR_USERS, user_id, *chunk)
-        pipe.execute()
-        # One turn per command up to the lanes: running turns send their successors.
-        self.dispatch(min(len(commands), self.lanes))
+        # Read in the same transaction, after the push: every lane running now will see these
+        # commands when it finishes and send its successor, so only free lanes need a new turn.
+        pipe.zcount(keys.LEASES, f"({self.clock()!r}", "+inf")
+        running = pipe.execute()[-1]
+        turns = min(len(commands), self.lanes - min(self.lanes, int(running)))
+        if turns:
+            self.dispatch(turns)
 
     # -- a turn's work ----------------------------------------------------------------------------
     def claim(self, holder: str) -> Claim | None:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ukcancel import lifecycle, metrics
 from ukcancel import products as product_names
-from ukcancel.command import RETRYING, RUNNING, CancelCommand
-from ukcancel.fleet import FleetGate, Permit, Wait
+from ukcancel.command import RETRYING, RUNNING, TERMINAL, CancelCommand
+from ukcancel.fleet import UNWANTED_REASON, FleetGate, Permit, Wait
 from ukcancel.outcome import (
     ACTIVE_STATES,
     CANCELLED,
@@ -111,17 +111,27 @@ class CancellationRun:
                 metrics.LEASES_TAKEN_OVER.inc()
                 log.warning("command %s: its lease had expired (worker lost); taking it over", command.id)
             with self.queue.holding(command.id, self.holder):
-                return self._run_claimed(command, claim)
+                done = self._run_claimed(command, claim)
+            if done is not None:
+                return done
+            self.queue.release(command.id, self.holder)  # withdrawn while it waited: take the next
 
-    def _run_claimed(self, command: CancelCommand, claim: Claim) -> RunResult:
-        outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds)
+    def _run_claimed(self, command: CancelCommand, claim: Claim) -> RunResult | None:
+        """What became of the command; None when it was withdrawn (or ended) while waiting for a permit."""
+        outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds, wanted=lambda: self._still_open(command.id))
         if isinstance(outcome, Wait):
+            if outcome.reason == UNWANTED_REASON:
+                return None
             return self._wait_for_the_fleet(command, claim, outcome)
         self._permit = outcome
         try:
             return self._perform(command, claim)
         finally:
             self._return_unused_permit()  # every call gave its own permit back
+
+    def _still_open(self, command_id: str) -> bool:
+        state = self.registry.state_of(command_id)
+        return state is not None and state not in TERMINAL
 
     def _wait_for_the_fleet(self, command: CancelCommand, claim: Claim, wait: Wait) -> RunResult:
         """No permit in time: due again soon, the slot freed, and no attempt counted (none began)."""

@@ -250,3 +250,32 @@ def test_stamp_moves_a_permit_later_in_the_window_never_earlier() -> None:
     assert isinstance(gate.acquire(max_wait=0), Wait)
     clock.now += 0.3
     permit(gate)
+
+
+def test_work_withdrawn_while_it_waits_takes_no_permit_and_leaves_the_schedule_alone() -> None:
+    from ukcancel import keys
+    from ukcancel.fleet import UNWANTED_REASON
+
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=2.0, fleet_guard_seconds=0.0)
+    permit(gate)  # the next permit is due one interval (0.5 s) later
+    due_before = gate.connection.get(keys.FLEET_NEXT_DUE)
+    asked: list[float] = []
+
+    def wanted() -> bool:
+        asked.append(clock.now)
+        return False  # withdrawn meanwhile
+
+    outcome = gate.acquire(max_wait=2.0, wanted=wanted)
+    assert outcome == Wait(0.0, UNWANTED_REASON)
+    assert len(asked) == 1  # asked after the first wait, not before the first try
+    assert gate.connection.zcard(keys.FLEET_CALLS) == 1  # no second permit in the window
+    assert gate.connection.get(keys.FLEET_NEXT_DUE) == due_before  # the pacing did not move on
+    assert gate.in_flight() == 1
+
+
+def test_work_still_wanted_gets_its_permit_after_waiting() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=2.0, fleet_guard_seconds=0.0)
+    permit(gate)
+    assert isinstance(gate.acquire(max_wait=2.0, wanted=lambda: True), Permit)

@@ -53,7 +53,7 @@ class OpenGate(FleetGate):
         self.stamped: list[str] = []
         self.paused: list[float] = []
 
-    def acquire(self, max_wait: float | None = None) -> Permit | Wait:
+    def acquire(self, max_wait: float | None = None, wanted: Callable[[], bool] | None = None) -> Permit | Wait:
         if self.wait is not None:
             return self.wait
         self.acquired += 1

@@ -205,3 +205,20 @@ def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queu
     pipe.execute()
     clock.now += 120
     assert reconciler.tick().expansions == 0  # ended batches are off the list
+
+
+def test_enqueue_sends_turns_only_for_lanes_not_already_running(queue: CancelQueue, clock: Clock) -> None:
+    sent: list[int] = []
+    queue.dispatch = sent.append
+    enqueue(queue, A, 10)
+    assert sent == [4]  # every lane free
+    for n in range(3):
+        queue.claim(f"turn-{n}")
+    enqueue(queue, B, 5)
+    assert sent == [4, 1]  # one lane free
+    queue.claim("turn-3")
+    enqueue(queue, B, 5)
+    assert sent == [4, 1]  # every lane running: their successors will find these
+    clock.now += LEASE + 1  # the running turns died: their leases lapse, so lanes are free again
+    enqueue(queue, B, 1)
+    assert sent == [4, 1, 1]

@@ -27,6 +27,7 @@ import redis
 
 from ukcancel import keys
 from ukcancel.command import ABORTED, COMPLETED, STATES, TERMINAL, CancelCommand
+from ukcancel.events import EventListener
 from ukcancel.outcome import result_status, withdrawn_tuple
 from ukcancel.store import as_text, as_text_dict
 
@@ -126,12 +127,18 @@ class BatchRegistry:
     """
 
     def __init__(
-        self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time, expansion_timeout: float = 60.0
+        self,
+        connection: redis.Redis,
+        ttl_seconds: int,
+        clock: Clock = time.time,
+        expansion_timeout: float = 60.0,
+        events: EventListener | None = None,
     ) -> None:
         self.connection = connection
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self.expansion_timeout = expansion_timeout
+        self.events = events if events is not None else EventListener(connection)
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, batch: Batch, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> Batch:
@@ -296,30 +303,25 @@ class BatchRegistry:
     def wait_done(self, batch_id: str, timeout: float) -> None:
         """Return once every item is terminal (or the batch failed), or after `timeout` seconds.
 
-        Subscribes before counting, so no transition is missed, and then counts the terminal
-        notices instead of re-reading the items after each one: every command becomes terminal
-        exactly once, so after as many notices as there were outstanding items it is time to
-        look again. Notices of transitions that happened before the count only make it look
-        again early. Waits on the pub/sub socket, never polling.
+        Watches the batch's channel before counting, so no transition is missed, and then counts
+        the terminal notices instead of re-reading the items after each one: every command becomes
+        terminal exactly once, so after as many notices as there were outstanding items it is time
+        to look again. Notices of transitions that happened before the count only make it look
+        again early; so does any other notice, or news the listener may have missed.
         """
-        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(keys.batch_events(batch_id))
+        with self.events.watching(keys.batch_events(batch_id)) as waiter:
             outstanding = self._outstanding(self.get(batch_id))
             heard = 0
             deadline = time.monotonic() + timeout
             while outstanding:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                news = waiter.wait(remaining) if remaining > 0 else None
+                if news is None:
                     return
-                message = pubsub.get_message(timeout=min(remaining, 1.0))
-                if message is None:
-                    continue
-                heard += 1
-                if as_text(message["data"]) not in TERMINAL or heard >= outstanding:
+                messages, missed = news
+                heard += len(messages)
+                if missed or any(message not in TERMINAL for message in messages) or heard >= outstanding:
                     outstanding, heard = self._outstanding(self.get(batch_id)), 0
-        finally:
-            pubsub.close()
 
 
 def estimate_seconds(

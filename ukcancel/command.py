@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from ukcancel import keys
+from ukcancel.events import EventListener
 from ukcancel.store import as_text, as_text_dict
 
 QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED = "queued", "running", "retrying", "completed", "aborted"
@@ -248,10 +249,13 @@ class CommandRegistry:
     and the pub/sub channel ``ukcancel:events:{id}`` (see `ukcancel.keys`).
     """
 
-    def __init__(self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time) -> None:
+    def __init__(
+        self, connection: redis.Redis, ttl_seconds: int, clock: Clock = time.time, events: EventListener | None = None
+    ) -> None:
         self.connection = connection
         self.ttl_seconds = ttl_seconds
         self.clock = clock
+        self.events = events if events is not None else EventListener(connection)
         self._transition = connection.register_script(_TRANSITION)
         self._progress = connection.register_script(_PROGRESS)
         self._callback = connection.register_script(_CALLBACK)
@@ -390,24 +394,18 @@ class CommandRegistry:
     def wait_terminal(self, command_id: str, timeout: float) -> CancelCommand | None:
         """The command once it is terminal, or as it stands after `timeout` seconds.
 
-        Subscribes before reading, so a transition between the read and the wait is not missed;
-        waits on the pub/sub socket, never polling the record.
+        Watches its channel (the process's one `EventListener`) before reading, so a transition
+        between the read and the wait is not missed; reads the record again only on news.
         """
-        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(keys.command_events(command_id))
+        with self.events.watching(keys.command_events(command_id)) as waiter:
             command = self.get(command_id)
             deadline = time.monotonic() + timeout
             while command is not None and not command.terminal:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or waiter.wait(remaining) is None:
                     break
-                message = pubsub.get_message(timeout=min(remaining, 1.0))
-                if message is not None:
-                    command = self.get(command_id)
+                command = self.get(command_id)
             return command
-        finally:
-            pubsub.close()
 
 
 def _encode_field(value: Any) -> str:

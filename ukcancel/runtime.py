@@ -16,6 +16,7 @@ import redis
 
 from ukcancel.batch import BatchRegistry
 from ukcancel.command import CommandRegistry
+from ukcancel.events import EventListener
 from ukcancel.fleet import FleetGate
 from ukcancel.queue import CancelQueue
 from ukcancel.settings import Settings
@@ -59,9 +60,11 @@ class Runtime:
     tokens: TokenRegistry = field(init=False)
     batches: BatchRegistry = field(init=False)
     gate: FleetGate = field(init=False)  # workers take permits from it; the API reads its state
+    events: EventListener = field(init=False)
 
     def __post_init__(self) -> None:
-        self.registry = CommandRegistry(self.connection, self.settings.result_ttl_seconds)
+        self.events = EventListener(self.connection)  # one pub/sub connection for every long poll
+        self.registry = CommandRegistry(self.connection, self.settings.result_ttl_seconds, events=self.events)
         self.queue = CancelQueue(
             self.connection,
             self.registry,
@@ -71,6 +74,9 @@ class Runtime:
         )
         self.tokens = TokenRegistry(self.connection)
         self.batches = BatchRegistry(
-            self.connection, self.settings.result_ttl_seconds, expansion_timeout=self.settings.expansion_timeout_seconds
+            self.connection,
+            self.settings.result_ttl_seconds,
+            expansion_timeout=self.settings.expansion_timeout_seconds,
+            events=self.events,
         )
         self.gate = FleetGate(self.connection, self.settings)

@@ -229,8 +229,9 @@ def _check_gunicorn(args: list[str], where: str) -> Any:
         if key != "args" and value is not None:
             config.set(key.lower(), value)
     assert namespace.args == [WSGI_APP], f"{where}: gunicorn must serve {WSGI_APP}, not {namespace.args}"
-    assert config.worker_class_str == "gthread", f"{where}: long polls need the gthread worker class"
-    assert config.worker_class.__name__ == "ThreadWorker"
+    assert config.worker_class_str == "gevent", f"{where}: long polls need the gevent worker class"
+    assert config.worker_class.__name__ == "GeventWorker"
+    assert config.worker_connections >= 1000, f"{where}: a worker must hold a thousand long polls"
     return config
 
 
@@ -454,7 +455,7 @@ def test_the_wsgi_module_exists_and_defines_app() -> None:
     assert attribute in assigned, f"{module} defines no top-level {attribute}"
 
 
-def test_dockerfile_default_command_serves_the_api_with_gunicorn_gthread() -> None:
+def test_dockerfile_default_command_serves_the_api_with_gunicorn_gevent() -> None:
     final = _dockerfile_stages()[-1]
     assert not [i for i in final if i.keyword == "ENTRYPOINT"], "the image's commands are given whole, by CMD"
     commands = [i for i in final if i.keyword == "CMD"]
@@ -463,7 +464,7 @@ def test_dockerfile_default_command_serves_the_api_with_gunicorn_gthread() -> No
     assert argv[0] == "gunicorn"
     config = _check_gunicorn(argv[1:], "ops/Dockerfile CMD")
     assert config.address == [("0.0.0.0", 8000)]
-    assert config.threads == 16 and config.timeout == 90
+    assert config.timeout == 90
     exposed = {port for i in final if i.keyword == "EXPOSE" for port in i.arguments.split()}
     assert exposed == {"8000"}
 

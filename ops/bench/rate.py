@@ -84,6 +84,10 @@ def rate_run(ctx: Context, n: int, guard: float | None, tag: str, limits_window:
     }
 
 
+RATE_GOAL = 0.98  # of the limit: every point below it is bulk cancellation time lost
+GUARD_WHAT_IFS = (0.01, 0.015, 0.02, 0.04)
+
+
 def bench_rate(ctx: Context) -> dict[str, Any]:
     from ukcancel.settings import Settings
 
@@ -93,11 +97,12 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
     main = rate_run(ctx, n, None, "rate")
     # What-ifs: the `limits` library's moving window (what the gate would use without its own
     # window), and the gate's own paced window without a guard interval.
-    whatifs = [rate_run(ctx, n_whatif, None, "ratel", limits_window=True), rate_run(ctx, n_whatif, 0.0, "rateg")]
+    whatifs = [rate_run(ctx, n_whatif, None, "ratel", limits_window=True), rate_run(ctx, n_whatif, 0.0, "rateg"),
+               *(rate_run(ctx, n_whatif, g, f"rate{i}") for i, g in enumerate(GUARD_WHAT_IFS) if g != shipped_guard)]
     out = {"limit_per_second": RATE, "in_flight_cap": IN_FLIGHT, "latency_ms": SIM_LATENCY_MS,
            "workers": "2 x prefork concurrency 8", "shipped_guard_seconds": shipped_guard, **main,
            "what_if": whatifs}
-    out["goal_rate_met"] = main["achieved_per_second"] >= 0.95 * RATE
+    out["goal_rate_met"] = main["achieved_per_second"] >= RATE_GOAL * RATE
     out["goal_window_met"] = main["max_in_any_1s_window"] <= RATE
     runs = [main, *whatifs]
 
@@ -115,8 +120,9 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
          verdict(main["canceljob_calls"] == main["n"])],
         ["first -> last receipt (s)", *[col(r, "first_to_last_s", 2) for r in runs], "", ""],
         ["achieved rate = calls / (last - first) (/s)", *[col(r, "achieved_per_second", 2) for r in runs],
-         f">= {0.95 * RATE:g}", verdict(out["goal_rate_met"])],
-        ["achieved / limit", *[col(r, "achieved_over_limit", 3) for r in runs], ">= 0.95", verdict(out["goal_rate_met"])],
+         f">= {RATE_GOAL * RATE:g}", verdict(out["goal_rate_met"])],
+        ["achieved / limit", *[col(r, "achieved_over_limit", 3) for r in runs], f">= {RATE_GOAL}",
+         verdict(out["goal_rate_met"])],
         ["max calls in any sliding 1 s window", *[col(r, "max_in_any_1s_window") for r in runs], f"<= {RATE:g}",
          verdict(out["goal_window_met"])],
         ["max calls in any 200 ms window (burstiness)", *[col(r, "max_in_any_200ms_window") for r in runs],
@@ -137,7 +143,7 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
                 "window (ops/bench/limits_worker.py; in-flight cap, pause and breaker unchanged), and the gate's "
                 "own window with UKCANCEL_FLEET_GUARD_SECONDS=0 (its window is 1 s + guard).",
     )
-    ctx.summary.append(["2", "achieved rate / limit", fmt(main["achieved_over_limit"], 3), ">= 0.95",
+    ctx.summary.append(["2", "achieved rate / limit", fmt(main["achieved_over_limit"], 3), f">= {RATE_GOAL}",
                         verdict(out["goal_rate_met"])])
     ctx.summary.append(["2", "max calls in a 1 s window", str(main["max_in_any_1s_window"]), f"<= {RATE:g}",
                         verdict(out["goal_window_met"])])

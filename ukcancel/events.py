@@ -121,9 +121,9 @@ class EventListener:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "pmessage":
                         self._wake(as_text(message["channel"]), as_text(message["data"]))
-            except redis.RedisError as exc:
+            except Exception as exc:  # Redis away, or its socket closed under us: never end the listener
                 self._subscribed.clear()
-                log.warning("event listener lost Redis (retrying in %.1f s): %s", delay, exc)
+                log.warning("event listener lost Redis (retrying in %.1f s): %r", delay, exc)
                 self._wake_all()  # waiters fall back to reading their records
                 threading.Event().wait(delay)
                 delay = min(delay * 2, 5.0)

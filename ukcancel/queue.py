@@ -11,9 +11,11 @@ What a turn finds is decided by this schedule, never by the broker:
   A lease that expires (its worker was killed, or lost Redis for longer than a lease) is taken
   over by the next turn, and the command resumes as an ambiguous attempt.
 
-A turn claims, in this order: an expired lease, a due command, then the oldest command of the
-user at the head of the ring. Claiming is one script, so two turns never take the same work.
-A turn with nothing to claim ends at once: no fleet permit, no UKSSDC call.
+A turn first checks that something is runnable (if not, it ends at once: no fleet permit, no
+UKSSDC call), then takes a permit, and only then claims, in this order: an expired lease, a due
+command, then the oldest command of the user at the head of the ring. Claiming is one script, so
+two turns never take the same work; claiming after the permit keeps the order fair (a newcomer
+is not queued behind commands other turns claimed before a wait).
 
 Turns are not sent one per command. `enqueue` sends a few (one per command, up to the lanes not
 already running); a turn that ran a command sends its successor while work remains; and the reconciler
@@ -80,6 +82,20 @@ for i = 1, users do
   if id then return lease(id, 'waiting') end
 end
 return false
+"""
+
+# KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users   KEYS[4] turns on their way
+# ARGV[1] now   ARGV[2] key prefix of the per-user lists   ARGV[3] 1 when a turn starts
+# With ARGV[3], takes one off the turns on their way (this one has arrived). Returns 1 when a turn
+# could claim something now (an expired lease, a due command, a waiting one), else 0.
+_RUNNABLE = """
+if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then redis.call('DECR', KEYS[4]) end
+if redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1]) > 0 then return 1 end
+if redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1]) > 0 then return 1 end
+for _, user in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  if redis.call('LLEN', ARGV[2] .. user) > 0 then return 1 end
+end
+return 0
 """
 
 # KEYS[1] leases   KEYS[2] lease holders
@@ -193,6 +209,7 @@ class CancelQueue:
         self._renew = connection.register_script(_RENEW)
         self._release = connection.register_script(_RELEASE)
         self._counts = connection.register_script(_COUNTS)
+        self._runnable = connection.register_script(_RUNNABLE)
 
     # -- in -----------------------------------------------------------------------------------
     def enqueue(self, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
@@ -211,14 +228,42 @@ class CancelQueue:
                 # sent with the call, so a server that lost its script cache still runs it.
                 pipe.eval(_PUSH, 2, keys.fair_queue(user_id), keys.FAIR_USERS, user_id, *chunk)
         # Read in the same transaction, after the push: every lane running now will see these
-        # commands when it finishes and send its successor, so only free lanes need a new turn.
+        # commands when it finishes and send its successor, and every turn on its way will claim
+        # them, so only lanes that neither covers need a new turn (most enqueues under load send none).
         pipe.zcount(keys.LEASES, f"({self.clock()!r}", "+inf")
-        running = pipe.execute()[-1]
-        turns = min(len(commands), self.lanes - min(self.lanes, int(running)))
+        pipe.get(keys.TURNS_ON_THEIR_WAY)
+        *_, running, on_their_way = pipe.execute()
+        covered = int(running) + int(on_their_way or 0)
+        turns = min(len(commands), self.lanes - min(self.lanes, covered))
         if turns:
-            self.dispatch(turns)
+            self.send_turns(turns)
+
+    def send_turns(self, count: int) -> None:
+        """Send `count` turns, counted as on their way until each makes its first claim."""
+        self.connection.incrby(keys.TURNS_ON_THEIR_WAY, count)
+        self.dispatch(count)
+
+    def set_turns_on_their_way(self, count: int) -> None:
+        """What the broker says (the reconciler's correction of the count)."""
+        self.connection.set(keys.TURNS_ON_THEIR_WAY, count)
 
     # -- a turn's work ----------------------------------------------------------------------------
+    def start_turn(self) -> bool:
+        """A turn has arrived (it is no longer on its way); whether it can claim anything now."""
+        return self._runnable_now(started=True)
+
+    def runnable_now(self) -> bool:
+        """Whether a turn could claim something now (asked while a turn waits for a permit)."""
+        return self._runnable_now(started=False)
+
+    def _runnable_now(self, started: bool) -> bool:
+        return bool(
+            self._runnable(
+                keys=[keys.LEASES, keys.DUE, keys.FAIR_USERS, keys.TURNS_ON_THEIR_WAY],
+                args=[repr(self.clock()), keys.fair_queue(""), "1" if started else "0"],
+            )
+        )
+
     def claim(self, holder: str) -> Claim | None:
         """The command this turn now leases (expired lease, due, then round robin), or None."""
         now = self.clock()
@@ -270,7 +315,7 @@ class CancelQueue:
         counts = self.counts()
         if counts.runnable == 0 or counts.live_leases >= self.lanes:
             return False
-        self.dispatch(1)
+        self.send_turns(1)
         return True
 
     def reschedule(self, command_id: str, holder: str, at: float) -> bool:

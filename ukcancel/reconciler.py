@@ -114,6 +114,7 @@ class Reconciler:
             return TickReport(True, counts, expansions=expansions)
         queued = self.sender.queued_turns()
         missing = missing_turns(counts, queued, self.queue.lanes)
+        self.queue.set_turns_on_their_way(queued + missing)
         if missing:
             self.sender.send_turns(missing)
             metrics.RECONCILER_TURNS.inc(missing)

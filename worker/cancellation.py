@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ukcancel import lifecycle, metrics
 from ukcancel import products as product_names
-from ukcancel.command import RETRYING, RUNNING, TERMINAL, CancelCommand
+from ukcancel.command import RUNNING, CancelCommand
 from ukcancel.fleet import UNWANTED_REASON, FleetGate, Permit, Wait
 from ukcancel.outcome import (
     ACTIVE_STATES,
@@ -35,7 +35,7 @@ from ukcancel.outcome import (
     processed_tuple,
 )
 from ukcancel.queue import Claim
-from ukcancel.retry import Rand, Reschedule, backoff_delay, spread
+from ukcancel.retry import Rand, Reschedule, backoff_delay
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class RunResult:
 
     command_id: str | None
     state: str | None
+    waited: bool = False  # work was runnable but no permit came in time: the lane should go on
 
 
 class _NeedsRetry(Exception):
@@ -91,58 +92,40 @@ class CancellationRun:
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Claim a command (work before permit) and carry it as far as it goes now.
+        """Check that work is runnable, take a permit, then claim the next command and carry it on.
 
-        A turn that finds nothing ends at once, without a permit or a call. A command that
-        cannot go on now (a retry, or no permit in time) is put on the due list, never left in
-        a Celery countdown.
+        A turn that finds nothing runnable ends at once, without a permit or a call; while it
+        waits for a permit it keeps asking, so work withdrawn meanwhile costs no permit. The
+        command is claimed only once the permit is held, so it is the fairest one at that moment
+        (an expired lease, a due retry, else the next user's oldest), not one taken before a wait
+        (which would put every lane's claim ahead of a newcomer). A command that cannot go on now
+        (a retry) is put on the due list, never left in a Celery countdown.
         """
-        while True:
-            claim = self.queue.claim(self.holder)
-            if claim is None:
-                metrics.EMPTY_TURNS.inc()
-                return RunResult(None, None)
-            command = self.registry.get(claim.command_id)
-            if command is None or command.terminal:
-                # Withdrawn (aborted), expired, or finished by another run: take the next.
-                self.queue.release(claim.command_id, self.holder)
-                continue
-            if claim.takeover:
-                metrics.LEASES_TAKEN_OVER.inc()
-                log.warning("command %s: its lease had expired (worker lost); taking it over", command.id)
-            with self.queue.holding(command.id, self.holder):
-                done = self._run_claimed(command, claim)
-            if done is not None:
-                return done
-            self.queue.release(command.id, self.holder)  # withdrawn while it waited: take the next
-
-    def _run_claimed(self, command: CancelCommand, claim: Claim) -> RunResult | None:
-        """What became of the command; None when it was withdrawn (or ended) while waiting for a permit."""
-        outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds, wanted=lambda: self._still_open(command.id))
+        if not self.queue.start_turn():
+            metrics.EMPTY_TURNS.inc()
+            return RunResult(None, None)
+        outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds, wanted=self.queue.runnable_now)
         if isinstance(outcome, Wait):
-            if outcome.reason == UNWANTED_REASON:
-                return None
-            return self._wait_for_the_fleet(command, claim, outcome)
+            # No permit in time, or the work went away: the slot is freed, nothing was claimed.
+            return RunResult(None, None, waited=outcome.reason != UNWANTED_REASON)
         self._permit = outcome
         try:
-            return self._perform(command, claim)
+            while True:
+                claim = self.queue.claim(self.holder)
+                if claim is None:
+                    return RunResult(None, None)  # another turn took it; the permit goes back unused
+                command = self.registry.get(claim.command_id)
+                if command is None or command.terminal:
+                    # Withdrawn (aborted), expired, or finished by another run: take the next.
+                    self.queue.release(claim.command_id, self.holder)
+                    continue
+                if claim.takeover:
+                    metrics.LEASES_TAKEN_OVER.inc()
+                    log.warning("command %s: its lease had expired (worker lost); taking it over", command.id)
+                with self.queue.holding(command.id, self.holder):
+                    return self._perform(command, claim)
         finally:
             self._return_unused_permit()  # every call gave its own permit back
-
-    def _still_open(self, command_id: str) -> bool:
-        state = self.registry.state_of(command_id)
-        return state is not None and state not in TERMINAL
-
-    def _wait_for_the_fleet(self, command: CancelCommand, claim: Claim, wait: Wait) -> RunResult:
-        """No permit in time: due again soon, the slot freed, and no attempt counted (none began)."""
-        at = self.registry.now() + spread(wait.seconds, self.rand)
-        if command.state == RUNNING:  # taken over: the attempt that died may have reached the server
-            self.registry.record_progress(command.id, ambiguous=True)
-            self.registry.mark_retrying(command.id, f"waiting: {wait.reason}", at)
-        else:
-            self.registry.record_progress(command.id, next_attempt_at=at, last_error=f"waiting: {wait.reason}")
-        self.queue.reschedule(command.id, self.holder, at)
-        return RunResult(command.id, RETRYING if command.state == RUNNING else command.state)
 
     # -- permits -------------------------------------------------------------------------------
     def _return_unused_permit(self) -> None:

@@ -43,7 +43,7 @@ def register_tasks(app: Celery) -> None:
         holder = f"{self.request.id}/{uuid.uuid4().hex[:8]}"
         try:
             result = CancellationRun(self.runtime, holder, self.gate, self.ukssdc).run()
-            if result.command_id is not None:
+            if result.command_id is not None or result.waited:
                 self.runtime.queue.continue_lane()
         except (redis.RedisError, KombuError) as exc:
             log.warning("turn %s ended by a store or broker error (the reconciler resends): %s", holder, exc)

@@ -325,22 +325,31 @@ def test_connection_refused_is_transient_and_not_ambiguous(simulator: SimulatorS
     assert not done.ambiguous
 
 
-def test_no_capacity_puts_the_command_on_the_due_list_without_an_attempt(h: Harness) -> None:
+def test_no_capacity_claims_nothing_and_counts_no_attempt(h: Harness) -> None:
     h.gate.wait = Wait(2.0, "fleet paused by the UKSSDC's Retry-After")
-    h.rand = lambda low, high: high
     command = h.submit(1001, ["LightCurve"])
-    assert h.run() == RunResult(command.id, QUEUED)
-    assert h.due_in(command) == pytest.approx(3.0)  # 2 s plus up to half again of jitter
+    result = h.run()
+    assert result == RunResult(None, None, waited=True)  # the lane goes on (its successor is sent)
     waiting = h.record(command)
-    assert waiting.state == QUEUED and waiting.attempts == 0  # no attempt began
-    assert waiting.last_error == "waiting: fleet paused by the UKSSDC's Retry-After"
-    assert waiting.next_attempt_at == h.runtime.queue.due_at(command.id)
-    assert h.leases() == 0 and h.gate.acquired == 0
+    assert waiting.state == QUEUED and waiting.attempts == 0  # still in line, no attempt began
+    assert h.runtime.queue.depth() == {ASTRO: 1} and h.leases() == 0
     assert h.calls() == []
     h.gate.wait = None
-    h.clock.now += 3.0
-    assert h.run() == RunResult(command.id, COMPLETED)  # due now: the next turn takes it first
+    assert h.run() == RunResult(command.id, COMPLETED)
     assert h.record(command).attempts == 1
+
+
+def test_a_turn_with_nothing_runnable_takes_no_permit(h: Harness) -> None:
+    assert h.run() == RunResult(None, None)
+    assert h.gate.acquired == 0 and h.gate.unused == 0
+
+
+def test_the_permit_holder_claims_the_fairest_command_at_that_moment(h: Harness) -> None:
+    bulk = [h.submit(2001 + n, ["LightCurve"], user="bulk@example.org") for n in range(3)]
+    single = h.submit(1001, ["LightCurve"])
+    first, second = h.run("turn-1"), h.run("turn-2")
+    # Round robin at the moment of the permit: one bulk command, then the single, not the bulk's second.
+    assert first.command_id == bulk[0].id and second.command_id == single.id
 
 
 # ---- ambiguous outcomes ----------------------------------------------------------------------

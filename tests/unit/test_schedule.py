@@ -8,7 +8,7 @@ import pytest
 from ukcancel import keys
 from ukcancel.batch import EXPANDING, Batch, BatchRegistry
 from ukcancel.command import CancelCommand, CommandRegistry
-from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, ScheduleCounts
+from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, Claim, ScheduleCounts
 from ukcancel.reconciler import Reconciler, missing_turns
 
 A, B = "a@example.org", "b@example.org"
@@ -207,18 +207,43 @@ def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queu
     assert reconciler.tick().expansions == 0  # ended batches are off the list
 
 
-def test_enqueue_sends_turns_only_for_lanes_not_already_running(queue: CancelQueue, clock: Clock) -> None:
+def test_enqueue_sends_turns_only_for_lanes_neither_running_nor_covered_by_turns_on_their_way(
+    queue: CancelQueue, clock: Clock
+) -> None:
     sent: list[int] = []
     queue.dispatch = sent.append
     enqueue(queue, A, 10)
     assert sent == [4]  # every lane free
-    for n in range(3):
-        queue.claim(f"turn-{n}")
     enqueue(queue, B, 5)
-    assert sent == [4, 1]  # one lane free
-    queue.claim("turn-3")
+    assert sent == [4]  # the 4 turns on their way will claim these too
+    def arrive_and_claim(name: str) -> Claim | None:
+        assert queue.start_turn()  # the turn arrives (off the ones on their way) and finds work
+        return queue.claim(name)
+
+    claims = [arrive_and_claim(f"turn-{n}") for n in range(3)]  # three started: 1 on its way, 3 running
     enqueue(queue, B, 5)
-    assert sent == [4, 1]  # every lane running: their successors will find these
-    clock.now += LEASE + 1  # the running turns died: their leases lapse, so lanes are free again
+    assert sent == [4]
+    claims.append(arrive_and_claim("turn-3"))  # the last one started: 4 running, none on its way
+    for n, claim in enumerate(claims):
+        assert claim is not None and queue.release(claim.command_id, f"turn-{n}")
+    enqueue(queue, B, 1)  # nothing running, nothing on its way
+    assert sent == [4, 1]
+    queue.set_turns_on_their_way(0)  # the reconciler: the broker holds none (that turn was lost)
+    clock.now += LEASE + 1
     enqueue(queue, B, 1)
     assert sent == [4, 1, 1]
+
+
+def test_runnable_now_sees_waiting_due_and_expired_work_only(queue: CancelQueue, clock: Clock) -> None:
+    assert not queue.runnable_now()
+    [command] = enqueue(queue, A, 1)
+    assert queue.runnable_now()
+    queue.claim("turn-1")
+    assert not queue.runnable_now()  # leased and live
+    queue.reschedule(command, "turn-1", clock.now + 5)
+    assert not queue.runnable_now()  # due later
+    clock.now += 5
+    assert queue.runnable_now()  # due now
+    queue.claim("turn-2")
+    clock.now += LEASE + 1
+    assert queue.runnable_now()  # its lease lapsed

@@ -1,8 +1,8 @@
 """`/v1/batches`: many cancellations (or every active product of a user) in one request.
 
-Accepting a batch costs one Redis round trip and one broker message, whatever its size: the
-commands, their places in the fair queue and the batch's item order go in one pipeline, and
-the turns to run them are sent as one fan-out message (`ukcancel.submission.enqueue_batch`).
+Accepting a batch costs one Redis round trip and at most a turn per lane, whatever its size: the
+commands, their places in the schedule and the batch's item order go in one pipeline
+(`ukcancel.submission.enqueue_batch`), and running turns send their successors.
 """
 
 from __future__ import annotations

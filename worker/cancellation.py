@@ -1,9 +1,10 @@
 """Performing one cancel command against the UKSSDC: the worker's side of the data flow.
 
-One `CancellationRun` is one turn (one execution of a Celery task). It claims the next command
-from the schedule (`ukcancel.queue`: an expired lease, a due retry, else fair between users),
-then takes a permit from the fleet gate, makes the UKSSDC calls while renewing the command's
-lease, and either stores the final tuple or puts the command on the due list for later.
+One `CancellationRun` is one turn (one execution of a Celery task). It checks that something is
+runnable (if not it ends, with no permit), takes a permit from the fleet gate, then claims the
+next command from the schedule (`ukcancel.queue`: an expired lease, a due retry, else fair
+between users), makes the UKSSDC calls while renewing the command's lease, and either stores the
+final tuple or puts the command on the due list for later.
 Everything it learned on the way (products resolved from "all", products already settled,
 whether an earlier request may have reached the server) is written to the command's record, so
 the next run carries on.
@@ -66,7 +67,7 @@ class _NeedsRetry(Exception):
 
 
 class CancellationRun:
-    """One turn: claim work from the schedule, then a permit, then the UKSSDC calls.
+    """One turn: check for runnable work, take a permit, claim from the schedule, make the UKSSDC calls.
 
     `holder` names this run's leases (unique per run, so two deliveries of one message never
     renew or end each other's leases).

@@ -17,8 +17,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Mapping
 
 import redis
 
@@ -81,6 +82,17 @@ def wait_until(probe: Callable[[], bool], timeout: float, interval: float = 0.05
             return False
         time.sleep(interval)
     return True
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `condition` until it is truthy and return its value; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def redis_answers(url: str, connect_timeout: float = 1.0) -> bool:

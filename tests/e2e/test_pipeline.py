@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from processes import wait_for
 
 from ukcancel import keys
 from ukcancel.assemble import create_api
@@ -31,14 +32,6 @@ CANCELLED_OK = "Job cancelled OK"
 ALREADY_FINISHED = "Job could not be cancelled - has it already finished?"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -221,7 +214,7 @@ def test_withdraw_before_a_worker_exists(make_pipeline: Callable[..., Pipeline],
     assert response.status_code == 200 and response.get_json()["state"] == "aborted"
     assert p.redis.llen(QUEUE) == 1  # its turn is still in the broker
     worker_factory(p.env)
-    wait_until(p.broker_idle, 15, "the worker to take the withdrawn command's turn")
+    wait_for(p.broker_idle, 15, "the worker to take the withdrawn command's turn")
     later = p.result(p.submit(1002, ["LightCurve"]))
     assert later["result"][0] == 1  # the worker was alive and working all along
     command = p.get(withdrawn)
@@ -299,13 +292,13 @@ def test_sigkill_mid_command_is_taken_over_and_completes_exactly_once(
     p.sim.state.add_faults(Fault("latency", seconds=3))  # holds the call, then cancels
     command_id = p.submit(1001, ["LightCurve"])
 
-    wait_until(lambda: p.get(command_id)["state"] == "running" and p.calls(), 10, "the call to be in flight")
+    wait_for(lambda: p.get(command_id)["state"] == "running" and p.calls(), 10, "the call to be in flight")
     assert p.redis.zscore(keys.LEASES, command_id) is not None
     first.kill()
     assert first.process.poll() is not None
 
     # The dead worker's request still reaches the server and cancels the light curve.
-    wait_until(lambda: p.calls()[0]["t_done"] is not None, 10, "the held call to be processed")
+    wait_for(lambda: p.calls()[0]["t_done"] is not None, 10, "the held call to be processed")
     assert p.sim.state.product_state(1001, "lc") == -4
     assert p.get(command_id)["state"] == "running"  # nobody recorded the outcome
     rescuer = worker_factory(p.env, name="rescuer")
@@ -318,12 +311,12 @@ def test_sigkill_mid_command_is_taken_over_and_completes_exactly_once(
     assert history(command).count("completed") == 1
     assert len(p.calls()) == 2 and len(p.calls("checkProductStatus.php")) == 1
     assert "taking it over" in rescuer.log()
-    wait_until(lambda: p.redis.zcard(keys.LEASES) == 0, 5, "the lease to be released after completion")
+    wait_for(lambda: p.redis.zcard(keys.LEASES) == 0, 5, "the lease to be released after completion")
 
     # Duplicate turns change nothing: each finds nothing to claim and ends.
     before = p.redis.hgetall(keys.command(command_id))
     empty_before = rescuer.log().count("'command': None")
     p.runtime.dispatch.send_turns(3)
-    wait_until(lambda: rescuer.log().count("'command': None") >= empty_before + 3, 15, "the duplicate turns")
+    wait_for(lambda: rescuer.log().count("'command': None") >= empty_before + 3, 15, "the duplicate turns")
     assert p.redis.hgetall(keys.command(command_id)) == before
     assert len(p.calls()) == 2

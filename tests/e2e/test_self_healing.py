@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+from processes import wait_for
 from werkzeug.serving import make_server
 
 from ukcancel import keys
@@ -42,14 +43,6 @@ CANCEL = "canceljob.php"
 RECOVERY_GOAL_SECONDS = 60.0  # the promise with default settings (the README states the measured figure)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def free_port() -> int:
@@ -157,7 +150,7 @@ class RestartableRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        wait_until(lambda: self._answers(client), 15, "redis-server to start")
+        wait_for(lambda: self._answers(client), 15, "redis-server to start")
         client.close()
 
     @staticmethod
@@ -232,7 +225,7 @@ def test_a_redis_restart_mid_batch_loses_no_command(
                                                                 for j in range(2001, 2201)]})
     assert response.status_code == 202, response.text
     batch_id = response.json()["id"]
-    wait_until(lambda: len(cancels(simulator)) >= 40, 30, "the batch to be under way")
+    wait_for(lambda: len(cancels(simulator)) >= 40, 30, "the batch to be under way")
     own_redis.shutdown() if how == "shutdown" else own_redis.kill()
     time.sleep(1.0)  # workers and API meet a Redis that is not there
     own_redis.start()
@@ -290,7 +283,7 @@ def test_a_worker_killed_mid_call_has_its_command_completed_within_the_goal(
     doomed = worker_factory(env, pool="prefork", concurrency=1, name="doomed")
     simulator.state.add_faults(Fault("latency", seconds=8))  # holds the first call; the server still acts
     command_id = api.cancel(1001, ["LightCurve"])
-    wait_until(lambda: cancels(simulator), 20, "the call to be in flight")
+    wait_for(lambda: cancels(simulator), 20, "the call to be in flight")
     survivor = worker_factory(env, pool="prefork", concurrency=2, name="survivor")
     assert not cancels(simulator)[0]["t_done"]  # still held: the kill lands mid-call
 
@@ -330,7 +323,7 @@ def test_after_a_withdrawn_backlog_a_retried_single_and_an_all_active_batch_are_
     worker_factory(env, concurrency=8, name="w1")
     items = [{"job_id": 100_000 + n, "products": ["lc"]} for n in range(3_000)]
     backlog = api.call("POST", "/v1/batches", BULK, {"items": items}).json()["id"]
-    wait_until(lambda: len(cancels(simulator)) >= 2, 20, "the backlog to be under way")
+    wait_for(lambda: len(cancels(simulator)) >= 2, 20, "the backlog to be under way")
     withdrawn = api.call("DELETE", f"/v1/batches/{backlog}", BULK).json()
     assert withdrawn["counts"]["aborted"] >= 2_990
 
@@ -381,7 +374,7 @@ def test_a_lost_turn_heals_within_the_reconciler_period_and_extra_turns_change_n
     before = {cid: api.command(cid) for cid in (command["id"], second)}
     calls_before = len(simulator.state.log())
     api.runtime.dispatch.send_turns(10)
-    wait_until(lambda: api.runtime.dispatch.queued_turns() == 0, 10, "the extra turns to be taken")
+    wait_for(lambda: api.runtime.dispatch.queued_turns() == 0, 10, "the extra turns to be taken")
     time.sleep(0.5)  # let the last of them finish
     assert {cid: api.command(cid) for cid in before} == before
     assert len(simulator.state.log()) == calls_before

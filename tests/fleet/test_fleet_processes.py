@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from processes import wait_for
 
 from ukcancel.assemble import create_runtime
 from ukcancel.command import CancelCommand
@@ -37,12 +38,6 @@ def submit(rt: Runtime, user: str, job_ids: list[int], products: list[str] | str
     return [c.id for c in commands]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def all_completed(rt: Runtime, ids: list[str]) -> Callable[[], bool]:
@@ -71,7 +66,7 @@ def test_rate_limit_holds_across_two_worker_processes(
     workers = [worker_factory(env, concurrency=4, name=f"rate{n}") for n in (1, 2)]
 
     ids = submit(runtime, BULK, list(range(2001, 2061)))
-    wait_until(all_completed(runtime, ids), 40, "60 commands to complete")
+    wait_for(all_completed(runtime, ids), 40, "60 commands to complete")
 
     times = cancel_times(simulator)
     assert len(times) == 60
@@ -91,7 +86,7 @@ def test_retry_after_pauses_the_whole_fleet(
     worker_factory(env, concurrency=4, name="pause2")
 
     ids = submit(runtime, BULK, list(range(2001, 2007)))
-    wait_until(all_completed(runtime, ids), 30, "6 commands to complete")
+    wait_for(all_completed(runtime, ids), 30, "6 commands to complete")
 
     log = [entry for entry in simulator.state.log() if entry["endpoint"] == CANCEL]
     assert log[0]["status"] == 429
@@ -111,7 +106,7 @@ def test_commands_wait_queued_behind_an_open_breaker_then_complete(
     worker_factory(env, concurrency=4, name="breaker")
 
     ids = submit(runtime, BULK, list(range(2001, 2006)))
-    wait_until(lambda: len(simulator.state.log()) >= 3, 20, "three failures")
+    wait_for(lambda: len(simulator.state.log()) >= 3, 20, "three failures")
     time.sleep(0.5)  # well inside the cool-down
     waiting = [c for c in runtime.registry.get_many(ids) if c is not None]
     assert all(c.state != "completed" for c in waiting), "a command was failed by the open breaker"
@@ -120,7 +115,7 @@ def test_commands_wait_queued_behind_an_open_breaker_then_complete(
     assert untouched and all(c.state == "queued" and c.attempts == 0 for c in untouched)
     assert all(c.state == "retrying" for c in waiting if c.job_id in tried)
 
-    wait_until(all_completed(runtime, ids), 30, "the commands to complete once the breaker closed")
+    wait_for(all_completed(runtime, ids), 30, "the commands to complete once the breaker closed")
     log = simulator.state.log()
     failures = [entry for entry in log if entry["status"] == 500]
     assert len(failures) == 3
@@ -137,10 +132,10 @@ def test_a_single_cancel_overtakes_a_big_batch_of_another_user(
     worker_factory(env, concurrency=4, name="fair")
 
     submit(runtime, BULK, list(range(2001, 2201)))
-    wait_until(lambda: len(cancel_times(simulator)) >= 20, 20, "the batch to be under way")
+    wait_for(lambda: len(cancel_times(simulator)) >= 20, 20, "the batch to be under way")
     submitted_at = time.time()
     [single] = submit(runtime, ASTRO, [1001])
-    wait_until(all_completed(runtime, [single]), 20, "the single cancel")
+    wait_for(all_completed(runtime, [single]), 20, "the single cancel")
 
     later = [entry for entry in simulator.state.log() if entry["endpoint"] == CANCEL and entry["t"] >= submitted_at]
     position = next(i for i, entry in enumerate(later) if entry["body"]["UserID"] == ASTRO)

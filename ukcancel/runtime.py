@@ -17,6 +17,8 @@ import redis
 from ukcancel.batch import BatchRegistry
 from ukcancel.command import CommandRegistry
 from ukcancel.fleet import FleetGate
+from ukcancel.jobs import JobCache
+from ukcancel.plans import PlanRegistry
 from ukcancel.queue import CancelQueue
 from ukcancel.settings import Settings
 from ukcancel.token import TokenRegistry
@@ -41,6 +43,9 @@ class Dispatch(Protocol):
     def deliver_callback(self, command_id: str) -> None:
         """Have a worker POST a finished command to its callback URL."""
 
+    def refresh_jobs(self, user_id: str) -> None:
+        """Have a worker read the user's jobs and the states of their products (`ukcancel.jobs`)."""
+
 
 TerminalHook = Callable[[str], None]
 
@@ -59,6 +64,8 @@ class Runtime:
     tokens: TokenRegistry = field(init=False)
     batches: BatchRegistry = field(init=False)
     gate: FleetGate = field(init=False)  # workers take permits from it; the API reads its state
+    jobs: JobCache = field(init=False)
+    plans: PlanRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.registry = CommandRegistry(self.connection, self.settings.result_ttl_seconds)
@@ -72,3 +79,5 @@ class Runtime:
         self.tokens = TokenRegistry(self.connection)
         self.batches = BatchRegistry(self.connection, self.settings.result_ttl_seconds)
         self.gate = FleetGate(self.connection, self.settings)
+        self.jobs = JobCache(self.connection, self.settings.job_status_ttl_seconds)
+        self.plans = PlanRegistry(self.connection, self.settings.result_ttl_seconds, self.settings.plan_ttl_seconds)

@@ -115,6 +115,11 @@ class Settings:
     lease_seconds: float = 10.0
     reconcile_seconds: float = 0.5
     metrics_multiproc_dir: str | None = None
+    # Jobs and plans (`ukcancel.jobs`, `ukcancel.plans`): how old a job's product states may be
+    # before a worker reads them again (the UKSSDC asks for no more than ~one poll per 10 s), and
+    # how long a computed plan may be applied.
+    job_status_ttl_seconds: float = 10.0
+    plan_ttl_seconds: float = 300.0
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
     token: str | None = None
@@ -147,6 +152,8 @@ class Settings:
             ("UKCANCEL_DISPATCH_LANES", "dispatch_lanes", _positive_int),
             ("UKCANCEL_LEASE_SECONDS", "lease_seconds", _positive_float),
             ("UKCANCEL_RECONCILE_SECONDS", "reconcile_seconds", _positive_float),
+            ("UKCANCEL_JOB_STATUS_TTL_SECONDS", "job_status_ttl_seconds", _positive_float),
+            ("UKCANCEL_PLAN_TTL_SECONDS", "plan_ttl_seconds", _positive_float),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),

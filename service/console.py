@@ -258,7 +258,7 @@ def jobs_table() -> Response:
     if loaded is None:
         return live(render_template("console/_jobs_table.html", raw=raw, view=None, errors=errors), done=True)
     view = jobs_view_or_error(loaded, wait=LIVE_WAIT_SECONDS)
-    return live(render_template("console/_jobs_table.html", raw=raw, view=view, errors=[]), done=False)
+    return live(render_template("console/_jobs_table.html", raw=raw, view=view, errors=[]), done=not view["refreshing"])
 
 
 @blp.route("/plans", methods=["POST"])

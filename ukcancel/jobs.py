@@ -304,6 +304,11 @@ class JobCache:
                  or (not states[job.job_id].final and now - states[job.job_id].read_at >= self.ttl_seconds))
         ]
 
+    def needs_reading(self, user_id: str, job_id: int) -> bool:
+        """Checked again just before a call: another refresh may have read the job meanwhile."""
+        states = self.states(user_id, [job_id]).get(job_id)
+        return states is None or (not states.final and self.clock() - states.read_at >= self.ttl_seconds)
+
     def fresh(self, user_id: str) -> bool:
         """Everything shown is recent enough: the listing, and every job that can still change."""
         listing = self.listing(user_id)

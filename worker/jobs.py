@@ -63,6 +63,8 @@ class JobsRefresh:
                 listing = self.cache.listing(self.user_id)
             read = 0
             for job in self.cache.stale_jobs(self.user_id, listing):
+                if not self.cache.needs_reading(self.user_id, job.job_id):
+                    continue  # read by another refresh of the same user since this one began
                 # listOldJobs.php flags no SourceDet: asked of every job, shown only where it exists
                 shorts = product_names.short_names([*job.products, *(p for p in UNLISTED_PRODUCTS if p not in job.products)])
                 status = gated_call(self.gate, self.rand, self.client.product_status, self.user_id, job.job_id, shorts)

@@ -55,6 +55,9 @@ def site(simulator: SimulatorServer) -> Iterator[Site]:
     finally:
         server.shutdown()
         thread.join(5)
+        # Tasks sent while no worker ran (refreshes) would wait in the in-memory broker, which every
+        # embedded runtime of this process shares, for a later test's worker: drop them.
+        runtime.celery.control.purge()
 
 
 @pytest.fixture

@@ -22,6 +22,9 @@ ASTRO, OTHER = "astro@example.org", "other@example.org"
 class Console:
     def __init__(self, secret: str | None = SECRET) -> None:
         self.runtime: Runtime = create_runtime(Settings(console_secret=secret))
+        # No worker here; refreshes stay out of the in-memory broker that later tests' workers share.
+        self.refreshes: list[str] = []
+        self.runtime.dispatch.refresh_jobs = self.refreshes.append  # type: ignore[method-assign]
         self.app = create_api(runtime=self.runtime)
         self.tokens = {name: self.runtime.tokens.create(user, name=name, admin=admin)[0]
                        for name, user, admin in (("alice", ASTRO, False), ("bob", OTHER, False),
@@ -167,9 +170,23 @@ def test_token_forms_validate_like_the_cli(console: Console) -> None:
 
 
 def test_a_plan_from_the_jobs_page_keeps_the_filters_and_the_ticked_jobs(console: Console) -> None:
-    console.runtime.dispatch.refresh_jobs = lambda user_id: None  # type: ignore[method-assign]
     client = console.signed_in("alice")
     ticked = console.post(client, "/console/plans", {"name": "GRB*", "job_ids": ["1001", "1002"]})
     untouched = console.post(client, "/console/plans", {"name": "GRB*", "filter_job_ids": "1003"})
     selections = [console.runtime.plans.get(r.headers["Location"].rsplit("/", 1)[1]).selection for r in (ticked, untouched)]
     assert [(s.name, s.job_ids) for s in selections] == [("GRB*", (1001, 1002)), ("GRB*", (1003,))]
+
+
+def test_commands_are_paged_and_filtered(console: Console) -> None:
+    alice = Principal("alice", ASTRO, False, "")
+    ids = [submission.submit(console.runtime, alice, {"job_id": 1001 + n % 2, "products": "all"}).command.id
+           for n in range(5)]
+    client = console.signed_in("alice")
+    first = text(client.get("/console/commands?limit=2"))
+    shown = re.findall(r'data-command="([0-9a-f]{32})"', first)
+    assert shown == ids[::-1][:2]  # newest first
+    next_page = re.search(r'id="next-page" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+    assert re.findall(r'data-command="([0-9a-f]{32})"', text(client.get(next_page))) == ids[::-1][2:4]
+    by_job = re.findall(r'data-command="([0-9a-f]{32})"', text(client.get("/console/commands?job_id=1002")))
+    assert by_job == [ids[3], ids[1]]
+    assert "data-command" not in text(console.signed_in("bob").get("/console/commands"))

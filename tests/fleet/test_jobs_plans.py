@@ -75,8 +75,11 @@ def api(simulator: SimulatorServer) -> Iterator[Api]:
 
 @pytest.fixture
 def idle_api(simulator: SimulatorServer) -> Api:
-    """No worker: refreshes are asked for and never done."""
-    return Api(create_runtime(settings_for(simulator)))
+    """No worker: refreshes are asked for and never done. They are kept out of the in-memory broker,
+    which every embedded runtime of this process shares: a later test's worker would run them."""
+    runtime = create_runtime(settings_for(simulator))
+    runtime.dispatch.refresh_jobs = lambda user_id: None  # type: ignore[method-assign]
+    return Api(runtime)
 
 
 def calls(simulator: SimulatorServer, endpoint: str | None = None) -> list[dict[str, Any]]:
@@ -275,7 +278,6 @@ def test_a_plan_with_nothing_to_cancel_cannot_be_applied(api: Api) -> None:
 
 
 def test_a_computing_plan_cannot_be_applied_yet(idle_api: Api) -> None:
-    idle_api.runtime.dispatch.refresh_jobs = lambda user_id: None  # type: ignore[method-assign]
     created = idle_api.post("/v1/plans", {})
     assert created.json["state"] == "computing"
     response = idle_api.post(f"/v1/plans/{created.json['id']}/apply")

@@ -61,6 +61,9 @@ class JobsRefresh:
                     return 0
                 self.cache.save_listing(self.user_id, listed_jobs(listed))
                 listing = self.cache.listing(self.user_id)
+            elif listing is not None and listing.error:
+                self._finish(listing.error)  # refused within the TTL: not asked again yet
+                return 0
             read = 0
             for job in self.cache.stale_jobs(self.user_id, listing):
                 if not self.cache.needs_reading(self.user_id, job.job_id):

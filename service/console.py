@@ -121,7 +121,33 @@ def require_admin() -> None:
 @blp.app_context_processor
 def helpers() -> dict[str, Any]:
     return {"csrf_token": generate_csrf, "when": when, "ago": ago, "console_user": g.get("console_user"),
-            "status_tuple": status_tuple}
+            "status_tuple": status_tuple, "fragment": is_fragment(), "live_url": live_url, "page_url": page_url}
+
+
+def is_fragment() -> bool:
+    """A page's live part only (`?fragment=1`, what static/console.js re-fetches), without the layout."""
+    return request.method == "GET" and request.args.get("fragment") == "1"
+
+
+def live_url() -> str:
+    """This page with its query, as a fragment."""
+    args = MultiDict(request.args)
+    args["fragment"] = "1"
+    return url_for(request.endpoint, **request.view_args, **args.to_dict(flat=True))
+
+
+def page_url() -> str:
+    """This page with its query, whole (where a form inside a live part comes back to)."""
+    args = MultiDict(request.args)
+    args.pop("fragment", None)
+    return url_for(request.endpoint, **request.view_args, **args.to_dict(flat=True))
+
+
+@blp.after_request
+def fragments_are_not_cached(response: Response) -> Response:
+    if is_fragment():
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def when(value: Any) -> str:

@@ -190,3 +190,17 @@ def test_commands_are_paged_and_filtered(console: Console) -> None:
     by_job = re.findall(r'data-command="([0-9a-f]{32})"', text(client.get("/console/commands?job_id=1002")))
     assert by_job == [ids[3], ids[1]]
     assert "data-command" not in text(console.signed_in("bob").get("/console/commands"))
+
+
+def test_live_parts_are_served_as_fragments_without_the_layout(console: Console) -> None:
+    ops = console.signed_in("ops")
+    console.runtime.connection.zadd(keys.WORKERS, {"w9@host": 1.0})
+    page = text(ops.get("/console/admin/workers"))
+    assert 'data-live="/console/admin/workers?fragment=1"' in page and "<header>" in page
+    fragment = ops.get("/console/admin/workers?fragment=1")
+    assert "<header>" not in text(fragment) and "w9@host" in text(fragment)
+    assert fragment.headers["Cache-Control"] == "no-store"
+    listing = text(ops.get("/console/commands?state=queued"))
+    assert re.search(r'data-live="/console/commands\?[^"]*state=queued[^"]*fragment=1', listing)
+    for path in ("/console/admin/queues", "/console/admin/fleet", "/console/admin/deadletters", "/console/batches"):
+        assert "<header>" not in text(ops.get(path + "?fragment=1"))

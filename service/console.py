@@ -54,7 +54,7 @@ from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, s
 from ukcancel.service.runtime import get_runtime
 from ukcancel.service.schemas import CancellationListQuerySchema
 from ukcancel.store import as_text
-from ukcancel.token import Principal, TokenError, digest
+from ukcancel.token import NotPermitted, Principal, TokenError, digest
 
 blp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
 
@@ -212,6 +212,11 @@ def http_error(exc: HTTPException) -> tuple[str, int]:
     if exc.description == "console-off":
         return render_template("console/off.html"), 404
     return render_template("console/error.html", code=exc.code, message=exc.description), exc.code or 500
+
+
+@blp.errorhandler(NotPermitted)
+def not_permitted(exc: NotPermitted) -> tuple[str, int]:
+    return render_template("console/error.html", code=403, message=str(exc)), 403
 
 
 @blp.errorhandler(CSRFError)

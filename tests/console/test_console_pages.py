@@ -204,3 +204,12 @@ def test_live_parts_are_served_as_fragments_without_the_layout(console: Console)
     assert re.search(r'data-live="/console/commands\?[^"]*state=queued[^"]*fragment=1', listing)
     for path in ("/console/admin/queues", "/console/admin/fleet", "/console/admin/deadletters", "/console/batches"):
         assert "<header>" not in text(ops.get(path + "?fragment=1"))
+
+
+def test_a_user_naming_another_user_gets_a_403_page(console: Console) -> None:
+    alice = console.signed_in("alice")
+    for path in (f"/console/jobs?user_id={OTHER}", f"/console/batches?user_id={OTHER}",
+                 f"/console/commands?user_id={OTHER}"):
+        response = alice.get(path)
+        assert response.status_code == 403 and "<header>" in text(response), path
+    assert console.refreshes == []  # nothing was asked for bob's jobs

@@ -10,7 +10,7 @@ from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailab
 
 from ukcancel import __version__
 from ukcancel.runtime import Runtime
-from ukcancel.service import batches, cancellations, health, metrics
+from ukcancel.service import batches, cancellations, console, health, jobs, metrics
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.problems import ProblemApi
 from ukcancel.service.rate_limit import install_rate_limit
@@ -42,10 +42,11 @@ def create_app(runtime: Runtime) -> Flask:
     install_rate_limit(app, runtime)
     api = ProblemApi(app)
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
-    for blueprint in (cancellations.blp, batches.blp, metrics.blp):
+    for blueprint in (cancellations.blp, batches.blp, jobs.jobs_blp, jobs.plans_blp, metrics.blp):
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)
+    console.install_console(app, runtime.settings.console_secret)  # not in the OpenAPI document
     for path in ("/healthz", "/readyz"):
         for operation in api.spec._paths.get(path, {}).values():
             operation["security"] = []

@@ -289,6 +289,55 @@ class Client:
         return self.document(self.request("DELETE", f"/v1/batches/{batch_id}"), "id", "state", "counts")
 
 
+    # -- jobs and plans ----------------------------------------------------------------------------
+    def jobs(self, wait: int = 0, **filters: Any) -> dict[str, Any]:
+        """`GET /v1/jobs`: your jobs with each product's state as last read, and its age.
+
+        Filters: name (a glob), submitted_after / submitted_before (datetime or ISO 8601), products
+        (names), state ("active", "finished", "cancelled"), job_ids, user_id (admin tokens);
+        None values are left out. `wait` (at most 60) waits for a refresh under way.
+        """
+        params = _selection_params(filters)
+        if wait:
+            params["wait"] = wait
+        return self.document(self.request("GET", "/v1/jobs", params=params), "jobs")
+
+    def create_plan(self, **selection: Any) -> str:
+        """`POST /v1/plans` with the filters of `jobs`; the plan's id (it is computed meanwhile)."""
+        return self.document(self.request("POST", "/v1/plans", json=_selection_params(selection, lists=True)), "id")["id"]
+
+    def get_plan(self, plan_id: str, wait: int = 0) -> dict[str, Any]:
+        params = {"wait": wait} if wait else None
+        return self.document(self.request("GET", f"/v1/plans/{plan_id}", params=params), "id", "state", "pairs")
+
+    def wait_plan(self, plan_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The plan once computed (ready or failed), or as it stands after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            plan = self.get_plan(plan_id, wait=_poll_seconds(60, deadline))
+            if plan["state"] != "computing" or (deadline is not None and time.monotonic() >= deadline):
+                return plan
+
+    def apply_plan(self, plan_id: str) -> str:
+        """`POST /v1/plans/{id}/apply`: the id of the batch made of exactly the plan's pairs (the same
+        batch however often it is applied)."""
+        return self.document(self.request("POST", f"/v1/plans/{plan_id}/apply"), "id")["id"]
+
+
+def _selection_params(filters: Mapping[str, Any], lists: bool = False) -> dict[str, Any]:
+    """Filters for a query string (lists comma-joined) or a JSON body (`lists`); None left out."""
+    out: dict[str, Any] = {}
+    for name, value in filters.items():
+        if value is None:
+            continue
+        if hasattr(value, "isoformat"):
+            value = value.isoformat()
+        elif isinstance(value, (list, tuple)):
+            value = list(value) if lists else ",".join(str(v) for v in value)
+        out[name] = value
+    return out
+
+
 BATCH_ENDED = ("completed", "failed")
 BATCH_PAGE = 1000
 PROGRESS_POLL_SECONDS = 2

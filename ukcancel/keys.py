@@ -62,6 +62,29 @@ Batches (`ukcancel.batch.BatchRegistry`)
     ``ukcancel:events:batch:{id}``        pub/sub channel, notified when an item becomes terminal and
                                           when an `all_active` expansion ends (long poll).
 
+Jobs and their product states as last read from the UKSSDC (`ukcancel.jobs.JobCache`)
+    ``ukcancel:jobs:{user_id}``           hash: jobs (JSON list of {job_id, name, submitted, products}
+                                          as listOldJobs.php listed them), listed_at, refreshed_at
+                                          (epoch seconds), error (the listing was refused).
+                                          Expires a day after the last write.
+    ``ukcancel:jobs:{user_id}:job:{job_id}``  hash: states (JSON long name -> [code, text], as
+                                          checkProductStatus.php said), read_at, error. Re-read only
+                                          once older than `job_status_ttl_seconds`, and never again once
+                                          every product is final. Expires a day after the last write.
+    ``ukcancel:jobs:{user_id}:refresh``   string with expiry: a refresh of that user's jobs is asked for
+                                          or under way (one at a time; renewed by the worker doing it).
+    ``ukcancel:events:jobs:{user_id}``    pub/sub channel, "refreshed" when a refresh ends (long poll).
+
+Plans (`ukcancel.plans.PlanRegistry`): what a selection would cancel, computed from fresh states.
+    ``ukcancel:plan:{id}``                hash: id, user_id, submitted_by, created_at, state
+                                          (computing, ready, failed), selection (JSON), pairs (JSON list
+                                          of {job_id, name, products}), left_out (JSON list of {job_id,
+                                          name, reason}), computed_at, expires_at, error, batch_id (set
+                                          once, by the first apply). Expires `result_ttl_seconds` after
+                                          creation.
+    ``ukcancel:plans:waiting:{user_id}``  set, plan ids waiting for that user's refresh to end.
+    ``ukcancel:events:plan:{id}``         pub/sub channel, the plan's state once computed (long poll).
+
 Tokens (`ukcancel.token.TokenRegistry`)
     ``ukcancel:token:{sha256}``           hash: name, user_id, admin, created_at, callback_secret.
                                           Only the SHA-256 of a token is stored.
@@ -156,6 +179,34 @@ EXPANDING_BATCHES = f"{PREFIX}:batches:expanding"
 
 def batch_events(batch_id: str) -> str:
     return f"{PREFIX}:events:batch:{batch_id}"
+
+
+def jobs(user_id: str) -> str:
+    return f"{PREFIX}:jobs:{user_id}"
+
+
+def job_states(user_id: str, job_id: int) -> str:
+    return f"{PREFIX}:jobs:{user_id}:job:{job_id}"
+
+
+def jobs_refresh(user_id: str) -> str:
+    return f"{PREFIX}:jobs:{user_id}:refresh"
+
+
+def jobs_events(user_id: str) -> str:
+    return f"{PREFIX}:events:jobs:{user_id}"
+
+
+def plan(plan_id: str) -> str:
+    return f"{PREFIX}:plan:{plan_id}"
+
+
+def plans_waiting(user_id: str) -> str:
+    return f"{PREFIX}:plans:waiting:{user_id}"
+
+
+def plan_events(plan_id: str) -> str:
+    return f"{PREFIX}:events:plan:{plan_id}"
 
 
 def token(digest: str) -> str:

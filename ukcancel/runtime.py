@@ -18,6 +18,8 @@ from ukcancel.batch import BatchRegistry
 from ukcancel.command import CommandRegistry
 from ukcancel.events import EventListener
 from ukcancel.fleet import FleetGate
+from ukcancel.jobs import JobCache
+from ukcancel.plans import PlanRegistry
 from ukcancel.queue import CancelQueue
 from ukcancel.settings import Settings
 from ukcancel.token import TokenRegistry
@@ -42,6 +44,9 @@ class Dispatch(Protocol):
     def deliver_callback(self, command_id: str) -> None:
         """Have a worker POST a finished command to its callback URL."""
 
+    def refresh_jobs(self, user_id: str) -> None:
+        """Have a worker read the user's jobs and the states of their products (`ukcancel.jobs`)."""
+
 
 TerminalHook = Callable[[str], None]
 
@@ -61,6 +66,8 @@ class Runtime:
     batches: BatchRegistry = field(init=False)
     gate: FleetGate = field(init=False)  # workers take permits from it; the API reads its state
     events: EventListener = field(init=False)
+    jobs: JobCache = field(init=False)
+    plans: PlanRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = EventListener(self.connection)  # one pub/sub connection for every long poll
@@ -80,3 +87,7 @@ class Runtime:
             events=self.events,
         )
         self.gate = FleetGate(self.connection, self.settings)
+        self.jobs = JobCache(self.connection, self.settings.job_status_ttl_seconds, events=self.events)
+        self.plans = PlanRegistry(
+            self.connection, self.settings.result_ttl_seconds, self.settings.plan_ttl_seconds, events=self.events
+        )

@@ -75,6 +75,12 @@ def _host_list(raw: str) -> tuple[str, ...]:
     return hosts
 
 
+def _secret(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("must be at least 32 characters (e.g. `python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
+    return raw
+
+
 def _rate_limit(raw: str) -> str:
     # Parsed by `limits`, the library that enforces it, so both agree on the grammar.
     from limits import parse_many
@@ -116,6 +122,14 @@ class Settings:
     reconcile_seconds: float = 0.5
     expansion_timeout_seconds: float = 60.0  # an all_active expansion not heard from this long is resent
     metrics_multiproc_dir: str | None = None
+    # Jobs and plans (`ukcancel.jobs`, `ukcancel.plans`): how old a job's product states may be
+    # before a worker reads them again (the UKSSDC asks for no more than ~one poll per 10 s), and
+    # how long a computed plan may be applied.
+    job_status_ttl_seconds: float = 10.0
+    plan_ttl_seconds: float = 300.0
+    # The web console (`ukcancel.service.console`): the key its session cookies are signed with.
+    # No default: without it the console is off.
+    console_secret: str | None = field(default=None, repr=False)
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
     token: str | None = None
@@ -149,6 +163,9 @@ class Settings:
             ("UKCANCEL_LEASE_SECONDS", "lease_seconds", _positive_float),
             ("UKCANCEL_RECONCILE_SECONDS", "reconcile_seconds", _positive_float),
             ("UKCANCEL_EXPANSION_TIMEOUT_SECONDS", "expansion_timeout_seconds", _positive_float),
+            ("UKCANCEL_JOB_STATUS_TTL_SECONDS", "job_status_ttl_seconds", _positive_float),
+            ("UKCANCEL_PLAN_TTL_SECONDS", "plan_ttl_seconds", _positive_float),
+            ("UKCANCEL_CONSOLE_SECRET", "console_secret", _secret),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),

@@ -118,6 +118,18 @@ class TokenRegistry:
             return None
         return _record(data)
 
+    def by_digest(self, token_digest: str) -> TokenRecord | None:
+        """The record of the token with this SHA-256 (a console session holds the digest, never the token)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", token_digest or ""):
+            return None
+        raw = self.connection.hgetall(keys.token(token_digest))
+        if not raw:
+            return None
+        data = as_text_dict(raw)
+        if not hmac.compare_digest(data.get("digest", ""), token_digest):
+            return None
+        return _record(data)
+
     def by_name(self, name: str) -> TokenRecord | None:
         token_digest = self.connection.hget(keys.TOKENS, name)
         if token_digest is None:

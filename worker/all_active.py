@@ -27,6 +27,7 @@ from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
 from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
+from ukcancel.jobs import listed_jobs
 from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.retry import Rand, Reschedule, backoff_delay
 from ukcancel.store import as_text
@@ -110,14 +111,8 @@ class ActiveJobsExpansion:
         if isinstance(listed, ServerError):
             self.batches.fail(self.batch_id, f"the UKSSDC would not list the jobs of {user_id}: {listed.message}")
             return None
-        jobs: dict[str, list[str]] = {}
-        for job in listed:
-            try:
-                job_id = int(job.get("JobID"))
-            except (TypeError, ValueError):
-                continue
-            asked = [long for long in product_names.LONG_TO_SHORT if job.get(long) is True or long in UNLISTED_PRODUCTS]
-            jobs[str(job_id)] = product_names.short_names(asked)
+        jobs = {str(job.job_id): product_names.short_names(job.products)
+                for job in listed_jobs(listed, also_ask=UNLISTED_PRODUCTS)}
         self.batches.save_expansion_progress(self.batch_id, jobs=jobs)
         return jobs
 
@@ -130,9 +125,7 @@ class ActiveJobsExpansion:
         return [product_names.SHORT_TO_LONG[short] for short in shorts if states.get(short) in ACTIVE_STATES]
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """One UKSSDC call under a fleet permit (no permit in time: `Reschedule`, freeing the slot)."""
-        with self.gate.permit(rand=self.rand):
-            return fn(*args)
+        return gated_call(self.gate, self.rand, fn, *args)
 
     def _retry_or_fail(self, failure: UkssdcFailure, attempt: int) -> None:
         if not failure.transient or attempt >= self.settings.max_attempts:
@@ -144,6 +137,12 @@ class ActiveJobsExpansion:
             self.rand,
         )
         raise Reschedule(delay, str(failure))
+
+
+def gated_call(gate: FleetGate, rand: Rand, fn: Callable[..., Any], *args: Any) -> Any:
+    """One UKSSDC call under a fleet permit (no permit in time: `Reschedule`, freeing the slot)."""
+    with gate.permit(rand=rand):
+        return fn(*args)
 
 
 def register_all_active(app: Celery) -> None:

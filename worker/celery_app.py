@@ -26,7 +26,7 @@ from kombu.exceptions import KombuError
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
-from ukcancel.worker import all_active, callbacks, tasks
+from ukcancel.worker import all_active, callbacks, jobs, tasks
 from ukcancel.worker.base_task import ServiceTask
 
 if TYPE_CHECKING:
@@ -174,4 +174,5 @@ def create_celery(settings: Settings) -> ServiceCelery:
     tasks.register_tasks(app)
     all_active.register_all_active(app)
     callbacks.register_callback_tasks(app)
+    jobs.register_jobs_tasks(app)
     return app

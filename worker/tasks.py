@@ -3,7 +3,8 @@
 Routing (one broker, two queues, both consumed by every `ukcancel worker` by default):
 
 - ``ukcancel``: turns (`ukcancel.run_next`), anonymous leave to run "the next command";
-- ``ukcancel.control``: the `all_active` expansion and callback deliveries, so control work
+- ``ukcancel.control``: the `all_active` expansion, callback deliveries and refreshes of a
+  user's jobs (`ukcancel.refresh_jobs`), so control work
   never waits behind cancel turns.
 """
 
@@ -21,6 +22,7 @@ from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.callbacks import DELIVER_CALLBACK
 from ukcancel.worker.cancellation import CancellationRun
+from ukcancel.worker.jobs import REFRESH_JOBS
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ RUN_NEXT = "ukcancel.run_next"
 TURN_QUEUE = "ukcancel"
 CONTROL_QUEUE = "ukcancel.control"
 ROUTES = {RUN_NEXT: {"queue": TURN_QUEUE}, EXPAND_ALL_ACTIVE: {"queue": CONTROL_QUEUE},
-          DELIVER_CALLBACK: {"queue": CONTROL_QUEUE}}
+          DELIVER_CALLBACK: {"queue": CONTROL_QUEUE}, REFRESH_JOBS: {"queue": CONTROL_QUEUE}}
 
 
 def register_tasks(app: Celery) -> None:
@@ -72,6 +74,9 @@ class CeleryDispatch:
 
     def deliver_callback(self, command_id: str) -> None:
         self.app.send_task(DELIVER_CALLBACK, args=[command_id])
+
+    def refresh_jobs(self, user_id: str) -> None:
+        self.app.send_task(REFRESH_JOBS, args=[user_id])
 
 
 def send_turns(app: Celery, count: int) -> None:

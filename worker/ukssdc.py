@@ -153,14 +153,24 @@ class UkssdcClient:
 
     def product_states(self, user_id: str, job_id: int, shorts: list[str]) -> dict[str, int] | ServerError:
         """checkProductStatus.php: state code per short name (products it did not report are absent)."""
+        status = self.product_status(user_id, job_id, shorts)
+        if isinstance(status, ServerError):
+            return status
+        return {short: code for short, (code, _) in status.items()}
+
+    def product_status(
+        self, user_id: str, job_id: int, shorts: list[str]
+    ) -> dict[str, tuple[int, str]] | ServerError:
+        """checkProductStatus.php: (state code, state text) per short name it reported."""
         payload = self.call(CHECK_STATUS, {"UserID": user_id, "JobID": job_id, "what": ",".join(shorts)})
         if payload["OK"] == 0:
             return ServerError(str(payload.get("ERROR", "")))
-        states: dict[str, int] = {}
+        states: dict[str, tuple[int, str]] = {}
         for short in shorts:
             entry = payload.get(short)
             if isinstance(entry, dict) and type(entry.get("statusCode")) is int:  # bool is not a state
-                states[short] = entry["statusCode"]
+                text = entry.get("statusText")
+                states[short] = (entry["statusCode"], text if isinstance(text, str) else "")
         return states
 
     def old_jobs(self, user_id: str) -> list[dict[str, Any]] | ServerError:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from facility_api import ALICE, BOB, OPS, PROBLEM, Facility
 
+from ukcancel.jobs import ListedJob
+
 USERS = {"alice": ALICE, "bob": BOB, "ops": OPS}
 
 
@@ -31,6 +33,21 @@ def own_batch(facility: Facility, owner: str) -> dict[str, str]:
 
 def no_resource(facility: Facility, owner: str) -> dict[str, str]:
     return {}
+
+
+def fresh_jobs(facility: Facility, owner: str) -> dict[str, str]:
+    """The owner's jobs as a worker would have just cached them (no worker here: nothing is asked)."""
+    cache = facility.runtime.jobs
+    cache.save_listing(USERS[owner], [ListedJob(1001, "GRB 201221A", "2026-11-20 10:15:00", None, ("LightCurve",))])
+    cache.save_states(USERS[owner], 1001, {"LightCurve": (3, "Running")})
+    return {}
+
+
+def own_plan(facility: Facility, owner: str) -> dict[str, str]:
+    fresh_jobs(facility, owner)
+    response = facility.call("POST", "/v1/plans", owner, {"user_id": USERS[owner]} if owner == "ops" else {})
+    assert response.status_code == 202 and response.get_json()["state"] == "ready", response.get_data(as_text=True)
+    return {"plan_id": response.get_json()["id"]}
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,10 @@ ROUTES = [
           success=202, foreign=403),
     Route("read-batch", "GET", "/v1/batches/{batch_id}", resource=own_batch),
     Route("withdraw-batch", "DELETE", "/v1/batches/{batch_id}", resource=own_batch),
+    Route("jobs", "GET", "/v1/jobs?user_id={user_id}", resource=fresh_jobs, foreign=403),
+    Route("plan", "POST", "/v1/plans", {"user_id": "{user_id}"}, resource=fresh_jobs, success=202, foreign=403),
+    Route("read-plan", "GET", "/v1/plans/{plan_id}", resource=own_plan),
+    Route("apply-plan", "POST", "/v1/plans/{plan_id}/apply", resource=own_plan, success=202),
 ]
 
 # (who calls, whose resource or user_id) -> whether the call is the caller's own business

@@ -1,0 +1,549 @@
+"""The web console: server-rendered pages under /console, in the API's own Flask app.
+
+- Sign in once with a bearer token; the session is then an HttpOnly, SameSite=Strict cookie
+  signed with `UKCANCEL_CONSOLE_SECRET` (no default: without it every console page is a 404
+  saying the console is off). The cookie holds the token's name and SHA-256, never the token,
+  and the token is looked up on every request, so revoking it ends its sessions at once.
+- Every form carries a CSRF token (Flask-WTF's `generate_csrf` / `validate_csrf`); a POST
+  without a valid one is refused with a page saying so.
+- The same isolation as the API: another user's command, batch or plan is a 404.
+- Input is validated by the API's own marshmallow schemas, so a bad filter or form shows the
+  same messages the API would answer with.
+- Pages update live: an element with `data-live` is re-fetched by static/console.js; the
+  fragment routes hold the request with the API's long polls (pub/sub) while nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
+from kombu.exceptions import KombuError
+from marshmallow import Schema, ValidationError, fields, validate
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import Conflict, HTTPException, NotFound, ServiceUnavailable
+from wtforms.validators import ValidationError as WtfValidationError
+
+from ukcancel import keys, lifecycle, plans
+from ukcancel.batch import EXPANDING, FAILED
+from ukcancel.command import QUEUED, TERMINAL
+from ukcancel.fleet import live_workers
+from ukcancel.listing import CommandFilter, CommandListing
+from ukcancel.plans import COMPUTING, Plan
+from ukcancel.schemas import CancellationSchema
+from ukcancel.service.batches import batch_view, visible_batch
+from ukcancel.service.cancellations import visible_command
+from ukcancel.service.job_schemas import JobFilterSchema, PlanRequestSchema
+from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, selection_of, visible_plan
+from ukcancel.service.runtime import get_runtime
+from ukcancel.service.schemas import CancellationListQuerySchema
+from ukcancel.store import as_text
+from ukcancel.token import NotPermitted, Principal, TokenError, digest
+
+blp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
+
+SESSION_KEY = "console"
+PUBLIC_ENDPOINTS = {"console.signin", "console.static"}
+LIVE_WAIT_SECONDS = 20  # how long a live fragment holds the request while nothing changes
+FILTER_FIELDS = ("name", "submitted_after", "submitted_before", "products", "state", "job_ids")
+
+
+def install_console(app: Flask, secret: str | None) -> None:
+    """Register the console; with a secret, sign its session cookie with it (else the console is off)."""
+    app.config.update(
+        CONSOLE_ENABLED=bool(secret),
+        SESSION_COOKIE_NAME="ukcancel_console",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_PATH="/console",
+        WTF_CSRF_FIELD_NAME="csrf_token",
+    )
+    if secret:
+        app.secret_key = secret
+    app.register_blueprint(blp)
+
+
+# -- who is signed in ---------------------------------------------------------------------------------
+def signed_in() -> Principal | None:
+    held = session.get(SESSION_KEY)
+    if not isinstance(held, dict):
+        return None
+    record = get_runtime().tokens.by_digest(str(held.get("digest", "")))
+    if record is None or record.name != held.get("name"):
+        return None  # revoked (or replaced) since the sign-in
+    return Principal.from_token(record)
+
+
+@blp.before_request
+def guard() -> Response | None:
+    from flask import current_app
+
+    if not current_app.config.get("CONSOLE_ENABLED"):
+        raise NotFound("console-off")
+    g.console_user = signed_in()
+    if request.method == "POST":
+        try:
+            validate_csrf(request.form.get("csrf_token"))
+        except WtfValidationError as exc:
+            raise CSRFError(str(exc)) from None
+    if request.endpoint not in PUBLIC_ENDPOINTS and g.console_user is None:
+        if request.headers.get("X-Console-Live"):
+            return Response("signed out", status=401, headers={"X-Live-Done": "1"})
+        return redirect(url_for("console.signin", next=request.full_path if request.method == "GET" else None))
+    return None
+
+
+def user() -> Principal:
+    return g.console_user
+
+
+def require_admin() -> None:
+    if not user().admin:
+        raise NotFound("No such page.")  # as the API: what a user may not see does not exist for them
+
+
+@blp.app_context_processor
+def helpers() -> dict[str, Any]:
+    return {"csrf_token": generate_csrf, "when": when, "ago": ago, "console_user": g.get("console_user"),
+            "status_tuple": status_tuple, "fragment": is_fragment(), "live_url": live_url, "page_url": page_url}
+
+
+def is_fragment() -> bool:
+    """A page's live part only (`?fragment=1`, what static/console.js re-fetches), without the layout."""
+    return request.method == "GET" and request.args.get("fragment") == "1"
+
+
+def live_url() -> str:
+    """This page with its query, as a fragment."""
+    args = MultiDict(request.args)
+    args["fragment"] = "1"
+    return url_for(request.endpoint, **request.view_args, **args.to_dict(flat=True))
+
+
+def page_url() -> str:
+    """This page with its query, whole (where a form inside a live part comes back to)."""
+    args = MultiDict(request.args)
+    args.pop("fragment", None)
+    return url_for(request.endpoint, **request.view_args, **args.to_dict(flat=True))
+
+
+@blp.after_request
+def fragments_are_not_cached(response: Response) -> Response:
+    if is_fragment():
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def when(value: Any) -> str:
+    """An epoch or ISO time as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    if value in (None, ""):
+        return ""
+    if isinstance(value, (int, float)):
+        moment = datetime.fromtimestamp(float(value), timezone.utc)
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def ago(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    seconds = max(0.0, time.time() - float(epoch))
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def status_tuple(result: Any) -> str:
+    """The result as `print(cancelStatus)` shows it in the UKSSDC's guide: the Python tuple."""
+    if not isinstance(result, list) or len(result) != 2:
+        return ""
+    return repr((result[0], result[1]))
+
+
+def problems(error: ValidationError) -> list[str]:
+    """'field: message' lines, as the API's problem names them in `errors`."""
+    lines: list[str] = []
+
+    def walk(messages: Any, path: str) -> None:
+        if isinstance(messages, dict):
+            for name, inner in messages.items():
+                walk(inner, f"{path}/{name}" if path else str(name))
+        elif isinstance(messages, list):
+            for message in messages:
+                walk(message, path)
+        else:
+            lines.append(f"{path or 'request'}: {messages}")
+
+    walk(error.messages, "")
+    return lines
+
+
+def form_values(source: MultiDict[str, str], names: tuple[str, ...]) -> dict[str, Any]:
+    """The non-empty fields of a form or query string (checkbox lists joined by commas)."""
+    values: dict[str, Any] = {}
+    for name in names:
+        given = [v.strip() for v in source.getlist(name) if v.strip()]
+        if given:
+            values[name] = ",".join(given)
+    return values
+
+
+# -- errors: pages, not problem documents -------------------------------------------------------------------
+@blp.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> tuple[str, int]:
+    if exc.description == "console-off":
+        return render_template("console/off.html"), 404
+    return render_template("console/error.html", code=exc.code, message=exc.description), exc.code or 500
+
+
+@blp.errorhandler(NotPermitted)
+def not_permitted(exc: NotPermitted) -> tuple[str, int]:
+    return render_template("console/error.html", code=403, message=str(exc)), 403
+
+
+@blp.errorhandler(CSRFError)
+def csrf_error(exc: CSRFError) -> tuple[str, int]:
+    message = f"The form was refused: {exc.description} Reload the page and try again."
+    return render_template("console/error.html", code=400, message=message), 400
+
+
+# -- signing in and out -------------------------------------------------------------------------------------
+@blp.route("/signin", methods=["GET", "POST"])
+def signin() -> Any:
+    error = None
+    if request.method == "POST":
+        token = request.form.get("token", "").strip()
+        record = get_runtime().tokens.verify(token) if token else None
+        if record is None:
+            error = "The bearer token is unknown or revoked."
+        else:
+            session.clear()
+            session[SESSION_KEY] = {"name": record.name, "digest": digest(token), "at": time.time()}
+            target = request.args.get("next") or ""
+            if not re.fullmatch(r"/console(/[^\s]*)?", target) or target.startswith("//"):
+                target = url_for("console.jobs")
+            return redirect(target)
+    return render_template("console/signin.html", error=error), 401 if error else 200
+
+
+@blp.route("/signout", methods=["POST"])
+def signout() -> Response:
+    session.clear()
+    flash("Signed out.")
+    return redirect(url_for("console.signin"))
+
+
+@blp.route("/")
+def home() -> Response:
+    return redirect(url_for("console.jobs"))
+
+
+# -- jobs and plans ----------------------------------------------------------------------------------------------
+def jobs_query() -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+    """(the raw filters, loaded filters or None, error lines) of this request's query string."""
+    raw = form_values(request.args, (*FILTER_FIELDS, "user_id"))
+    try:
+        return raw, JobFilterSchema().load(raw), []
+    except ValidationError as exc:
+        return raw, None, problems(exc)
+
+
+@blp.route("/jobs")
+def jobs() -> tuple[str, int]:
+    raw, loaded, errors = jobs_query()
+    view = None
+    if loaded is not None:
+        view = jobs_view_or_error(loaded)
+    return render_template("console/jobs.html", raw=raw, view=view, errors=errors), 422 if errors else 200
+
+
+def jobs_view_or_error(loaded: dict[str, Any], wait: int = 0) -> dict[str, Any]:
+    user_id = user().acting_for(loaded.get("user_id"))
+    try:
+        return jobs_view(get_runtime(), user_id, selection_of(loaded), wait)
+    except KombuError:
+        raise ServiceUnavailable("The task broker is unavailable; try again later.") from None
+
+
+@blp.route("/jobs/table")
+def jobs_table() -> Response:
+    raw, loaded, errors = jobs_query()
+    if loaded is None:
+        return live(render_template("console/_jobs_table.html", raw=raw, view=None, errors=errors), done=True)
+    view = jobs_view_or_error(loaded, wait=LIVE_WAIT_SECONDS)
+    return live(render_template("console/_jobs_table.html", raw=raw, view=view, errors=[]), done=not view["refreshing"])
+
+
+@blp.route("/plans", methods=["POST"])
+def create_plan() -> Any:
+    raw = form_values(request.form, (*FILTER_FIELDS, "user_id"))
+    if "job_ids" not in raw and request.form.get("filter_job_ids"):
+        raw["job_ids"] = request.form["filter_job_ids"]  # nothing ticked: the jobs the filter shows
+    try:
+        loaded = PlanRequestSchema().load(raw)
+    except ValidationError as exc:
+        filters = {k: v for k, v in raw.items() if k != "job_ids"}
+        return render_template("console/jobs.html", raw=filters, view=None, errors=problems(exc)), 422
+    plan = Plan(user().acting_for(loaded.get("user_id")), selection_of(loaded), user().token_name)
+    try:
+        plan = plans.start(get_runtime(), plan)
+    except KombuError:
+        raise ServiceUnavailable("The task broker is unavailable; try again later.") from None
+    return redirect(url_for("console.plan", plan_id=plan.id))
+
+
+@blp.route("/plans/<plan_id>")
+def plan(plan_id: str) -> str:
+    return render_template("console/plan.html", plan=plan_view(read_plan(plan_id, user())))
+
+
+@blp.route("/plans/<plan_id>/live")
+def plan_live(plan_id: str) -> Response:
+    shown = plan_view(read_plan(plan_id, user(), wait=LIVE_WAIT_SECONDS))
+    return live(render_template("console/_plan.html", plan=shown), done=shown["state"] != COMPUTING)
+
+
+@blp.route("/plans/<plan_id>/apply", methods=["POST"])
+def apply(plan_id: str) -> Any:
+    found = visible_plan(plan_id, user())
+    try:
+        batch_id, _ = apply_plan(found, user())
+    except Conflict as exc:
+        flash(str(exc.description))
+        return redirect(url_for("console.plan", plan_id=plan_id))
+    return redirect(url_for("console.batch", batch_id=batch_id))
+
+
+# -- commands ---------------------------------------------------------------------------------------------------------
+@blp.route("/commands")
+def commands() -> Any:
+    raw = form_values(request.args, ("state", "job_id", "created_after", "cursor", "user_id"))
+    raw.setdefault("limit", request.args.get("limit") or "20")
+    try:
+        query = CancellationListQuerySchema().load(raw)
+    except ValidationError as exc:
+        return render_template("console/commands.html", raw=raw, page=None, errors=problems(exc)), 422
+    caller = user()
+    if caller.admin and query.get("user_id") is None:
+        index = keys.ALL_COMMANDS
+    else:
+        index = keys.user_commands(caller.acting_for(query.get("user_id")))
+    created_after = query.get("created_after")
+    where = CommandFilter(state=query.get("state"), job_id=query.get("job_id"),
+                          created_after=created_after.timestamp() if created_after is not None else None)
+    page = CommandListing(get_runtime().registry).page(index, where, query.get("cursor"), query["limit"])
+    items = [CancellationSchema().dump(c) for c in page.items]
+    return render_template("console/commands.html", raw=raw, page={"items": items, "next_cursor": page.next_cursor},
+                           errors=[])
+
+
+def command_page(command_id: str) -> dict[str, Any]:
+    return CancellationSchema().dump(visible_command(command_id, user()))
+
+
+@blp.route("/commands/<command_id>")
+def command(command_id: str) -> str:
+    return render_template("console/command.html", command=command_page(command_id))
+
+
+@blp.route("/commands/<command_id>/live")
+def command_live(command_id: str) -> Response:
+    found = visible_command(command_id, user())
+    if not found.terminal:
+        found = get_runtime().registry.wait_terminal(command_id, LIVE_WAIT_SECONDS) or found
+    shown = CancellationSchema().dump(found)
+    return live(render_template("console/_command.html", command=shown), done=shown["state"] in TERMINAL)
+
+
+@blp.route("/commands/<command_id>/withdraw", methods=["POST"])
+def withdraw(command_id: str) -> Response:
+    found = visible_command(command_id, user())
+    outcome = lifecycle.withdraw(get_runtime(), found)
+    if outcome.moved:
+        flash(f"Command {command_id} withdrawn: the UKSSDC will not be called.")
+    else:
+        flash(f"Command {command_id} is {outcome.state}; only a queued command can be withdrawn.")
+    return redirect(request.form.get("back") if str(request.form.get("back", "")).startswith("/console/")
+                    else url_for("console.command", command_id=command_id))
+
+
+# -- batches --------------------------------------------------------------------------------------------------------
+@blp.route("/batches")
+def batches() -> str:
+    rt = get_runtime()
+    whose = user().acting_for(request.args.get("user_id") or None) if request.args.get("user_id") else user().user_id
+    ids = [as_text(i) for i in rt.connection.zrevrange(keys.user_batches(whose), 0, 49)]
+    rows = []
+    for batch_id in ids:
+        found = rt.batches.get(batch_id)
+        if found is not None:
+            rows.append(batch_view(found, 0, 1))
+    return render_template("console/batches.html", rows=rows, whose=whose)
+
+
+@blp.route("/batches/<batch_id>")
+def batch(batch_id: str) -> str:
+    return render_template("console/batch.html", batch=batch_view(visible_batch(batch_id, user()), 0, 100))
+
+
+@blp.route("/batches/<batch_id>/live")
+def batch_live(batch_id: str) -> Response:
+    rt = get_runtime()
+    found = visible_batch(batch_id, user())
+    if found.state != FAILED:
+        rt.batches.wait_done(batch_id, 2)  # progress is worth showing every couple of seconds
+        found = rt.batches.get(batch_id) or found
+    shown = batch_view(found, 0, 100)
+    return live(render_template("console/_batch.html", batch=shown), done=shown["state"] in ("completed", "failed"))
+
+
+@blp.route("/batches/<batch_id>/withdraw", methods=["POST"])
+def withdraw_batch(batch_id: str) -> Response:
+    rt = get_runtime()
+    found = visible_batch(batch_id, user())
+    if found.state == EXPANDING:
+        flash("The batch is still expanding; withdraw it once it is running.")
+    else:
+        withdrawn = 0
+        for found_command in rt.registry.get_many(rt.batches.command_ids(batch_id)):
+            if found_command is not None and found_command.state == QUEUED:
+                withdrawn += lifecycle.withdraw(rt, found_command).moved
+        flash(f"{withdrawn} queued items withdrawn; started items finish as usual.")
+    return redirect(url_for("console.batch", batch_id=batch_id))
+
+
+def live(body: str, done: bool) -> Response:
+    """A fragment for static/console.js; `X-Live-Done` tells it to stop re-fetching."""
+    response = Response(body, mimetype="text/html")
+    if done:
+        response.headers["X-Live-Done"] = "1"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- administrators ---------------------------------------------------------------------------------------------------
+class FleetLimitsSchema(Schema):
+    """The console's fleet form: the limits `ukcancel fleet --rate/--in-flight` changes."""
+
+    rate_per_second = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False, max=1000))
+    max_in_flight = fields.Integer(required=True, validate=validate.Range(min=1, max=1000))
+
+
+class TokenFormSchema(Schema):
+    user_id = fields.Email(required=True)
+    name = fields.String(load_default=None, validate=validate.Regexp(
+        r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$", error="Must be 1-64 letters, digits or ._@- (starting with a letter or digit)."))
+    admin = fields.Boolean(load_default=False)
+
+
+def fleet_state() -> dict[str, Any]:
+    gate = get_runtime().gate
+    limits = gate.limits()
+    breaker = gate.breaker_state()
+    return {"rate_per_second": limits.rate_per_second, "max_in_flight": limits.max_in_flight,
+            "in_flight": gate.in_flight(), "paused_seconds": round(gate.paused_for(), 1),
+            "breaker": breaker["state"], "breaker_failures": breaker["failures"],
+            "breaker_retry_in": round(float(breaker["retry_in"]), 1)}
+
+
+@blp.route("/admin/fleet", methods=["GET", "POST"])
+def fleet() -> Any:
+    require_admin()
+    errors: list[str] = []
+    if request.method == "POST":
+        raw = form_values(request.form, ("rate_per_second", "max_in_flight"))
+        try:
+            loaded = FleetLimitsSchema().load(raw)
+        except ValidationError as exc:
+            errors = problems(exc)
+        else:
+            get_runtime().gate.configure(loaded["rate_per_second"], loaded["max_in_flight"])
+            flash(f"Fleet limits changed: {loaded['rate_per_second']:g} calls/s, {loaded['max_in_flight']} in flight.")
+            return redirect(url_for("console.fleet"))
+    return render_template("console/fleet.html", fleet=fleet_state(), errors=errors), 422 if errors else 200
+
+
+@blp.route("/admin/workers")
+def workers() -> str:
+    require_admin()
+    connection = get_runtime().connection
+    live_now = set(live_workers(connection))
+    rows = [{"name": as_text(name), "heartbeat": score, "live": as_text(name) in live_now}
+            for name, score in connection.zrevrange(keys.WORKERS, 0, -1, withscores=True)]
+    return render_template("console/workers.html", rows=rows)
+
+
+@blp.route("/admin/queues")
+def queues() -> str:
+    require_admin()
+    rt = get_runtime()
+    rows = []
+    for user_id, waiting in sorted(rt.queue.depth().items()):
+        head = rt.connection.lindex(keys.fair_queue(user_id), 0)
+        created = rt.connection.hget(keys.command(as_text(head)), "created_at") if head is not None else None
+        rows.append({"user_id": user_id, "waiting": waiting, "oldest": float(created) if created else None})
+    return render_template("console/queues.html", rows=rows, due=rt.connection.zcard(keys.DUE))
+
+
+@blp.route("/admin/deadletters")
+def deadletters() -> str:
+    require_admin()
+    entries = []
+    for entry_id, entry in get_runtime().connection.xrevrange(keys.DEADLETTER_STREAM, count=100):
+        data = {as_text(k): as_text(v) for k, v in entry.items()}
+        try:
+            reason = json.loads(data.get("reason", ""))
+        except ValueError:
+            reason = data.get("reason")
+        entries.append({"id": as_text(entry_id), "reason": reason,
+                        "fields": {k: v for k, v in data.items() if k != "reason"}})
+    return render_template("console/deadletters.html", entries=entries)
+
+
+@blp.route("/admin/tokens", methods=["GET", "POST"])
+def tokens() -> Any:
+    require_admin()
+    rt = get_runtime()
+    errors: list[str] = []
+    created = None
+    if request.method == "POST":
+        raw = form_values(request.form, ("user_id", "name", "admin"))
+        try:
+            loaded = TokenFormSchema().load(raw)
+            created = rt.tokens.create(loaded["user_id"], name=loaded["name"], admin=loaded["admin"])
+        except ValidationError as exc:
+            errors = problems(exc)
+        except TokenError as exc:
+            errors = [str(exc)]
+    status = 422 if errors else 200
+    return render_template("console/tokens.html", rows=rt.tokens.list(), errors=errors, created=created), status
+
+
+@blp.route("/admin/tokens/<name>/revoke", methods=["POST"])
+def revoke(name: str) -> Response:
+    require_admin()
+    try:
+        record = get_runtime().tokens.revoke(name)
+    except TokenError as exc:
+        raise NotFound(str(exc)) from None
+    flash(f"Token {record.name} ({record.user_id}) revoked.")
+    return redirect(url_for("console.tokens"))
+

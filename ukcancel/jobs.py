@@ -1,0 +1,388 @@
+"""A user's UKSSDC jobs and their products' states, as last read, cached in Redis.
+
+The API never calls the UKSSDC: it shows what is cached here and asks a worker to refresh it
+(`request_refresh`, one refresh task per user at a time). The worker lists the user's jobs
+(listOldJobs.php) and reads the state of each job's products (checkProductStatus.php) under
+the fleet gate, but only for a job whose states are older than `job_status_ttl_seconds` (the
+UKSSDC asks for no more than one status poll per job every ~10 s), and never again for a job
+whose products have all reached a final state (complete, failed or cancelled: states never
+change after that). When a refresh ends it is announced on the user's channel, so a long poll
+(`wait_refreshed`) wakes up without polling.
+
+`JobSelection` is the one filter of jobs and products, used by `GET /v1/jobs` and by plans
+(`ukcancel.plans`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+from ukcancel import keys
+from ukcancel import products as product_names
+from ukcancel.events import EventListener
+from ukcancel.outcome import ACTIVE_STATES
+from ukcancel.store import as_text, as_text_dict
+
+Clock = Callable[[], float]
+
+# checkProductStatus.php's state codes and what they mean.
+STATE_TEXTS: dict[int, str] = {
+    -4: "Cancelled by the user",
+    -3: "Ran, but built nothing",
+    -2: "Failed (internal error)",
+    -1: "Failed (internal error)",
+    1: "Requested, not yet queued",
+    2: "Queued",
+    3: "Running",
+    4: "Completed",
+    5: "Waiting for the standard position",
+}
+FINISHED_STATES = frozenset({4, -1, -2, -3})
+CANCELLED_STATES = frozenset({-4})
+FINAL_STATES = FINISHED_STATES | CANCELLED_STATES
+# The `state` filter: a name -> the product states it selects.
+STATE_FILTERS: dict[str, frozenset[int]] = {
+    "active": ACTIVE_STATES,
+    "finished": FINISHED_STATES,
+    "cancelled": CANCELLED_STATES,
+}
+# How long a refresh may go without a sign of life before another may be asked for.
+REFRESH_LEASE_SECONDS = 120
+# How long the cache is kept at all (a stale view is still shown, with its age).
+CACHE_KEEP_SECONDS = 24 * 3600
+REFRESHED = "refreshed"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def state_text(code: int | None) -> str | None:
+    if code is None:
+        return None
+    return STATE_TEXTS.get(code, f"Unknown state {code}")
+
+
+def parse_submitted(raw: Any) -> float | None:
+    """DateSubmitted ("2026-11-20 10:15:00", read as UTC) as epoch seconds; None if unreadable."""
+    if not isinstance(raw, str):
+        return None
+    for pattern in (DATE_FORMAT, "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(raw.strip(), pattern).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class ListedJob:
+    """A job as listOldJobs.php lists it: the products it asked for are long names."""
+
+    job_id: int
+    name: str
+    submitted: str | None  # as the UKSSDC wrote it
+    submitted_at: float | None  # the same, epoch seconds (UTC)
+    products: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "name": self.name, "submitted": self.submitted, "products": list(self.products)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ListedJob:
+        return cls(raw["job_id"], raw.get("name") or "", raw.get("submitted"), parse_submitted(raw.get("submitted")),
+                   tuple(raw.get("products") or ()))
+
+
+@dataclass(frozen=True)
+class JobStates:
+    """What checkProductStatus.php said about one job: long name -> (code, text); or its error."""
+
+    states: dict[str, tuple[int, str]]
+    read_at: float
+    error: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.error is None and bool(self.states) and all(code in FINAL_STATES for code, _ in self.states.values())
+
+
+@dataclass(frozen=True)
+class JobView:
+    job: ListedJob
+    states: JobStates | None  # None: not read yet
+
+    def product_rows(self) -> list[dict[str, Any]]:
+        """Each product the job asked for (plus any the status reply named), with its state."""
+        seen = list(self.job.products)
+        if self.states is not None:
+            seen += [name for name in self.states.states if name not in seen]
+        rows = []
+        for name in seen:
+            code, text = self.states.states.get(name, (None, None)) if self.states else (None, None)
+            rows.append({"name": name, "state": code, "state_text": text if text else state_text(code)})
+        return rows
+
+
+@dataclass(frozen=True)
+class JobSelection:
+    """Which jobs and products: every given criterion must hold (None = not filtered)."""
+
+    name: str | None = None  # a glob, fnmatch style, case-insensitive: "GRB 26*"
+    submitted_after: float | None = None  # epoch seconds
+    submitted_before: float | None = None
+    products: tuple[str, ...] | None = None  # long names
+    state: str | None = None  # a key of STATE_FILTERS
+    job_ids: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_query(cls, query: dict[str, Any]) -> JobSelection:
+        """From a loaded `JobFilterSchema` (datetimes, long names, a list of ids)."""
+        after, before = query.get("submitted_after"), query.get("submitted_before")
+        products, job_ids = query.get("products"), query.get("job_ids")
+        return cls(
+            name=query.get("name"),
+            submitted_after=after.timestamp() if isinstance(after, datetime) else after,
+            submitted_before=before.timestamp() if isinstance(before, datetime) else before,
+            products=tuple(products) if products else None,
+            state=query.get("state"),
+            job_ids=tuple(job_ids) if job_ids else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "submitted_after": _iso(self.submitted_after),
+            "submitted_before": _iso(self.submitted_before),
+            "products": list(self.products) if self.products is not None else None,
+            "state": self.state,
+            "job_ids": list(self.job_ids) if self.job_ids is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> JobSelection:
+        return cls(
+            name=raw.get("name"),
+            submitted_after=_epoch(raw.get("submitted_after")),
+            submitted_before=_epoch(raw.get("submitted_before")),
+            products=tuple(raw["products"]) if raw.get("products") is not None else None,
+            state=raw.get("state"),
+            job_ids=tuple(raw["job_ids"]) if raw.get("job_ids") is not None else None,
+        )
+
+    def job_left_out(self, job: ListedJob) -> str | None:
+        """Why the job itself is not selected (its name, date or id), or None."""
+        if self.job_ids is not None and job.job_id not in self.job_ids:
+            return "not one of the job ids asked for"
+        if self.name is not None and not fnmatch.fnmatchcase(job.name.casefold(), self.name.casefold()):
+            return f"name does not match {self.name!r}"
+        if self.submitted_after is not None or self.submitted_before is not None:
+            if job.submitted_at is None:
+                return "submission date unknown"
+            if self.submitted_after is not None and job.submitted_at < self.submitted_after:
+                return f"submitted before {_iso(self.submitted_after)}"
+            if self.submitted_before is not None and job.submitted_at >= self.submitted_before:
+                return f"submitted at or after {_iso(self.submitted_before)}"
+        if self.products is not None and not set(self.products) & set(job.products):
+            return "asked for none of " + ", ".join(self.products)
+        return None
+
+    def products_of(self, view: JobView, states: frozenset[int] | None = None) -> list[dict[str, Any]]:
+        """The job's product rows this selection keeps (its product names, its state; and `states`)."""
+        wanted = STATE_FILTERS[self.state] if self.state else None
+        rows = []
+        for row in view.product_rows():
+            if self.products is not None and row["name"] not in self.products:
+                continue
+            if wanted is not None and row["state"] not in wanted:
+                continue
+            if states is not None and row["state"] not in states:
+                continue
+            rows.append(row)
+        return rows
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _epoch(iso: str | None) -> float | None:
+    if iso is None:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def listed_jobs(listed: Iterable[dict[str, Any]], also_ask: Sequence[str] = ()) -> list[ListedJob]:
+    """listOldJobs.php's rows as `ListedJob`s (rows without a usable JobID are skipped).
+
+    `also_ask`: long names listOldJobs.php has no flag for, asked about for every job.
+    """
+    jobs = []
+    for row in listed:
+        try:
+            job_id = int(row.get("JobID"))
+        except (TypeError, ValueError):
+            continue
+        asked = tuple(long for long in product_names.LONG_TO_SHORT if row.get(long) is True or long in also_ask)
+        submitted = row.get("DateSubmitted")
+        jobs.append(ListedJob(job_id, str(row.get("Name") or ""), submitted if isinstance(submitted, str) else None,
+                              parse_submitted(submitted), asked))
+    return jobs
+
+
+@dataclass(frozen=True)
+class Listing:
+    jobs: list[ListedJob]
+    listed_at: float | None
+    error: str | None  # the UKSSDC would not list the jobs (OK 0), or the refresh gave up
+    refreshed_at: float | None
+
+
+class JobCache:
+    """The cached jobs of each user and the refresh requests.
+
+    Redis keys owned (see `ukcancel.keys`): ``ukcancel:jobs:{user}``, ``ukcancel:jobs:{user}:job:{id}``,
+    ``ukcancel:jobs:{user}:refresh`` and the channel ``ukcancel:events:jobs:{user}``.
+    """
+
+    def __init__(
+        self, connection: redis.Redis, ttl_seconds: float, clock: Clock = time.time, events: EventListener | None = None
+    ) -> None:
+        self.connection = connection
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.events = events if events is not None else EventListener(connection)
+
+    # -- reading ------------------------------------------------------------------------------
+    def listing(self, user_id: str) -> Listing | None:
+        raw = as_text_dict(self.connection.hgetall(keys.jobs(user_id)))
+        if not raw:
+            return None
+        return Listing(
+            jobs=[ListedJob.from_json(job) for job in json.loads(raw.get("jobs") or "[]")],
+            listed_at=float(raw["listed_at"]) if raw.get("listed_at") else None,
+            error=raw.get("error") or None,
+            refreshed_at=float(raw["refreshed_at"]) if raw.get("refreshed_at") else None,
+        )
+
+    def states(self, user_id: str, job_ids: Sequence[int]) -> dict[int, JobStates]:
+        pipe = self.connection.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job_states(user_id, job_id), "states", "read_at", "error")
+        found: dict[int, JobStates] = {}
+        for job_id, (states, read_at, error) in zip(job_ids, pipe.execute()):
+            if read_at is None:
+                continue
+            decoded = json.loads(as_text(states)) if states else {}
+            found[job_id] = JobStates(
+                {name: (int(code), text) for name, (code, text) in decoded.items()},
+                float(as_text(read_at)),
+                as_text(error) if error else None,
+            )
+        return found
+
+    def views(self, user_id: str) -> tuple[Listing | None, list[JobView]]:
+        listing = self.listing(user_id)
+        if listing is None:
+            return None, []
+        states = self.states(user_id, [job.job_id for job in listing.jobs])
+        return listing, [JobView(job, states.get(job.job_id)) for job in listing.jobs]
+
+    def listing_stale(self, listing: Listing | None) -> bool:
+        return listing is None or listing.listed_at is None or self.clock() - listing.listed_at >= self.ttl_seconds
+
+    def stale_jobs(self, user_id: str, listing: Listing) -> list[ListedJob]:
+        """The listed jobs whose states must be read again: never read, read too long ago, not final."""
+        states = self.states(user_id, [job.job_id for job in listing.jobs])
+        now = self.clock()
+        return [
+            job for job in listing.jobs
+            if (job.job_id not in states
+                 or (not states[job.job_id].final and now - states[job.job_id].read_at >= self.ttl_seconds))
+        ]
+
+    def needs_reading(self, user_id: str, job_id: int) -> bool:
+        """Checked again just before a call: another refresh may have read the job meanwhile."""
+        states = self.states(user_id, [job_id]).get(job_id)
+        return states is None or (not states.final and self.clock() - states.read_at >= self.ttl_seconds)
+
+    def fresh(self, user_id: str) -> bool:
+        """Everything shown is recent enough: the listing, and every job that can still change."""
+        listing = self.listing(user_id)
+        return listing is not None and not self.listing_stale(listing) and not self.stale_jobs(user_id, listing)
+
+    def refreshing(self, user_id: str) -> bool:
+        return bool(self.connection.exists(keys.jobs_refresh(user_id)))
+
+    # -- writing (the worker) -------------------------------------------------------------------
+    def save_listing(self, user_id: str, jobs: Sequence[ListedJob]) -> None:
+        key = keys.jobs(user_id)
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.hset(key, mapping={"jobs": json.dumps([job.to_json() for job in jobs]), "listed_at": repr(self.clock())})
+        pipe.hdel(key, "error")
+        pipe.expire(key, CACHE_KEEP_SECONDS)
+        pipe.execute()
+
+    def save_states(self, user_id: str, job_id: int, states: dict[str, tuple[int, str]], error: str | None = None) -> None:
+        key = keys.job_states(user_id, job_id)
+        mapping = {"states": json.dumps({name: list(pair) for name, pair in states.items()}), "read_at": repr(self.clock())}
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.hset(key, mapping={**mapping, "error": error or ""})
+        pipe.expire(key, CACHE_KEEP_SECONDS)
+        pipe.execute()
+
+    def keep_refreshing(self, user_id: str) -> None:
+        """A sign of life of the refresh under way (its request stays deduplicated)."""
+        self.connection.set(keys.jobs_refresh(user_id), "1", ex=REFRESH_LEASE_SECONDS)
+
+    def finish_refresh(self, user_id: str, error: str | None = None) -> None:
+        """The refresh ended (with `error` when the jobs could not be listed); wake the long polls."""
+        key = keys.jobs(user_id)
+        now = repr(self.clock())
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.hset(key, mapping={"refreshed_at": now, "error": error or ""})
+        if error:  # not asked again before the TTL is over either
+            pipe.hset(key, "listed_at", now)
+        pipe.expire(key, CACHE_KEEP_SECONDS)
+        pipe.delete(keys.jobs_refresh(user_id))
+        pipe.publish(keys.jobs_events(user_id), REFRESHED)
+        pipe.execute()
+
+    # -- asking for a refresh (the API) -------------------------------------------------------
+    def request_refresh(self, user_id: str, send: Callable[[str], None]) -> bool:
+        """Have a worker refresh the user's jobs unless one already is; True when one was sent.
+
+        `send` is `Dispatch.refresh_jobs`; if it raises, the request is withdrawn so a later call
+        can try again.
+        """
+        if not self.connection.set(keys.jobs_refresh(user_id), "1", nx=True, ex=REFRESH_LEASE_SECONDS):
+            return False
+        try:
+            send(user_id)
+        except BaseException:
+            self.connection.delete(keys.jobs_refresh(user_id))
+            raise
+        return True
+
+    def wait_refreshed(self, user_id: str, timeout: float) -> bool:
+        """Wait until no refresh of the user's jobs is under way, at most `timeout` s; True if none is.
+
+        Watches the user's channel (the process's one `EventListener`) before looking, so a refresh
+        that ends in between is not missed; looks again only on news, never polling the cache.
+        """
+        with self.events.watching(keys.jobs_events(user_id)) as waiter:
+            deadline = time.monotonic() + timeout
+            refreshing = self.refreshing(user_id)
+            while refreshing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or waiter.wait(remaining) is None:
+                    return False
+                refreshing = self.refreshing(user_id)
+            return True

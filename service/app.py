@@ -12,6 +12,7 @@ from ukcancel import __version__
 from ukcancel.runtime import Runtime
 from ukcancel.service import batches, cancellations, health, metrics
 from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.openapi import DocumentPlugin
 from ukcancel.service.problems import ProblemApi
 from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.service.runtime import attach_runtime
@@ -40,7 +41,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     attach_runtime(app, runtime)
     install_rate_limit(app, runtime)
-    api = ProblemApi(app)
+    api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
     for blueprint in (cancellations.blp, batches.blp, metrics.blp):
         api.register_blueprint(blueprint)

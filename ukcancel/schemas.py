@@ -69,6 +69,21 @@ class EpochTime(fields.DateTime):
         return super()._serialize(datetime.fromtimestamp(float(value), tz=timezone.utc), attr, obj, **kwargs)
 
 
+class ResultTuple(fields.Raw):
+    """A cancelProducts() tuple as JSON: [status, detail], status -1, 0, 1 or 2 and detail an object."""
+
+    # Its JSON Schema (2020-12, as OpenAPI 3.1 uses): the HTTP layer's document plugin adds it.
+    JSON_SCHEMA = {
+        "type": "array",
+        "prefixItems": [
+            {"type": "integer", "enum": [-1, 0, 1, 2], "description": "The tuple's status."},
+            {"type": "object", "description": "Per product (1, 2), or {ERROR: text} (-1, 0)."},
+        ],
+        "minItems": 2,
+        "maxItems": 2,
+    }
+
+
 class SubmissionPolicy(TypedDict):
     callback_allowed_hosts: tuple[str, ...]
 
@@ -162,7 +177,7 @@ class CancellationSchema(Schema):
     )
     created_at = EpochTime()
     updated_at = EpochTime()
-    result = fields.Raw(
+    result = ResultTuple(
         allow_none=True,
         metadata={"description": "null until completed, then the cancelProducts() tuple as [status, detail]."},
     )

@@ -10,7 +10,7 @@ from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailab
 
 from ukcancel import __version__
 from ukcancel.runtime import Runtime
-from ukcancel.service import batches, cancellations, health, metrics
+from ukcancel.service import batches, cancellations, docs, health, metrics
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.openapi import DocumentPlugin
 from ukcancel.service.problems import ProblemApi
@@ -37,6 +37,7 @@ def create_app(runtime: Runtime) -> Flask:
             "info": {"description": "Cancel UKSSDC XRT product jobs through a queue; results as cancelProducts() tuples."},
             "security": [{"bearerAuth": []}],
         },
+        **docs.CONFIG,
     )
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     attach_runtime(app, runtime)
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime) -> Flask:
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)
+    app.register_blueprint(docs.assets)  # static files only: not part of the API document
     for path in ("/healthz", "/readyz"):
         for operation in api.spec._paths.get(path, {}).values():
             operation["security"] = []

@@ -106,6 +106,9 @@ class CallbackUrl(fields.Url):
         "credentials": "Must not contain a user name or password.",
     }
 
+    # In the document: an absolute http(s) URI (apispec alone would say format "url", no JSON Schema format).
+    JSON_SCHEMA = {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://", "maxLength": 2048}
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048), **kwargs)
 
@@ -132,7 +135,14 @@ class CancellationRequestSchema(Schema):
         metadata={
             "description": '"all", or a list of product names (long or short: LightCurve/lc, Spectrum/spec, '
             "StandardPos/psf, EnhancedPos/enh, AstromPos/xastrom, Image/image, SourceDet/sourceDet).",
-            "oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+            "oneOf": [
+                {"type": "string", "enum": [product_names.ALL]},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "enum": [*product_names.LONG_TO_SHORT, *product_names.SHORT_TO_LONG]},
+                    "minItems": 1,
+                },
+            ],
         },
     )
     callback_url = CallbackUrl(

@@ -149,7 +149,8 @@ class CancellationRequestSchema(Schema):
         load_default=None,
         metadata={
             "description": "Optional http(s) URL the service POSTs the command to once it has ended, signed "
-            "with the submitting token's callback secret (X-Ukcancel-Signature). Its host must be one the "
+            "with the submitting token's callback secret (Standard Webhooks: webhook-id, webhook-timestamp, "
+            "webhook-signature). Its host must be one the "
             "facility allows."
         },
     )

@@ -41,6 +41,7 @@ def create_app(runtime: Runtime) -> Flask:
     )
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     attach_runtime(app, runtime)
+    metrics.count_requests(app)
     install_rate_limit(app, runtime)
     api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)

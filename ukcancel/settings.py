@@ -42,6 +42,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port, 1-65535")
+    return value
+
+
 def _directory(raw: str) -> str:
     if not os.path.isdir(raw):
         raise ValueError("must be an existing directory")
@@ -115,6 +122,8 @@ class Settings:
     lease_seconds: float = 10.0
     reconcile_seconds: float = 0.5
     metrics_multiproc_dir: str | None = None
+    # A worker's own scrape target (`ukcancel.metrics.serve_process_metrics`); unset: none.
+    worker_metrics_port: int | None = None
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
     token: str | None = None
@@ -148,6 +157,7 @@ class Settings:
             ("UKCANCEL_LEASE_SECONDS", "lease_seconds", _positive_float),
             ("UKCANCEL_RECONCILE_SECONDS", "reconcile_seconds", _positive_float),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
+            ("UKCANCEL_WORKER_METRICS_PORT", "worker_metrics_port", _port),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),
         ),

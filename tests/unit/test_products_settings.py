@@ -131,6 +131,7 @@ BAD_VALUES = {
     "_broker_url": ["localhost", "just words"],
     "_rate_limit": ["lots", "10 per fortnight", "-1 per minute"],
     "_host_list": ["example.org/path", "a.example.org, b example.org"],
+    "_port": ["0", "65536", "-1", "http", "9101.5"],
 }
 CASES = [
     (variable, raw)

@@ -10,7 +10,7 @@ from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailab
 
 from ukcancel import __version__
 from ukcancel.runtime import Runtime
-from ukcancel.service import batches, cancellations, docs, health, metrics
+from ukcancel.service import batches, cancellations, docs, health, metrics, request_log
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.openapi import DocumentPlugin
 from ukcancel.service.problems import ProblemApi
@@ -42,6 +42,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     attach_runtime(app, runtime)
     metrics.count_requests(app)
+    request_log.install(app)
     install_rate_limit(app, runtime)
     api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)

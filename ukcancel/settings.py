@@ -49,6 +49,12 @@ def _port(raw: str) -> int:
     return value
 
 
+def _log_format(raw: str) -> str:
+    if raw not in ("text", "json"):
+        raise ValueError('must be "text" or "json"')
+    return raw
+
+
 def _directory(raw: str) -> str:
     if not os.path.isdir(raw):
         raise ValueError("must be an existing directory")
@@ -122,6 +128,8 @@ class Settings:
     lease_seconds: float = 10.0
     reconcile_seconds: float = 0.5
     metrics_multiproc_dir: str | None = None
+    # Log lines of every process: "text" or "json" (one object per line, `ukcancel.logs`).
+    log_format: str = "text"
     # A worker's own scrape target (`ukcancel.metrics.serve_process_metrics`); unset: none.
     worker_metrics_port: int | None = None
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
@@ -158,6 +166,7 @@ class Settings:
             ("UKCANCEL_RECONCILE_SECONDS", "reconcile_seconds", _positive_float),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_WORKER_METRICS_PORT", "worker_metrics_port", _port),
+            ("UKCANCEL_LOG_FORMAT", "log_format", _log_format),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),
         ),

@@ -115,8 +115,10 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     if settings.embedded:
         raise click.UsageError("a stand-alone worker needs REDIS_URL (and optionally CELERY_BROKER_URL)")
     from ukcancel.assemble import create_runtime
+    from ukcancel.worker import logs as worker_logs
     from ukcancel.worker.celery_app import QUEUES
 
+    worker_logs.install(settings)
     runtime = create_runtime(settings)
     argv = ["worker", "--loglevel=INFO", f"--queues={','.join(QUEUES)}", f"--pool={pool}",
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",

@@ -74,6 +74,7 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str, w
 
     from werkzeug.serving import make_server
 
+    from ukcancel import logs
     from ukcancel.assemble import create_api, create_runtime
     from ukcancel.embedded import EmbeddedWorker
     from ukcancel.settings import PRODUCTION_BASE_URL
@@ -84,6 +85,7 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str, w
         if with_simulator:
             simulator = running.enter_context(SimulatorServer(SimulatorState(), host="127.0.0.1"))
             settings = settings.replace(ukssdc_base_url=simulator.base_url)
+        logs.configure(settings)  # API, embedded worker and stream consumer alike, to stderr
         runtime = create_runtime(settings)
         token, record = runtime.tokens.create(local_user, name="local")
         app = create_api(runtime=runtime)

@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ukcancel import metrics
+from ukcancel.service.openapi import problems
 from ukcancel.service.runtime import get_runtime
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
@@ -24,6 +25,7 @@ REGISTRY_EXTENSION = "ukcancel.metrics"
 class Metrics(MethodView):
     @blp.doc(security=[], responses={"200": {"description": "Prometheus text format.",
                                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @problems(blp, described={503: "The store (Redis) is unavailable: its gauges cannot be read."})
     def get(self) -> Response:
         """Counters of this host's processes (all of them under PROMETHEUS_MULTIPROC_DIR) and store gauges."""
         registry = current_app.extensions.get(REGISTRY_EXTENSION)

@@ -10,8 +10,9 @@ from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailab
 
 from ukcancel import __version__
 from ukcancel.runtime import Runtime
-from ukcancel.service import batches, cancellations, console, health, jobs, metrics
+from ukcancel.service import batches, cancellations, console, docs, health, jobs, metrics, request_log
 from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.openapi import DocumentPlugin
 from ukcancel.service.problems import ProblemApi
 from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.service.runtime import attach_runtime
@@ -36,17 +37,21 @@ def create_app(runtime: Runtime) -> Flask:
             "info": {"description": "Cancel UKSSDC XRT product jobs through a queue; results as cancelProducts() tuples."},
             "security": [{"bearerAuth": []}],
         },
+        **docs.CONFIG,
     )
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     attach_runtime(app, runtime)
+    metrics.count_requests(app)
+    request_log.install(app)
     install_rate_limit(app, runtime)
-    api = ProblemApi(app)
+    api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
     for blueprint in (cancellations.blp, batches.blp, jobs.jobs_blp, jobs.plans_blp, metrics.blp):
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)
     console.install_console(app, runtime.settings.console_secret)  # not in the OpenAPI document
+    app.register_blueprint(docs.assets)  # static files only: not part of the API document
     for path in ("/healthz", "/readyz"):
         for operation in api.spec._paths.get(path, {}).values():
             operation["security"] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import g, request
 from werkzeug.exceptions import Unauthorized
 
+from ukcancel import logs
 from ukcancel.service.runtime import get_runtime
 from ukcancel.token import Principal, TokenRecord
 
@@ -46,6 +47,7 @@ def authenticate() -> None:
     if record is None:
         raise _InvalidToken("The bearer token is unknown or revoked.")
     g.principal = Principal.from_token(record)
+    logs.bind(user=record.user_id)
 
 
 def principal() -> Principal:

@@ -13,7 +13,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from ukcancel.batch import BATCH_STATES, RESULT_STATUSES
 from ukcancel.command import STATES
-from ukcancel.schemas import CancellationRequestSchema, EpochTime
+from ukcancel.schemas import CancellationRequestSchema, EpochTime, ResultTuple
 from ukcancel.service.schemas import WaitQuerySchema
 
 MAX_ITEMS = 10_000
@@ -31,6 +31,14 @@ class BatchItemRequestSchema(CancellationRequestSchema):
 class BatchRequestSchema(Schema):
     class Meta:
         unknown = RAISE
+
+    # `one_source` below, in the document: items (a list) or all_active true, never both nor neither.
+    OPENAPI_RULES = {
+        "oneOf": [
+            {"required": ["items"], "properties": {"items": {"type": "array"}, "all_active": {"const": False}}},
+            {"required": ["all_active"], "properties": {"all_active": {"const": True}, "items": {"type": "null"}}},
+        ]
+    }
 
     items = fields.List(
         fields.Nested(BatchItemRequestSchema, only=ITEM_FIELDS),
@@ -87,7 +95,7 @@ class BatchItemSchema(Schema):
     job_id = fields.Integer(allow_none=True)
     products = fields.Raw(allow_none=True, metadata={"description": '"all" or the long product names.'})
     state = fields.String(allow_none=True, validate=validate.OneOf(STATES))
-    result = fields.Raw(
+    result = ResultTuple(
         allow_none=True,
         metadata={"description": "The cancelProducts() tuple once terminal; a withdrawn item is [-1, {ERROR}]."},
     )

@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
 from ukcancel import lifecycle, submission
@@ -26,6 +25,7 @@ from ukcancel.service.batch_schemas import (
     BatchRequestSchema,
     BatchSchema,
 )
+from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.runtime import get_runtime
 from ukcancel.token import Principal
@@ -95,8 +95,12 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
 class Batches(MethodView):
     @blp.arguments(BatchRequestSchema())
     @blp.response(202, BatchAcceptedSchema, description="Accepted; follow the Location for progress and results.")
-    @blp.alt_response(422, description="Invalid request; item errors are pointers such as /items/3/job_id.")
-    @blp.alt_response(503, description="The task broker is unavailable; nothing was enqueued.")
+    @problems(blp, 401, 413, 415, 429, described={
+        400: "The body is not valid JSON.",
+        403: "user_id names another user and the token is not an admin's.",
+        422: "Invalid request; item errors are pointers such as /items/3/job_id.",
+        503: "The task broker (or the store) is unavailable; nothing was enqueued.",
+    })
     def post(self, request_data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
         caller = principal()
@@ -121,6 +125,7 @@ class Batches(MethodView):
 class BatchResource(MethodView):
     @blp.arguments(BatchQuerySchema(), location="query")
     @blp.response(200, BatchSchema)
+    @problems(blp, 401, 429, 503, described={404: "No such batch, or not the caller's."})
     def get(self, query: dict[str, Any], batch_id: str) -> dict[str, Any]:
         """A batch's progress, ETA and a page of its items. `?wait=N` waits up to N s for every item to end."""
         batch = visible_batch(batch_id, principal())
@@ -131,7 +136,10 @@ class BatchResource(MethodView):
         return batch_view(batch, query["cursor"], query["limit"])
 
     @blp.response(200, BatchSchema)
-    @blp.alt_response(409, description="The batch is still expanding; its items do not exist yet.")
+    @problems(blp, 401, 429, 503, described={
+        404: "No such batch, or not the caller's.",
+        409: "The batch is still expanding; its items do not exist yet.",
+    })
     def delete(self, batch_id: str) -> dict[str, Any]:
         """Withdraw every item that has not started; started and finished items are left as they are."""
         batch = visible_batch(batch_id, principal())

@@ -11,7 +11,6 @@ from typing import Any
 
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 
 from ukcancel import keys, lifecycle, submission
@@ -19,6 +18,7 @@ from ukcancel.command import QUEUED, CancelCommand
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.schemas import CancellationRequestSchema, CancellationSchema, submission_policy
 from ukcancel.service.auth import authenticate, principal
+from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.runtime import get_runtime
 from ukcancel.service.schemas import (
@@ -68,6 +68,7 @@ def body_digest() -> str:
 class Cancellations(MethodView):
     @blp.arguments(CancellationListQuerySchema(), location="query")
     @blp.response(200, CancellationPageSchema)
+    @problems(blp, 401, 429, 503, described={403: "user_id names another user and the token is not an admin's."})
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The caller's cancel commands, newest first, a page at a time.
 
@@ -97,8 +98,12 @@ class Cancellations(MethodView):
         200, schema=CancellationSchema, success=True,
         description="Replay: this Idempotency-Key and body were seen before; the original command.",
     )
-    @blp.alt_response(422, description="Invalid request, or an Idempotency-Key reused with a different body.")
-    @blp.alt_response(503, description="The task broker is unavailable; nothing was enqueued.")
+    @problems(blp, 401, 413, 415, 429, described={
+        400: "The body is not valid JSON.",
+        403: "user_id names another user and the token is not an admin's.",
+        422: "Invalid request, or an Idempotency-Key reused with a different body.",
+        503: "The task broker (or the store) is unavailable; nothing was enqueued.",
+    })
     def post(
         self, request_data: dict[str, Any], headers: dict[str, Any]
     ) -> tuple[dict[str, str], int, dict[str, str]] | Response:
@@ -128,6 +133,7 @@ class Cancellations(MethodView):
 class Cancellation(MethodView):
     @blp.arguments(WaitQuerySchema(), location="query")
     @blp.response(200, CancellationSchema)
+    @problems(blp, 401, 429, 503, described={404: "No such command, or not the caller's."})
     def get(self, query: dict[str, Any], command_id: str) -> CancelCommand:
         """A cancel command and, once completed, its result tuple. `?wait=N` waits up to N s for the end."""
         command = visible_command(command_id, principal())
@@ -137,7 +143,10 @@ class Cancellation(MethodView):
         return command
 
     @blp.response(200, CancellationSchema)
-    @blp.alt_response(409, description="The command has started or ended; it can no longer be withdrawn.")
+    @problems(blp, 401, 429, 503, described={
+        404: "No such command, or not the caller's.",
+        409: "The command has started or ended; it can no longer be withdrawn.",
+    })
     def delete(self, command_id: str) -> CancelCommand:
         """Withdraw a command that has not started: it becomes aborted and the UKSSDC is never called."""
         command = visible_command(command_id, principal())

@@ -1,13 +1,19 @@
-"""`/metrics`: Prometheus metrics, open like the probes (no token), in the text exposition format."""
+"""`/metrics`: Prometheus metrics, open like the probes (no token), in the text exposition format.
+
+`count_requests(app)` counts every answer by method, route and status, with its latency.
+"""
 
 from __future__ import annotations
 
-from flask import Response, current_app
+import time
+
+from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ukcancel import metrics
+from ukcancel.service.openapi import problems
 from ukcancel.service.runtime import get_runtime
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
@@ -19,6 +25,7 @@ REGISTRY_EXTENSION = "ukcancel.metrics"
 class Metrics(MethodView):
     @blp.doc(security=[], responses={"200": {"description": "Prometheus text format.",
                                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @problems(blp, described={503: "The store (Redis) is unavailable: its gauges cannot be read."})
     def get(self) -> Response:
         """Counters of this host's processes (all of them under PROMETHEUS_MULTIPROC_DIR) and store gauges."""
         registry = current_app.extensions.get(REGISTRY_EXTENSION)
@@ -26,3 +33,19 @@ class Metrics(MethodView):
             registry = metrics.scrape_registry(get_runtime())
             current_app.extensions[REGISTRY_EXTENSION] = registry
         return Response(metrics.render(registry), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+def count_requests(app: Flask) -> None:
+    """Count and time every request; installed first, so it also sees those the rate limit refuses."""
+
+    @app.before_request
+    def start_clock() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        seconds = time.perf_counter() - g.get("request_started", time.perf_counter())
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        metrics.HTTP_REQUEST_SECONDS.labels(request.method, route).observe(seconds)
+        return response

@@ -8,14 +8,17 @@ each offending field.
 
 from __future__ import annotations
 
+import http
 from collections.abc import Mapping
 from typing import Any
 
+from apispec.utils import build_reference
 from flask import Response, json, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-MEDIA_TYPE = "application/problem+json"
+from ukcancel.service.openapi import MEDIA_TYPE
+from ukcancel.service.schemas import ProblemSchema
 
 
 def problem_response(status: int, title: str, detail: str | None = None, headers: Mapping[str, str] | None = None,
@@ -56,7 +59,21 @@ def field_errors(messages: Any, location: str | None = None, path: str = "") -> 
 
 
 class ProblemApi(Api):
-    """flask-smorest's Api, answering errors as RFC 9457 problems."""
+    """flask-smorest's Api, answering errors as RFC 9457 problems and documenting them as such."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        # flask-smorest's own, but as application/problem+json: the content type errors really have.
+        problem = {MEDIA_TYPE: {"schema": build_reference("schema", self.spec.openapi_version.major, "Problem")}}
+        self.spec.components.schema("Problem", schema=ProblemSchema)
+        for status in http.HTTPStatus:
+            if status >= 400:
+                self.spec.components.response(status.name, {"description": status.phrase, "content": problem},
+                                              lazy=True)
+        self.spec.components.response(
+            self.DEFAULT_ERROR_RESPONSE_NAME, {"description": "Any other error.", "content": problem}, lazy=True
+        )
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         data = getattr(error, "data", None) or {}

@@ -3,8 +3,8 @@
 One budget per token (`UKCANCEL_API_RATE_LIMIT`, e.g. "600 per minute") shared by every route and
 every API process, since the counters live in the same Redis as the records (fakeredis in
 embedded mode). Requests without a valid token are counted by client address, so a flood of bad
-tokens is limited too. Over the limit: 429 problem+json with `Retry-After`. The probes and the
-OpenAPI document are never limited.
+tokens is limited too. Over the limit: 429 problem+json with `Retry-After`. The probes, the
+OpenAPI document and its /docs page are never limited.
 
 Cost: one Redis round trip per request. Flask-Limiter's fixed window spends one on the hit and
 two more on the window's count and expiry for the `X-RateLimit-*` headers; the storage here reads
@@ -23,6 +23,7 @@ from limits.storage import RedisStorage
 from ukcancel import keys
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import bearer_record
+from ukcancel.service.docs import is_docs_path
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})  # probes and scrapers carry no token
 
@@ -104,5 +105,5 @@ def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
         key_prefix=keys.API_LIMITER_PREFIX,
         headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
     )
-    limiter.request_filter(lambda: request.path in OPEN_PATHS)
+    limiter.request_filter(lambda: request.path in OPEN_PATHS or is_docs_path(request.path))
     return limiter

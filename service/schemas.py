@@ -1,4 +1,4 @@
-"""The HTTP layer's own marshmallow schemas: query strings, headers and pages.
+"""The HTTP layer's own marshmallow schemas: query strings, headers, pages and problems.
 
 The request and command schemas the stream and callbacks share are in `ukcancel.schemas`.
 """
@@ -85,4 +85,31 @@ class WaitQuerySchema(Schema):
         load_default=0,
         validate=validate.Range(min=0, max=60),
         metadata={"description": "Seconds to wait for a terminal state (of a batch: of every item; long poll), at most 60."},
+    )
+
+
+class FieldErrorSchema(Schema):
+    pointer = fields.String(
+        required=True,
+        metadata={"description": "JSON pointer to the offending field (in the body unless `in` says otherwise)."},
+    )
+    detail = fields.String(required=True)
+    in_ = fields.String(
+        data_key="in",
+        validate=validate.OneOf(("query", "headers", "view_args", "form")),
+        metadata={"description": "Where the field is when not in the JSON body: query, headers, ..."},
+    )
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details: the body of every error answer, as `application/problem+json`."""
+
+    type = fields.String(required=True, metadata={"description": "Always about:blank: the status says it all."})
+    title = fields.String(required=True, metadata={"description": "The HTTP status phrase."})
+    status = fields.Integer(required=True, validate=validate.Range(min=400, max=599))
+    detail = fields.String(metadata={"description": "What went wrong with this request, for a human."})
+    instance = fields.String(allow_none=True, metadata={"description": "The request path."})
+    errors = fields.List(
+        fields.Nested(FieldErrorSchema),
+        metadata={"description": "Invalid requests (400, 422): one entry per offending field."},
     )

@@ -1,13 +1,20 @@
-"""Callbacks: which hosts the service may call, how a callback body is signed, and scheduling one.
+"""Callbacks: which hosts the service may call, how a callback is signed, and scheduling one.
 
 When a command with a `callback_url` becomes terminal, `CallbackScheduler` (a terminal hook)
 marks its callback pending and has a worker (`ukcancel.worker.callbacks`) POST the command (as
-`GET /v1/cancellations/{id}` shows it) to that URL. The receiver checks
+`GET /v1/cancellations/{id}` shows it) to that URL, signed by the Standard Webhooks scheme:
 
-    X-Ukcancel-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed with the callback secret>
+    webhook-id: <the command id: the same on every retry, so a receiver can drop duplicates>
+    webhook-timestamp: <epoch seconds of this attempt>
+    webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">
 
-where the callback secret is the one `ukcancel token create` printed for the token that submitted
-the command. `X-Ukcancel-Timestamp` (epoch seconds) says when the attempt was made.
+The id and timestamp are signed with the body, so a captured callback cannot be replayed later
+or as another command's: receivers refuse a timestamp more than `TOLERANCE_SECONDS` (5 minutes,
+the scheme's default) from their clock. The key is the callback secret `ukcancel token create`
+printed for the submitting token, in the scheme's form `whsec_<base64>`: `webhook_secret` turns
+the stored secret (64 hex characters) into it, base64 of those characters' bytes, so a secret
+issued before the scheme signs with the same key material. `verify` is the receivers' check
+(any Standard Webhooks library does the same with the `whsec_` secret).
 
 Only hosts listed in `UKCANCEL_CALLBACK_ALLOWED_HOSTS` are ever called, so a token cannot make the
 service send requests into the facility's network: the list is checked when a command is
@@ -16,24 +23,30 @@ submitted (422) and again before every delivery (a list that shrank in between w
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
+import json
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kombu.exceptions import KombuError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Ukcancel-Signature"
-TIMESTAMP_HEADER = "X-Ukcancel-Timestamp"
-SIGNATURE_SCHEME = "sha256="
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
+TOLERANCE_SECONDS = 300  # the Standard Webhooks default, which `standardwebhooks` enforces
+
+InvalidCallback = WebhookVerificationError
 
 DELIVERED, REFUSED, FAILED, PENDING = "delivered", "refused", "failed", "pending"
 OUTCOMES = (PENDING, DELIVERED, REFUSED, FAILED)
@@ -53,14 +66,37 @@ def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
     return any(allowed.lower() in candidates for allowed in allowed_hosts)
 
 
-def signature(body: bytes, secret: str) -> str:
-    """The `X-Ukcancel-Signature` value for `body`."""
-    return SIGNATURE_SCHEME + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def webhook_secret(callback_secret: str) -> str:
+    """The `whsec_` form of a token's callback secret (already in that form: unchanged)."""
+    if callback_secret.startswith(SECRET_PREFIX):
+        return callback_secret
+    return SECRET_PREFIX + base64.b64encode(callback_secret.encode()).decode()
 
 
-def signature_valid(body: bytes, secret: str, header: str | None) -> bool:
-    """A receiver's check: constant-time comparison of the header with the expected signature."""
-    return header is not None and hmac.compare_digest(signature(body, secret), header)
+def signed_headers(message_id: str, body: bytes, callback_secret: str, at: float) -> dict[str, str]:
+    """The three Standard Webhooks headers of one attempt to send `body`."""
+    timestamp = datetime.fromtimestamp(int(at), tz=timezone.utc)
+    return {
+        ID_HEADER: message_id,
+        TIMESTAMP_HEADER: str(int(at)),
+        SIGNATURE_HEADER: Webhook(webhook_secret(callback_secret)).sign(message_id, timestamp, body.decode()),
+    }
+
+
+def verify(body: bytes, headers: Mapping[str, str], callback_secret: str) -> Any:
+    """A receiver's check: the parsed body if id, timestamp and body are signed with this secret and the
+    timestamp is within `TOLERANCE_SECONDS` of now; raises `InvalidCallback` otherwise."""
+    Webhook(webhook_secret(callback_secret)).verify(body, dict(headers), json_parse=False)
+    return json.loads(body)
+
+
+def signature_valid(body: bytes, headers: Mapping[str, str], callback_secret: str) -> bool:
+    """`verify` as a yes or no."""
+    try:
+        verify(body, headers, callback_secret)
+    except InvalidCallback:
+        return False
+    return True
 
 
 class CallbackScheduler:

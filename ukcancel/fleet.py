@@ -354,6 +354,10 @@ class FleetGate:
         """Seconds left of a fleet-wide pause (0 when none)."""
         return max(0.0, float(self.connection.get(keys.FLEET_PAUSED_UNTIL) or 0) - self.clock())
 
+    def live_workers(self) -> list[str]:
+        """The fleet's workers with a recent heartbeat (`live_workers`)."""
+        return live_workers(self.connection)
+
     def in_flight(self) -> int:
         return int(self.connection.zcount(keys.FLEET_INFLIGHT, repr(self.clock()), "+inf"))
 

@@ -4,8 +4,19 @@ Counters and histograms are counted where things happen (the UKSSDC client, the 
 cancellation run), in whichever process that is. Under gunicorn and Celery prefork every process
 keeps its own values; with ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client writes them to
 files in that directory and `scrape_registry` adds them up, so one scrape of any API process sees
-the whole host. Figures Redis already holds (commands by state, queue depth per user, breaker
-state, fleet limits) are read at scrape time instead, so every API process reports the same.
+the host's API processes. Figures Redis already holds (commands by state, queue depth, breaker
+state, fleet limits, live workers) are read at scrape time instead, so every API process reports
+the same.
+
+Workers are scraped on their own: with `UKCANCEL_WORKER_METRICS_PORT` set, each worker's main
+process serves its pool processes' counters (`serve_process_metrics`, from their own
+PROMETHEUS_MULTIPROC_DIR) on that port, one scrape target per worker. Sharing one directory between
+the API and the workers of a host also works (the API's /metrics then adds them up), but not
+across containers or pods, so the shipped layouts use worker endpoints.
+
+No label carries a user: `/metrics` is open, and a UKSSDC UserID is an e-mail address. The queue
+is shown as totals (commands waiting, users waiting, the longest line); per-user figures are for
+admin tokens through the API (`GET /v1/cancellations?state=queued`).
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -25,6 +36,7 @@ from ukcancel.store import as_text
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
+    from ukcancel.settings import Settings
 
 UKSSDC_CALLS = Counter(
     "ukcancel_ukssdc_calls",
@@ -69,6 +81,18 @@ RESULTS = Counter(
     ["status"],
 )
 
+HTTP_REQUESTS = Counter(
+    "ukcancel_http_requests",
+    "HTTP requests answered, by method, route (the URL rule, not the path: ids do not make labels) and status.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "ukcancel_http_request_duration_seconds",
+    "Time from a request's arrival to its answer (long polls included: see the route).",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
 BREAKER_STATES = ("closed", "half-open", "open")
 SCAN_BATCH = 1000
 
@@ -91,12 +115,18 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
 
         yield self._commands_by_state()
-        depth = GaugeMetricFamily(
-            "ukcancel_queue_depth", "Commands waiting for a worker, per UKSSDC user's queue.", labels=["user"]
+        lines = [waiting for waiting in self.runtime.queue.depth().values() if waiting]
+        yield GaugeMetricFamily(
+            "ukcancel_queue_depth", "Commands waiting for a worker, all users' lines together.", value=sum(lines)
         )
-        for user, waiting in sorted(self.runtime.queue.depth().items()):
-            depth.add_metric([user], waiting)
-        yield depth
+        yield GaugeMetricFamily("ukcancel_queue_users", "Users with commands waiting.", value=len(lines))
+        yield GaugeMetricFamily(
+            "ukcancel_queue_longest_line", "Commands waiting in the longest user's line.", value=max(lines, default=0)
+        )
+        yield GaugeMetricFamily(
+            "ukcancel_live_workers", "Workers that sent a heartbeat recently (as /readyz counts them).",
+            value=len(self.runtime.gate.live_workers()),
+        )
         yield from self._schedule()
 
         gate = self.runtime.gate
@@ -188,17 +218,31 @@ class _ProcessCollector(Collector):
         return REGISTRY.collect()
 
 
-def scrape_registry(runtime: Runtime) -> CollectorRegistry:
-    """The registry one API process answers `/metrics` from."""
+def process_registry(settings: Settings) -> CollectorRegistry:
+    """The counters of this process, or of every process writing to PROMETHEUS_MULTIPROC_DIR."""
     registry = CollectorRegistry(auto_describe=False)
-    if runtime.settings.metrics_multiproc_dir:
+    if settings.metrics_multiproc_dir:
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry, path=runtime.settings.metrics_multiproc_dir)
+        multiprocess.MultiProcessCollector(registry, path=settings.metrics_multiproc_dir)
     else:
         registry.register(_ProcessCollector())
+    return registry
+
+
+def scrape_registry(runtime: Runtime) -> CollectorRegistry:
+    """The registry one API process answers `/metrics` from: the processes' counters and the store's gauges."""
+    registry = process_registry(runtime.settings)
     registry.register(StoreCollector(runtime))
     return registry
+
+
+def serve_process_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> None:
+    """A worker's scrape target: `process_registry` over HTTP on `port`, in a daemon thread of this process.
+
+    Only the processes' counters: the store's gauges come from the API's /metrics, once, not once per worker.
+    """
+    start_http_server(port, addr=address, registry=process_registry(settings))
 
 
 def render(registry: CollectorRegistry) -> bytes:

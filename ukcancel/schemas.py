@@ -69,6 +69,21 @@ class EpochTime(fields.DateTime):
         return super()._serialize(datetime.fromtimestamp(float(value), tz=timezone.utc), attr, obj, **kwargs)
 
 
+class ResultTuple(fields.Raw):
+    """A cancelProducts() tuple as JSON: [status, detail], status -1, 0, 1 or 2 and detail an object."""
+
+    # Its JSON Schema (2020-12, as OpenAPI 3.1 uses): the HTTP layer's document plugin adds it.
+    JSON_SCHEMA = {
+        "type": "array",
+        "prefixItems": [
+            {"type": "integer", "enum": [-1, 0, 1, 2], "description": "The tuple's status."},
+            {"type": "object", "description": "Per product (1, 2), or {ERROR: text} (-1, 0)."},
+        ],
+        "minItems": 2,
+        "maxItems": 2,
+    }
+
+
 class SubmissionPolicy(TypedDict):
     callback_allowed_hosts: tuple[str, ...]
 
@@ -90,6 +105,9 @@ class CallbackUrl(fields.Url):
         # They would be stored, shown by GET and sent as Basic auth: the signature authenticates instead.
         "credentials": "Must not contain a user name or password.",
     }
+
+    # In the document: an absolute http(s) URI (apispec alone would say format "url", no JSON Schema format).
+    JSON_SCHEMA = {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://", "maxLength": 2048}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048), **kwargs)
@@ -117,14 +135,22 @@ class CancellationRequestSchema(Schema):
         metadata={
             "description": '"all", or a list of product names (long or short: LightCurve/lc, Spectrum/spec, '
             "StandardPos/psf, EnhancedPos/enh, AstromPos/xastrom, Image/image, SourceDet/sourceDet).",
-            "oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+            "oneOf": [
+                {"type": "string", "enum": [product_names.ALL]},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "enum": [*product_names.LONG_TO_SHORT, *product_names.SHORT_TO_LONG]},
+                    "minItems": 1,
+                },
+            ],
         },
     )
     callback_url = CallbackUrl(
         load_default=None,
         metadata={
             "description": "Optional http(s) URL the service POSTs the command to once it has ended, signed "
-            "with the submitting token's callback secret (X-Ukcancel-Signature). Its host must be one the "
+            "with the submitting token's callback secret (Standard Webhooks: webhook-id, webhook-timestamp, "
+            "webhook-signature). Its host must be one the "
             "facility allows."
         },
     )
@@ -162,7 +188,7 @@ class CancellationSchema(Schema):
     )
     created_at = EpochTime()
     updated_at = EpochTime()
-    result = fields.Raw(
+    result = ResultTuple(
         allow_none=True,
         metadata={"description": "null until completed, then the cancelProducts() tuple as [status, detail]."},
     )

@@ -42,6 +42,19 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port, 1-65535")
+    return value
+
+
+def _log_format(raw: str) -> str:
+    if raw not in ("text", "json"):
+        raise ValueError('must be "text" or "json"')
+    return raw
+
+
 def _directory(raw: str) -> str:
     if not os.path.isdir(raw):
         raise ValueError("must be an existing directory")
@@ -130,6 +143,10 @@ class Settings:
     # The web console (`ukcancel.service.console`): the key its session cookies are signed with.
     # No default: without it the console is off.
     console_secret: str | None = field(default=None, repr=False)
+    # Log lines of every process: "text" or "json" (one object per line, `ukcancel.logs`).
+    log_format: str = "text"
+    # A worker's own scrape target (`ukcancel.metrics.serve_process_metrics`); unset: none.
+    worker_metrics_port: int | None = None
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
     token: str | None = None
@@ -167,6 +184,8 @@ class Settings:
             ("UKCANCEL_PLAN_TTL_SECONDS", "plan_ttl_seconds", _positive_float),
             ("UKCANCEL_CONSOLE_SECRET", "console_secret", _secret),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
+            ("UKCANCEL_WORKER_METRICS_PORT", "worker_metrics_port", _port),
+            ("UKCANCEL_LOG_FORMAT", "log_format", _log_format),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),
         ),

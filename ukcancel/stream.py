@@ -46,7 +46,7 @@ from typing import Any
 import redis
 from marshmallow import ValidationError
 
-from ukcancel import keys
+from ukcancel import keys, logs
 from ukcancel.runtime import Runtime
 from ukcancel.schemas import CancellationRequestSchema, submission_policy
 from ukcancel.store import as_text, as_text_dict
@@ -257,8 +257,13 @@ class CommandStreamConsumer:
     # -- one entry ------------------------------------------------------------------------------
     def handle(self, entry_id: str, fields: dict[str, str]) -> EntryOutcome:
         """Accept or dead-letter one entry; leave it pending (for a retry) when the broker is down."""
+        with logs.context(entry_id=entry_id, request_id=fields.get("request_id")):
+            return self._handle(entry_id, fields)
+
+    def _handle(self, entry_id: str, fields: dict[str, str]) -> EntryOutcome:
         try:
             caller, request = self.validate(fields)
+            logs.bind(user=request.get("user_id") or caller.user_id)
             submitted = submit(self.runtime, caller, request, Reservation(keys.stream_entry(entry_id)))
         except EntryRejected as rejected:
             return self._reject(entry_id, fields, rejected.reason)
@@ -267,6 +272,8 @@ class CommandStreamConsumer:
         except BrokerUnavailable as exc:
             log.warning("command stream: entry %s left pending, broker unavailable: %s", entry_id, exc)
             return EntryOutcome(entry_id)
+        log.info("command stream: entry %s accepted as command %s", entry_id, submitted.command.id,
+                 extra={"command_id": submitted.command.id, "user": submitted.command.user_id})
         accepted = {"entry_id": entry_id, "command_id": submitted.command.id}
         if fields.get("request_id"):
             accepted["request_id"] = fields["request_id"]

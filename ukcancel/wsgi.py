@@ -1,5 +1,9 @@
 """The WSGI entry point for gunicorn: `gunicorn 'ukcancel.wsgi:app'`."""
 
+from ukcancel import logs
 from ukcancel.assemble import create_api
+from ukcancel.settings import Settings
 
-app = create_api()
+settings = Settings.from_env()
+logs.configure(settings)  # UKCANCEL_LOG_FORMAT; gunicorn keeps its own error and access logs
+app = create_api(settings)

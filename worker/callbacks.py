@@ -1,4 +1,4 @@
-"""Delivering callbacks: a signed POST of the finished command to its `callback_url`.
+"""Delivering callbacks: a signed POST (Standard Webhooks) of the finished command to its `callback_url`.
 
 When a command with a `callback_url` becomes terminal, `ukcancel.callback.CallbackScheduler` (a
 terminal hook) marks its callback pending and sends the Celery task `ukcancel.deliver_callback`. The
@@ -82,8 +82,7 @@ class CallbackDelivery:
                 headers={
                     "Content-Type": "application/json",
                     "User-Agent": f"ukssdc-cancel/{__version__}",
-                    callback.SIGNATURE_HEADER: callback.signature(body, token.callback_secret),
-                    callback.TIMESTAMP_HEADER: str(int(self.clock())),
+                    **callback.signed_headers(command.id, body, token.callback_secret, self.clock()),
                 },
                 timeout=TIMEOUT_SECONDS,
                 allow_redirects=False,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ukcancel import lifecycle, metrics
+from ukcancel import lifecycle, logs, metrics
 from ukcancel import products as product_names
 from ukcancel.command import RUNNING, CancelCommand
 from ukcancel.fleet import UNWANTED_REASON, FleetGate, Permit, Wait
@@ -123,7 +123,9 @@ class CancellationRun:
                 if claim.takeover:
                     metrics.LEASES_TAKEN_OVER.inc()
                     log.warning("command %s: its lease had expired (worker lost); taking it over", command.id)
-                with self.queue.holding(command.id, self.holder):
+                with self.queue.holding(command.id, self.holder), logs.context(
+                    command_id=command.id, batch_id=command.batch_id, user=command.user_id
+                ):
                     return self._perform(command, claim)
         finally:
             self._return_unused_permit()  # every call gave its own permit back
@@ -206,6 +208,7 @@ class CancellationRun:
     ) -> RunResult:
         done = lifecycle.complete(self.runtime, command.id, result, server_ok=server_ok, error=error)
         self.queue.release(command.id, self.holder)
+        log.info("command %s of job %s %s: status %s", command.id, command.job_id, done.state, result[0])
         return RunResult(command.id, done.state)
 
     # -- the UKSSDC conversation -------------------------------------------------------------

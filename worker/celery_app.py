@@ -28,6 +28,7 @@ from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
 from ukcancel.worker import all_active, callbacks, jobs, tasks
 from ukcancel.worker.base_task import ServiceTask
+from ukcancel.worker.metrics import MetricsEndpoint
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
@@ -171,6 +172,7 @@ def create_celery(settings: Settings) -> ServiceCelery:
     )
     app.steps["worker"].add(WorkerHeartbeat)
     app.steps["worker"].add(ReconcilerStep)
+    app.steps["worker"].add(MetricsEndpoint)
     tasks.register_tasks(app)
     all_active.register_all_active(app)
     callbacks.register_callback_tasks(app)

@@ -33,6 +33,7 @@ import k8s_manifests as k8s
 import pytest
 import redis
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from test_deployment_files import _argv, _environment, _services
 
 from ukcancel import __version__
@@ -331,9 +332,10 @@ def test_a_cancellation_through_the_image(
     simulator = buildah.start("simulator", sim_argv, {})
 
     # The compose environment of the parts, pointed at this test's Redis database and the simulator.
+    # The worker's metrics port too: a free one here, since the parts share the host's network.
     env = {**_environment(services["worker"]), "REDIS_URL": redis_url, "UKSSDC_BASE_URL": sim_url,
            "UKCANCEL_WORKER_CONCURRENCY": "2", "UKCANCEL_RETRY_BASE_SECONDS": "0.05",
-           "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5"}
+           "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5", "UKCANCEL_WORKER_METRICS_PORT": str(_free_port())}
     multiproc = env["PROMETHEUS_MULTIPROC_DIR"]
     worker = buildah.start("worker", _argv(services["worker"]["command"]), env, tmpfs=(multiproc,))
     # The compose api command, bound to a free loopback port instead of 0.0.0.0:8000.
@@ -406,8 +408,11 @@ def test_the_kubernetes_pods_run_on_the_image(
     simulator = buildah.start("pod-simulator", ["ukcancel", "simulator", "--port", str(sim_port)], {})
 
     # The Secret's placeholders and the ConfigMap's UKSSDC replaced, as an operator would.
+    # The worker pod's metrics port on a free port of the host's network, as the API's bind below.
+    metrics_port = _free_port()
     overrides = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "UKSSDC_BASE_URL": sim_url,
-                 "UKCANCEL_RETRY_BASE_SECONDS": "0.05", "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5"}
+                 "UKCANCEL_RETRY_BASE_SECONDS": "0.05", "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5",
+                 "UKCANCEL_WORKER_METRICS_PORT": str(metrics_port)}
     pods = {}
     for name, deployment in k8s.deployments().items():
         spec = _pod(buildah, image_root, deployment, overrides)
@@ -440,6 +445,13 @@ def test_the_kubernetes_pods_run_on_the_image(
 
     command_id = _wait(accepted, "the stream consumer pod to accept the entry", parts)
     assert as_tuple(client.wait(command_id, timeout=30, poll=10)) == (1, {"StandardPos": CANCELLED_OK})
+
+    # The worker pod is a scrape target of its own (a multiprocess directory is not shared across
+    # pods): its pool processes' UKSSDC calls, from its emptyDir, on its metrics port.
+    scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    calls = sum(sample.value for family in text_string_to_metric_families(scraped) for sample in family.samples
+                if sample.name == "ukcancel_ukssdc_calls_total" and sample.labels["endpoint"] == "canceljob.php")
+    assert calls == 2, scraped[-2000:]  # the HTTP and the stream cancellation
 
     # Each pod ran as its spec says (the user, no capabilities, no privilege escalation, a
     # read-only root with only its emptyDirs writable), and none logged an error: gunicorn, for

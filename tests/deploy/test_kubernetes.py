@@ -317,3 +317,10 @@ def test_ingress_reaches_only_the_api_port() -> None:
     labels = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments().items()}
     assert [name for name in labels if selects(api_policy["podSelector"], labels[name])] == ["ukcancel-api"]
     assert set().union(*map(_ports, api_policy["ingress"])) == {("TCP", 8000)}
+    # The one other way in: Prometheus to the workers' metrics port, and nothing else of theirs.
+    metrics_policy = policies["ukcancel-worker-metrics-ingress"]["spec"]
+    assert [name for name in labels if selects(metrics_policy["podSelector"], labels[name])] == ["ukcancel-worker"]
+    assert set().union(*map(_ports, metrics_policy["ingress"])) == {("TCP", 9101)}
+    worker_port = environment(deployments()["ukcancel-worker"])["UKCANCEL_WORKER_METRICS_PORT"]
+    assert [p["containerPort"] for p in container(deployments()["ukcancel-worker"])["ports"]] == [int(worker_port)]
+    assert set(policies) == {"ukcancel", "ukcancel-api-ingress", "ukcancel-worker-metrics-ingress"}

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 from facility_api import ALICE, PROBLEM, Facility, build_facility
+from standardwebhooks.webhooks import Webhook
 
 from ukcancel import callback
 from ukcancel.settings import Settings
@@ -96,15 +97,38 @@ def test_callback_is_signed_retried_and_recorded(
     secret = facility.records["alice"].callback_secret
     for delivery in receiver.received:
         assert delivery.headers["Content-Type"] == "application/json"
-        assert callback.signature_valid(delivery.body, secret, delivery.headers[callback.SIGNATURE_HEADER])
+        assert callback.signature_valid(delivery.body, delivery.headers, secret)
+        assert delivery.headers[callback.ID_HEADER] == command_id  # the same id on every retry
+        assert delivery.headers[callback.SIGNATURE_HEADER].startswith("v1,")
         assert abs(int(delivery.headers[callback.TIMESTAMP_HEADER]) - time.time()) < 120
+        # Any Standard Webhooks library verifies it with the whsec_ form of the secret.
+        Webhook(callback.webhook_secret(secret)).verify(delivery.body, delivery.headers)
     sent = json.loads(receiver.received[-1].body)
     assert sent["id"] == command_id and sent["state"] == "completed"
     assert sent["result"] == [1, {"LightCurve": {"code": 0, "text": "Job cancelled OK"}}]
     # Another token's secret does not verify it.
     other = facility.records["bob"].callback_secret
-    assert not callback.signature_valid(receiver.received[-1].body, other,
-                                        receiver.received[-1].headers[callback.SIGNATURE_HEADER])
+    assert not callback.signature_valid(receiver.received[-1].body, receiver.received[-1].headers, other)
+
+
+def test_a_signed_callback_cannot_be_replayed_altered_or_moved() -> None:
+    secret = "ab" * 32
+    body = b'{"id":"c1","state":"completed"}'
+    now = time.time()
+    headers = callback.signed_headers("c1", body, secret, now)
+    assert callback.verify(body, headers, secret) == {"id": "c1", "state": "completed"}
+    # Replayed after the tolerance window (5 minutes), or stamped in the future beyond it.
+    for at in (now - callback.TOLERANCE_SECONDS - 30, now + callback.TOLERANCE_SECONDS + 30):
+        assert not callback.signature_valid(body, callback.signed_headers("c1", body, secret, at), secret)
+    # A fresh timestamp pasted onto an old signature, another id, another body: none verifies.
+    assert not callback.signature_valid(body, {**headers, callback.TIMESTAMP_HEADER: str(int(now) + 1)}, secret)
+    assert not callback.signature_valid(body, {**headers, callback.ID_HEADER: "c2"}, secret)
+    assert not callback.signature_valid(body.replace(b"completed", b"aborted"), headers, secret)
+    with pytest.raises(callback.InvalidCallback):
+        callback.verify(body, {}, secret)
+    # The whsec_ form and the secret as `token create` printed it sign the same.
+    assert callback.signature_valid(body, headers, callback.webhook_secret(secret))
+    assert callback.webhook_secret(secret).startswith("whsec_")
 
 
 def test_a_host_no_longer_allowed_is_refused_without_a_request(

@@ -132,6 +132,8 @@ BAD_VALUES = {
     "_rate_limit": ["lots", "10 per fortnight", "-1 per minute"],
     "_host_list": ["example.org/path", "a.example.org, b example.org"],
     "_secret": ["short", "x" * 31],
+    "_port": ["0", "65536", "-1", "http", "9101.5"],
+    "_log_format": ["JSON", "logfmt", "yes"],
 }
 CASES = [
     (variable, raw)

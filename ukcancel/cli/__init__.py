@@ -74,6 +74,7 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str, w
 
     from werkzeug.serving import make_server
 
+    from ukcancel import logs
     from ukcancel.assemble import create_api, create_runtime
     from ukcancel.embedded import EmbeddedWorker
     from ukcancel.settings import PRODUCTION_BASE_URL
@@ -84,6 +85,7 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str, w
         if with_simulator:
             simulator = running.enter_context(SimulatorServer(SimulatorState(), host="127.0.0.1"))
             settings = settings.replace(ukssdc_base_url=simulator.base_url)
+        logs.configure(settings)  # API, embedded worker and stream consumer alike, to stderr
         runtime = create_runtime(settings)
         token, record = runtime.tokens.create(local_user, name="local")
         app = create_api(runtime=runtime)
@@ -115,8 +117,10 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     if settings.embedded:
         raise click.UsageError("a stand-alone worker needs REDIS_URL (and optionally CELERY_BROKER_URL)")
     from ukcancel.assemble import create_runtime
+    from ukcancel.worker import logs as worker_logs
     from ukcancel.worker.celery_app import QUEUES
 
+    worker_logs.install(settings)
     runtime = create_runtime(settings)
     argv = ["worker", "--loglevel=INFO", f"--queues={','.join(QUEUES)}", f"--pool={pool}",
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from typing import Any
@@ -25,10 +24,11 @@ def stream_consumer(name: str | None, min_idle_seconds: float, block_seconds: fl
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("a stand-alone stream consumer needs REDIS_URL (`ukcancel serve` runs one embedded)")
+    from ukcancel import logs
     from ukcancel.assemble import create_runtime
     from ukcancel.stream import CommandStreamConsumer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings)
     consumer = CommandStreamConsumer(
         create_runtime(settings), name, block_ms=int(block_seconds * 1000), min_idle_ms=int(min_idle_seconds * 1000)
     )

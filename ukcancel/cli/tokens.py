@@ -46,7 +46,10 @@ def token_create(user_id: str, name: str | None, admin: bool) -> None:
         raise click.UsageError(str(exc)) from None
     click.echo(f"name:            {record.name}")
     click.echo(f"user_id:         {record.user_id}{'  (admin)' if admin else ''}")
-    click.echo(f"callback secret: {record.callback_secret}")
+    from ukcancel.callback import webhook_secret
+
+    # The Standard Webhooks form receivers verify callbacks with (see ukcancel.callback).
+    click.echo(f"callback secret: {webhook_secret(record.callback_secret)}")
     click.echo(f"token:           {secret}")
     click.echo("The token is shown only now; only its SHA-256 digest is stored.", err=True)
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from flask import request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from kombu.exceptions import KombuError
 from marshmallow import RAISE
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
@@ -33,6 +32,7 @@ from ukcancel.service.job_schemas import (
     PlanRequestSchema,
     PlanSchema,
 )
+from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.runtime import get_runtime
 from ukcancel.token import Principal
@@ -161,7 +161,10 @@ def apply_plan(plan: Plan, caller: Principal) -> tuple[str, bool]:
 class Jobs(MethodView):
     @jobs_blp.arguments(JobsQuerySchema(), location="query", unknown=RAISE)  # a typo is not "no filter"
     @jobs_blp.response(200, JobsSchema)
-    @jobs_blp.alt_response(503, description="A refresh was due and the task broker is unavailable.")
+    @problems(jobs_blp, 401, 422, 429, described={
+        403: "user_id names another user and the token is not an admin's.",
+        503: "A refresh was due and the task broker is unavailable.",
+    })
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """Your UKSSDC jobs with each product's state as last read, and its age.
 
@@ -181,7 +184,10 @@ class Jobs(MethodView):
 class Plans(MethodView):
     @plans_blp.arguments(PlanRequestSchema())
     @plans_blp.response(202, PlanAcceptedSchema, description="Accepted; follow the Location for the plan.")
-    @plans_blp.alt_response(503, description="The task broker is unavailable.")
+    @problems(plans_blp, 401, 413, 415, 422, 429, described={
+        403: "user_id names another user and the token is not an admin's.",
+        503: "The task broker is unavailable.",
+    })
     def post(self, request_data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Plan a cancellation: the active products of the jobs the selection matches, computed from fresh states."""
         caller = principal()
@@ -198,6 +204,7 @@ class Plans(MethodView):
 class PlanResource(MethodView):
     @plans_blp.arguments(PlanQuerySchema(), location="query", unknown=RAISE)
     @plans_blp.response(200, PlanSchema)
+    @problems(plans_blp, 401, 422, 429, 503, described={404: "No such plan, or not the caller's."})
     def get(self, query: dict[str, Any], plan_id: str) -> dict[str, Any]:
         """A plan: the exact (job, products) pairs applying it cancels, the jobs left out and why, its expiry."""
         return plan_view(read_plan(plan_id, principal(), query["wait"]))
@@ -208,8 +215,11 @@ class PlanApply(MethodView):
     @plans_blp.response(202, PlanAppliedSchema, description="The batch was made; follow the Location.")
     @plans_blp.alt_response(200, schema=PlanAppliedSchema, success=True,
                             description="Applied before: the same batch (applying twice makes one batch).")
-    @plans_blp.alt_response(409, description="The plan is computing, failed, expired or has nothing to cancel.")
-    @plans_blp.alt_response(503, description="The task broker is unavailable; nothing was enqueued.")
+    @problems(plans_blp, 401, 429, described={
+        404: "No such plan, or not the caller's.",
+        409: "The plan is computing, failed, expired or has nothing to cancel.",
+        503: "The task broker is unavailable; nothing was enqueued.",
+    })
     def post(self, plan_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Apply a ready plan: one batch of exactly its pairs. Idempotent: a second apply names the same batch."""
         caller = principal()

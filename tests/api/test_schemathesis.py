@@ -124,10 +124,14 @@ def test_schemathesis_finds_no_server_error_and_no_conformance_failure(live_api:
         Path(os.environ["UKCANCEL_SCHEMATHESIS_OUTPUT"]).write_text(output)
     assert run.returncode == 0, output[-20000:]
     assert token not in output  # schemathesis masks the Authorization header in its output
-    assert "Tested: 10" in output, output[-3000:]  # every operation of the document
+    import requests
+
+    document = requests.get(f"{base_url}/openapi.json", timeout=10).json()
+    operations = sum(1 for item in document["paths"].values() for method in item if method != "parameters")
+    assert f"Tested: {operations}" in output, output[-3000:]  # every operation of the document
     generated = int(re.search(r"^\s*(\d+) generated, ", output, re.MULTILINE).group(1))  # the "Test cases:" line
     assert generated > 300, output[-3000:]
     suites = ElementTree.parse(junit).getroot().iter("testsuite")
     totals = [(int(suite.get("tests", 0)), int(suite.get("failures", 0)), int(suite.get("errors", 0)))
               for suite in suites]
-    assert sum(t for t, _, _ in totals) >= 10 and all(f == e == 0 for _, f, e in totals), totals
+    assert sum(t for t, _, _ in totals) >= operations and all(f == e == 0 for _, f, e in totals), totals

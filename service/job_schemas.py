@@ -11,10 +11,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from ukcancel import products as product_names
 from ukcancel.jobs import STATE_FILTERS
 from ukcancel.plans import PLAN_STATES
-from ukcancel.schemas import MAX_JOB_ID, EpochTime
+from ukcancel.schemas import MAX_JOB_ID, EpochTime, long_product_names
 
 MAX_SELECTED_IDS = 1000
 
@@ -29,10 +28,7 @@ class ProductNames(fields.Field):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
             raise self.make_error("invalid")
-        try:
-            return product_names.normalise(value)
-        except product_names.UnknownProduct as exc:
-            raise ValidationError(str(exc)) from None
+        return long_product_names(value)
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return value

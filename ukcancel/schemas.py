@@ -36,6 +36,14 @@ class JobId(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+def long_product_names(names: list[str]) -> list[str]:
+    """Long or short product names as long names, duplicates collapsed; a `ValidationError` naming an unknown one."""
+    try:
+        return product_names.normalise(names)
+    except product_names.UnknownProduct as exc:
+        raise ValidationError(str(exc)) from None
+
+
 class ProductSelection(fields.Field):
     """`"all"` or a non-empty list of long or short product names; loads to long names or "all"."""
 
@@ -51,10 +59,7 @@ class ProductSelection(fields.Field):
             raise self.make_error("invalid")
         if not value:
             raise self.make_error("empty")
-        try:
-            return product_names.normalise(value)
-        except product_names.UnknownProduct as exc:
-            raise ValidationError(str(exc)) from None
+        return long_product_names(value)
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return value

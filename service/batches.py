@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import request, url_for
 from flask.views import MethodView
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+from werkzeug.exceptions import Conflict, NotFound
 
 from ukcancel import lifecycle, submission
 from ukcancel.batch import BATCH_COMPLETED, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
@@ -105,18 +105,11 @@ class Batches(MethodView):
         """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
         caller = principal()
         user_id = caller.acting_for(request_data["user_id"])
-        try:
-            if request_data["all_active"]:
-                batch = submission.start_expansion(get_runtime(), Batch(user_id, caller.token_name, state=EXPANDING))
-            else:
-                commands = [
-                    submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]
-                ]
-                batch = submission.enqueue_batch(
-                    get_runtime(), Batch(user_id, caller.token_name, state=RUNNING), commands
-                )
-        except submission.BrokerUnavailable:
-            raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
+        if request_data["all_active"]:
+            batch = submission.start_expansion(get_runtime(), Batch(user_id, caller.token_name, state=EXPANDING))
+        else:
+            commands = [submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]]
+            batch = submission.enqueue_batch(get_runtime(), Batch(user_id, caller.token_name, state=RUNNING), commands)
         location = url_for("batches.BatchResource", batch_id=batch.id)
         return {"id": batch.id, "state": batch.state, "total": batch.total}, 202, {"Location": location}
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
+from werkzeug.exceptions import Conflict, NotFound, UnprocessableEntity
 
 from ukcancel import keys, lifecycle, submission
 from ukcancel.command import QUEUED, CancelCommand
@@ -118,8 +118,6 @@ class Cancellations(MethodView):
                 f"Idempotency-Key {key!r} was already used with a different request body (command "
                 f"{exc.command_id}); use a new key for a new request."
             ) from None
-        except submission.BrokerUnavailable:
-            raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
         command = submitted.command
         location = url_for("cancellations.Cancellation", command_id=command.id)
         if not submitted.created:

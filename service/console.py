@@ -34,7 +34,6 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
-from kombu.exceptions import KombuError
 from marshmallow import Schema, ValidationError, fields, validate
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import Conflict, HTTPException, NotFound, ServiceUnavailable
@@ -43,6 +42,7 @@ from wtforms.validators import ValidationError as WtfValidationError
 from ukcancel import keys, lifecycle, plans
 from ukcancel.batch import EXPANDING, FAILED
 from ukcancel.command import QUEUED, TERMINAL
+from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import live_workers
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.plans import COMPUTING, Plan
@@ -53,6 +53,7 @@ from ukcancel.service.job_schemas import JobFilterSchema, PlanRequestSchema
 from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, selection_of, visible_plan
 from ukcancel.service.runtime import get_runtime
 from ukcancel.service.schemas import CancellationListQuerySchema
+from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
 from ukcancel.store import as_text
 from ukcancel.token import NotPermitted, Principal, TokenError, digest
 
@@ -279,7 +280,7 @@ def jobs_view_or_error(loaded: dict[str, Any], wait: int = 0) -> dict[str, Any]:
     user_id = user().acting_for(loaded.get("user_id"))
     try:
         return jobs_view(get_runtime(), user_id, selection_of(loaded), wait)
-    except KombuError:
+    except DispatchError:
         raise ServiceUnavailable("The task broker is unavailable; try again later.") from None
 
 
@@ -305,7 +306,7 @@ def create_plan() -> Any:
     plan = Plan(user().acting_for(loaded.get("user_id")), selection_of(loaded), user().token_name)
     try:
         plan = plans.start(get_runtime(), plan)
-    except KombuError:
+    except DispatchError:
         raise ServiceUnavailable("The task broker is unavailable; try again later.") from None
     return redirect(url_for("console.plan", plan_id=plan.id))
 
@@ -443,7 +444,7 @@ def live(body: str, done: bool) -> Response:
 class FleetLimitsSchema(Schema):
     """The console's fleet form: the limits `ukcancel fleet --rate/--in-flight` changes."""
 
-    rate_per_second = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False, max=1000))
+    rate_per_second = fields.Float(required=True, validate=validate.Range(min=MIN_FLEET_RATE_PER_SECOND, max=1000))
     max_in_flight = fields.Integer(required=True, validate=validate.Range(min=1, max=1000))
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from flask import request, url_for
 from flask.views import MethodView
-from kombu.exceptions import KombuError
 from marshmallow import RAISE
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
-from ukcancel import plans, submission
+from ukcancel import plans
+from ukcancel.dispatch import DispatchError
 from ukcancel.jobs import JobSelection
 from ukcancel.plans import COMPUTING, Plan
 from ukcancel.runtime import Runtime
@@ -63,7 +63,7 @@ def selection_of(query: dict[str, Any]) -> JobSelection:
 def jobs_view(rt: Runtime, user_id: str, selection: JobSelection, wait: int = 0) -> dict[str, Any]:
     """The user's cached jobs matching `selection`, with ages; asks for a refresh when they are stale.
 
-    Raises `KombuError` when a refresh is due and the broker will not take it.
+    Raises `DispatchError` when a refresh is due and the broker will not take it.
     """
     cache = rt.jobs
     if not cache.fresh(user_id):
@@ -138,7 +138,7 @@ def read_plan(plan_id: str, caller: Principal, wait: int = 0) -> Plan:
     if plan.state == COMPUTING:
         try:
             plans.ensure_progress(rt, plan)
-        except KombuError:
+        except DispatchError:
             raise ServiceUnavailable(BROKER_DOWN) from None
         if wait:
             plan = rt.plans.wait_computed(plan_id, min(wait, rt.settings.max_wait_seconds)) or plan
@@ -153,8 +153,6 @@ def apply_plan(plan: Plan, caller: Principal) -> tuple[str, bool]:
         return plans.apply(get_runtime(), plan, caller.token_name)
     except (plans.PlanNotReady, plans.PlanExpired, plans.NothingToApply) as exc:
         raise Conflict(str(exc)) from None
-    except submission.BrokerUnavailable:
-        raise ServiceUnavailable("The task broker is unavailable; nothing was enqueued. Try again later.") from None
 
 
 @jobs_blp.route("")
@@ -176,7 +174,7 @@ class Jobs(MethodView):
         user_id = caller.acting_for(query.get("user_id"))
         try:
             return jobs_view(get_runtime(), user_id, selection_of(query), query["wait"])
-        except KombuError:
+        except DispatchError:
             raise ServiceUnavailable(BROKER_DOWN) from None
 
 
@@ -195,7 +193,7 @@ class Plans(MethodView):
         plan = Plan(user_id, selection_of(request_data), caller.token_name)
         try:
             plan = plans.start(get_runtime(), plan)
-        except KombuError:
+        except DispatchError:
             raise ServiceUnavailable(BROKER_DOWN) from None
         return {"id": plan.id, "state": plan.state}, 202, {"Location": url_for("plans.PlanResource", plan_id=plan.id)}
 

@@ -5,7 +5,7 @@ The core (`ukcancel.*`) imports neither the HTTP layer (`ukcancel.service`) nor 
 ones that import several layers. A process builds its runtime here:
 
 - `create_runtime(settings)`: the Redis connection, the Celery app (whose `CeleryDispatch` is the
-  runtime's `Dispatch`), the core registries, and the terminal hooks (results stream, callbacks);
+  runtime's `Dispatch`) and the core registries;
 - `create_api(settings)`: the same runtime with the HTTP API around it.
 """
 
@@ -14,12 +14,10 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
-from ukcancel.callback import CallbackScheduler
 from ukcancel.runtime import Runtime
 from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.store import connect_redis
-from ukcancel.stream import ResultStream
 from ukcancel.worker.celery_app import create_celery
 from ukcancel.worker.tasks import CeleryDispatch
 
@@ -34,7 +32,6 @@ def create_runtime(settings: Settings, connection: redis.Redis | None = None) ->
         celery=app,
     )
     app.runtime = runtime
-    runtime.terminal_hooks += [ResultStream(runtime), CallbackScheduler(runtime)]
     return runtime
 
 

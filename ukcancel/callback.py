@@ -1,8 +1,10 @@
 """Callbacks: which hosts the service may call, how a callback is signed, and scheduling one.
 
-When a command with a `callback_url` becomes terminal, `CallbackScheduler` (a terminal hook)
-marks its callback pending and has a worker (`ukcancel.worker.callbacks`) POST the command (as
-`GET /v1/cancellations/{id}` shows it) to that URL, signed by the Standard Webhooks scheme:
+When a command with a `callback_url` becomes terminal, the transition script itself marks its
+callback pending and puts it in the outbox (``ukcancel:callbacks:due``, `CallbackOutbox`); the
+reconciler's sweep hands what is due to a worker's callback sender (`ukcancel.worker.callbacks`),
+which POSTs the command (as `GET /v1/cancellations/{id}` shows it) to that URL, signed by the
+Standard Webhooks scheme:
 
     webhook-id: <the command id: the same on every retry, so a receiver can drop duplicates>
     webhook-timestamp: <epoch seconds of this attempt>
@@ -15,6 +17,10 @@ printed for the submitting token, in the scheme's form `whsec_<base64>`: `webhoo
 the stored secret (64 hex characters) into it, base64 of those characters' bytes, so a secret
 issued before the scheme signs with the same key material. `verify` is the receivers' check
 (any Standard Webhooks library does the same with the `whsec_` secret).
+
+Delivery is at least once: a callback leaves the outbox only when its outcome is recorded
+(delivered, refused, or failed for good), so one lost with its worker is sent again after its
+delivery lease; receivers drop duplicates by the `webhook-id`.
 
 Only hosts listed in `UKCANCEL_CALLBACK_ALLOWED_HOSTS` are ever called, so a token cannot make the
 service send requests into the facility's network: the list is checked when a command is
@@ -29,14 +35,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from kombu.exceptions import KombuError
+import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-if TYPE_CHECKING:
-    from ukcancel.runtime import Runtime
+from ukcancel import keys
+from ukcancel.store import as_text
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ InvalidCallback = WebhookVerificationError
 
 DELIVERED, REFUSED, FAILED, PENDING = "delivered", "refused", "failed", "pending"
 OUTCOMES = (PENDING, DELIVERED, REFUSED, FAILED)
+SETTLED = frozenset({DELIVERED, REFUSED, FAILED})  # out of the outbox for good
 
 
 def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
@@ -99,23 +106,51 @@ def signature_valid(body: bytes, headers: Mapping[str, str], callback_secret: st
     return True
 
 
-class CallbackScheduler:
-    """Terminal hook: schedules the delivery of a finished command's callback, if it has one."""
+# KEYS[1] the callback outbox (command id -> when due)
+# ARGV[1] now   ARGV[2] the delivery lease's end (epoch s)   ARGV[3] how many at most
+# Takes up to ARGV[3] callbacks due by now, moving each to ARGV[2] first, so one whose delivery is
+# lost (its worker died) is due again then. Returns their command ids, the longest due first.
+_CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return due
+"""
 
-    def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.time) -> None:
-        self.runtime = runtime
+
+class CallbackOutbox:
+    """The callbacks still to be delivered, each with the time it is next due.
+
+    Redis keys owned: ``ukcancel:callbacks:due`` (see `ukcancel.keys`); the terminal transition
+    (`ukcancel.command.TRANSITION_LUA`) adds to it and `CommandRegistry.record_callback` settles.
+    """
+
+    def __init__(self, connection: redis.Redis, clock: Callable[[], float] = time.time,
+                 lease_seconds: float = 60.0) -> None:
+        self.connection = connection
         self.clock = clock
+        self.lease_seconds = lease_seconds
+        self._claim_due = connection.register_script(_CLAIM_DUE)
 
-    def __call__(self, command_id: str) -> None:
-        command = self.runtime.registry.get(command_id)
-        if command is None or not command.callback_url:
-            return
-        pending = {"status": PENDING, "attempts": 0, "http_status": None, "error": None, "at": self.clock()}
-        self.runtime.registry.record_callback(command_id, pending)
-        try:
-            self.runtime.dispatch.deliver_callback(command_id)
-        except KombuError as exc:
-            # Recorded, not raised: the command itself has ended well; only its notice is lost.
-            failed = {**pending, "status": FAILED, "error": f"could not be scheduled: broker unavailable: {exc}"}
-            self.runtime.registry.record_callback(command_id, failed)
-            log.error("callback of command %s not scheduled: %s", command_id, exc)
+    def claim_due(self, limit: int) -> list[str]:
+        """Up to `limit` callbacks due now, each leased for `lease_seconds`."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        ids = self._claim_due(keys=[keys.CALLBACK_OUTBOX], args=[repr(now), repr(now + self.lease_seconds), limit])
+        return [as_text(command_id) for command_id in ids]
+
+    def due_again(self, command_id: str, at: float) -> None:
+        """A claimed callback that could not be handed over now: due again at `at`."""
+        self.connection.zadd(keys.CALLBACK_OUTBOX, {command_id: at}, xx=True)
+
+    def schedule(self, command_id: str) -> None:
+        """Put a callback in the outbox now, unless it is there already (a message of an earlier
+        version asking for a delivery)."""
+        self.connection.zadd(keys.CALLBACK_OUTBOX, {command_id: self.clock()}, nx=True)
+
+    def drop(self, command_id: str) -> None:
+        """Nothing to deliver (the command expired, or has no callback URL)."""
+        self.connection.zrem(keys.CALLBACK_OUTBOX, command_id)
+
+    def pending(self) -> int:
+        return int(self.connection.zcard(keys.CALLBACK_OUTBOX))

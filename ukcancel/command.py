@@ -31,8 +31,10 @@ QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED = "queued", "running", "retrying",
 STATES = (QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED)
 TERMINAL = frozenset({COMPLETED, ABORTED})
 ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
+ACTIVE_STATES = (QUEUED, RUNNING, RETRYING)  # in order, for a transition's allowed states
 
 Clock = Callable[[], float]
+RESULTS_MAXLEN = 100_000  # ~ entries kept in ``ukcancel:results``
 
 # How often (per index, per process) an insert also trims index entries older than the TTL, and
 # how many indexes a process remembers having trimmed.
@@ -65,11 +67,21 @@ def encode_history(history: list[dict[str, Any]], created_at: float) -> str:
 
 
 def decode_history(raw: str, created_at: float) -> list[dict[str, Any]]:
-    """`history` from its compact form."""
+    """`history` from its compact form.
+
+    Records written before the compact form hold a JSON list of {"state", "at"}; a transition since
+    appended compact entries after it ("[...],r1502"), so both parts are read.
+    """
     if not raw:
         return []
+    out: list[dict[str, Any]] = []
+    if raw.startswith("["):
+        end = raw.rfind("]") + 1
+        out = [{"state": str(entry["state"]), "at": float(entry["at"])} for entry in json.loads(raw[:end])]
+        raw = raw[end:].lstrip(",")
+        if not raw:
+            return out
     origin = _micros(created_at)
-    out = []
     for entry in raw.split(","):
         cut = len(entry.rstrip("-0123456789"))
         code, offset = entry[:cut], entry[cut:]
@@ -171,55 +183,81 @@ class CancelCommand:
 
 
 
-# KEYS[1] command hash
-# ARGV[1] target state   ARGV[2] comma-separated states it may move from   ARGV[3] now (epoch s, to the microsecond)
-# ARGV[4] 1 to count an attempt   ARGV[5] events channel   ARGV[6] TTL seconds when terminal
-# ARGV[7..] field/value pairs to write with the transition
-# Publishes the new state on ARGV[5], and on the batch's channel (`keys.batch_events`) when the
-# command becomes terminal and belongs to a batch.
+# The one transition every script that moves a command runs (`_TRANSITION` here, the lease-checked
+# steps of `ukcancel.queue`): a Lua function prepended to those scripts, so a check, its write and
+# what a terminal state must bring with it happen in one atomic step.
+#   key: the command hash   results: the results stream   outbox: the callback outbox
+#   a: the ARGV index where its arguments start:
+#   a+0 command id   a+1 target state   a+2 comma-separated states it may move from
+#   a+3 now (epoch s, to the microsecond)   a+4 1 to count an attempt   a+5 TTL seconds when terminal
+#   a+6 MAXLEN (~) of the results stream   a+7 number of field/value pairs, then the pairs
+# Publishes the new state on the command's channel, and on the batch's channel when the command
+# becomes terminal and belongs to a batch. Becoming terminal also appends the command's one
+# results-stream entry and, when it has a callback URL, marks the callback pending and puts it in
+# the outbox (the outbox, not a hook after the script, so no crash in between can lose either).
 # Returns {1, state} when moved, {0, current state} when refused, {-1, ""} when there is no record.
-_TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {-1, ''} end
--- Terminal is final whatever the caller allows: no duplicate delivery or race reopens it.
-if current == 'completed' or current == 'aborted' then return {0, current} end
-local allowed = false
-for s in string.gmatch(ARGV[2], '[^,]+') do
-  if s == current then allowed = true end
+TRANSITION_LUA = """
+local function transition(key, results, outbox, a)
+  local id, target, now = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+  local current = redis.call('HGET', key, 'state')
+  if not current then return {-1, ''} end
+  -- Terminal is final whatever the caller allows: no duplicate delivery or race reopens it.
+  if current == 'completed' or current == 'aborted' then return {0, current} end
+  local allowed = false
+  for s in string.gmatch(ARGV[a + 2], '[^,]+') do
+    if s == current then allowed = true end
+  end
+  if not allowed then return {0, current} end
+  redis.call('HSET', key, 'state', target, 'updated_at', now)
+  if ARGV[a + 4] == '1' then redis.call('HINCRBY', key, 'attempts', 1) end
+  local first = a + 8
+  for i = first, first + 2 * tonumber(ARGV[a + 7]) - 1, 2 do
+    if ARGV[i + 1] == '' then redis.call('HDEL', key, ARGV[i])
+    else redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  end
+  -- "<code><microseconds since created_at>", as `encode_history` writes it
+  local codes = {queued = 'q', running = 'r', retrying = 't', completed = 'c', aborted = 'a'}
+  local at = tonumber(now)
+  local created = tonumber(redis.call('HGET', key, 'created_at')) or at
+  local offset = math.floor(at * 1000000 + 0.5) - math.floor(created * 1000000 + 0.5)
+  local entry = (codes[target] or target) .. string.format('%d', offset)
+  local history = redis.call('HGET', key, 'history')
+  if (not history) or history == '' then history = entry else history = history .. ',' .. entry end
+  redis.call('HSET', key, 'history', history)
+  if target == 'completed' or target == 'aborted' then
+    redis.call('EXPIRE', key, tonumber(ARGV[a + 5]))
+    local f = redis.call('HMGET', key, 'user_id', 'job_id', 'result', 'last_error', 'callback_url', 'batch_id')
+    local fields = {'command_id', id, 'user_id', f[1], 'job_id', f[2], 'state', target, 'result', f[3] or 'null'}
+    if f[4] then table.insert(fields, 'error'); table.insert(fields, f[4]) end
+    redis.call('XADD', results, 'MAXLEN', '~', ARGV[a + 6], '*', unpack(fields))
+    if f[5] then
+      redis.call('HSET', key, 'callback',
+        '{"status":"pending","attempts":0,"http_status":null,"error":null,"at":' .. now .. '}')
+      redis.call('ZADD', outbox, now, id)
+    end
+    if f[6] then redis.call('PUBLISH', 'ukcancel:events:batch:' .. f[6], target) end
+  end
+  redis.call('PUBLISH', 'ukcancel:events:' .. id, target)
+  return {1, target}
 end
-if not allowed then return {0, current} end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-for i = 7, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
--- "<code><microseconds since created_at>", as `encode_history` writes it
-local codes = {queued = 'q', running = 'r', retrying = 't', completed = 'c', aborted = 'a'}
-local now = tonumber(ARGV[3])
-local created = tonumber(redis.call('HGET', KEYS[1], 'created_at')) or now
-local offset = math.floor(now * 1000000 + 0.5) - math.floor(created * 1000000 + 0.5)
-local entry = (codes[ARGV[1]] or ARGV[1]) .. string.format('%d', offset)
-local history = redis.call('HGET', KEYS[1], 'history')
-if (not history) or history == '' then history = entry else history = history .. ',' .. entry end
-redis.call('HSET', KEYS[1], 'history', history)
-if ARGV[1] == 'completed' or ARGV[1] == 'aborted' then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
-  local batch = redis.call('HGET', KEYS[1], 'batch_id')
-  if batch then redis.call('PUBLISH', 'ukcancel:events:batch:' .. batch, ARGV[1]) end
-end
-redis.call('PUBLISH', ARGV[5], ARGV[1])
-return {1, ARGV[1]}
 """
 
-# KEYS[1] command hash
-# ARGV[1] 1 to count an attempt   ARGV[2..] field/value pairs
-# Writes progress fields only while the command is not terminal; returns 1 if written.
+# KEYS[1] command hash   KEYS[2] results stream   KEYS[3] callback outbox
+# ARGV: the arguments of `transition` (see TRANSITION_LUA), from ARGV[1].
+_TRANSITION = TRANSITION_LUA + "return transition(KEYS[1], KEYS[2], KEYS[3], 1)"
+
+# KEYS[1] command hash   KEYS[2] lease holders
+# ARGV[1] command id   ARGV[2] holder ('' for none: the caller holds no lease)   ARGV[3] 1 to count an
+# attempt   ARGV[4..] field/value pairs
+# Writes progress fields only while the command is not terminal and, when a holder is named, only
+# while that holder has the command's lease (a run whose lease was taken over writes nothing).
+# Returns 1 if written.
 _PROGRESS = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if (not current) or current == 'completed' or current == 'aborted' then return 0 end
-if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-for i = 2, #ARGV, 2 do
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+for i = 4, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
@@ -227,19 +265,49 @@ return 1
 """
 
 
-# KEYS[1] command hash   ARGV[1] callback outcome (JSON)
-# Writes the field only while the record exists, so an expired command is not revived as a stub.
+# KEYS[1] command hash   KEYS[2] callback outbox
+# ARGV[1] command id   ARGV[2] callback outcome (JSON)   ARGV[3] when to try again (epoch s), or ''
+# when the callback is settled (delivered, refused, failed for good)
+# Writes the outcome only while the record exists (an expired command is not revived as a stub)
+# and, in the same step, keeps the callback in the outbox until then, or takes it out.
 _CALLBACK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'callback', ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'callback', ARGV[2])
+if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) end
 return 1
 """
+
+
+def completion_fields(result: list[Any], server_ok: int | None = None, error: str | None = None) -> dict[str, Any]:
+    """What completing a command writes: the tuple, the server's own OK and the last error if any.
+
+    The per-product progress (`settled`) is dropped with it: nothing resumes a completed command,
+    and the tuple holds those outcomes.
+    """
+    fields: dict[str, Any] = {"result": result, "settled": None, "next_attempt_at": None}
+    if server_ok is not None:
+        fields["server_ok"] = server_ok
+    if error is not None:
+        fields["last_error"] = error
+    return fields
 
 
 @dataclass(frozen=True)
 class Transition:
     moved: bool
-    state: str | None  # None: no such command
+    state: str | None  # None: no such command (or, with `held` false, not known)
+    held: bool = True  # False: a lease-checked step found its lease taken over, and did nothing
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Transition:
+        """From a `TRANSITION_LUA` reply: {1, state} moved, {0, state} refused, {-1, ""} no record."""
+        moved, state = reply
+        if moved == -1:
+            return cls(False, None)
+        return cls(moved == 1, as_text(state))
 
 
 class CommandRegistry:
@@ -305,6 +373,35 @@ class CommandRegistry:
             self._pruned[index] = now
             return True
 
+    def transition_keys(self, command_id: str) -> list[str]:
+        """The KEYS of `TRANSITION_LUA` for this command: its hash, the results stream, the outbox."""
+        return [keys.command(command_id), keys.RESULTS_STREAM, keys.CALLBACK_OUTBOX]
+
+    def transition_args(
+        self,
+        command_id: str,
+        to_state: str,
+        allowed_from: Iterable[str],
+        *,
+        count_attempt: bool = False,
+        fields: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """The ARGV of `TRANSITION_LUA` (see there), for this registry's clock and TTL."""
+        pairs: list[Any] = []
+        for name, value in (fields or {}).items():
+            pairs.extend([name, _encode_field(value)])
+        return [
+            command_id,
+            to_state,
+            ",".join(allowed_from),
+            repr(self.now()),
+            "1" if count_attempt else "0",
+            self.ttl_seconds,
+            RESULTS_MAXLEN,
+            len(pairs) // 2,
+            *pairs,
+        ]
+
     def transition(
         self,
         command_id: str,
@@ -314,27 +411,21 @@ class CommandRegistry:
         count_attempt: bool = False,
         fields: dict[str, Any] | None = None,
     ) -> Transition:
-        """Move a command to `to_state` if it is in one of `allowed_from`; atomic."""
-        args: list[Any] = [
-            to_state,
-            ",".join(allowed_from),
-            repr(self.now()),
-            "1" if count_attempt else "0",
-            keys.command_events(command_id),
-            self.ttl_seconds,
-        ]
-        for name, value in (fields or {}).items():
-            args.extend([name, _encode_field(value)])
-        moved, state = self._transition(keys=[keys.command(command_id)], args=args)
-        if moved == -1:
-            return Transition(False, None)
-        return Transition(moved == 1, as_text(state))
+        """Move a command to `to_state` if it is in one of `allowed_from`; atomic (see TRANSITION_LUA)."""
+        reply = self._transition(
+            keys=self.transition_keys(command_id),
+            args=self.transition_args(command_id, to_state, allowed_from, count_attempt=count_attempt, fields=fields),
+        )
+        return Transition.from_reply(reply)
 
     def start_attempt(self, command_id: str) -> Transition:
-        """queued/retrying (or running, taken over after a crash) -> running, counting an attempt."""
-        return self.transition(
-            command_id, RUNNING, (QUEUED, RETRYING, RUNNING), count_attempt=True, fields={"next_attempt_at": None}
-        )
+        """queued/retrying (or running, taken over after a crash) -> running.
+
+        No attempt is counted here: an attempt is a run that sent the UKSSDC a request, counted
+        when it sends its first (`record_progress(count_attempt=True)`), so work the fleet could
+        not serve uses up none of the command's budget.
+        """
+        return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING), fields={"next_attempt_at": None})
 
     def mark_retrying(self, command_id: str, error: str, next_attempt_at: float | None = None) -> Transition:
         """running -> retrying, due again at `next_attempt_at` (epoch seconds)."""
@@ -347,30 +438,29 @@ class CommandRegistry:
     ) -> Transition:
         """Store the final tuple; a command that is already terminal keeps its first result.
 
-        The per-product progress (`settled`) is dropped with it: nothing resumes a completed
-        command, and the tuple holds those outcomes.
+        Workers complete through `ukcancel.queue.CancelQueue.finish`, which also checks the lease.
         """
-        fields: dict[str, Any] = {"result": result, "settled": None, "next_attempt_at": None}
-        if server_ok is not None:
-            fields["server_ok"] = server_ok
-        if error is not None:
-            fields["last_error"] = error
-        return self.transition(command_id, COMPLETED, (QUEUED, RUNNING, RETRYING), fields=fields)
+        return self.transition(command_id, COMPLETED, ACTIVE_STATES, fields=completion_fields(result, server_ok, error))
 
     def withdraw(self, command_id: str) -> Transition:
         """queued -> aborted; refused once a worker has started it."""
         return self.transition(command_id, ABORTED, (QUEUED,), fields={"last_error": "withdrawn by the client"})
 
-    def record_callback(self, command_id: str, outcome: dict[str, Any]) -> bool:
-        """Store the callback's delivery outcome; unlike progress, written after the command ended."""
-        return bool(self._callback(keys=[keys.command(command_id)], args=[_encode_field(outcome)]))
+    def record_callback(self, command_id: str, outcome: dict[str, Any], retry_at: float | None = None) -> bool:
+        """Store the callback's delivery outcome (written after the command ended); with `retry_at`
+        the callback stays in the outbox, due again then, else it leaves the outbox."""
+        args = [command_id, _encode_field(outcome), "" if retry_at is None else repr(retry_at)]
+        return bool(self._callback(keys=[keys.command(command_id), keys.CALLBACK_OUTBOX], args=args))
 
-    def record_progress(self, command_id: str, *, count_attempt: bool = False, **fields: Any) -> bool:
-        """Write worker progress fields (and count an attempt) unless the command is terminal."""
-        args: list[Any] = ["1" if count_attempt else "0"]
+    def record_progress(
+        self, command_id: str, *, holder: str | None = None, count_attempt: bool = False, **fields: Any
+    ) -> bool:
+        """Write worker progress fields (and count an attempt) unless the command is terminal or,
+        when `holder` is given, that run no longer holds the command's lease."""
+        args: list[Any] = [command_id, holder or "", "1" if count_attempt else "0"]
         for name, value in fields.items():
             args.extend([name, _encode_field(value)])
-        return bool(self._progress(keys=[keys.command(command_id)], args=args))
+        return bool(self._progress(keys=[keys.command(command_id), keys.LEASE_HOLDERS], args=args))
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, command_id: str) -> CancelCommand | None:

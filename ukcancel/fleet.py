@@ -38,13 +38,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import redis
 
 from ukcancel import keys, metrics
 from ukcancel.retry import CallFailure, Rand, Reschedule, spread
-from ukcancel.settings import Settings
+from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND, Settings
 from ukcancel.store import as_text, as_text_dict
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -53,62 +52,91 @@ UNWANTED_REASON = "the work was withdrawn or finished while it waited"
 HEARTBEAT_SECONDS = 5.0
 LIVE_WORKER_SECONDS = 3 * HEARTBEAT_SECONDS
 
-# KEYS[1] in-flight sorted set (permit id -> lease expiry)
-# ARGV[1] now   ARGV[2] permit id   ARGV[3] lease expiry   ARGV[4] max in flight
-# Drops expired leases, then takes a slot if one is free. Returns 1 if taken, else 0.
-_TAKE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-  return 1
+# KEYS[1] run-time config   KEYS[2] in flight (permit id -> lease expiry)   KEYS[3] paused until
+# KEYS[4] breaker   KEYS[5] probe (the permit id of the one half-open probe)
+# KEYS[6] calls (permit id -> when granted, moved on to when its call was sent)   KEYS[7] next due
+# ARGV[1] now   ARGV[2] permit id, or '' to only look   ARGV[3] lease seconds of a permit
+# ARGV[4] rate per second unless configured   ARGV[5] max in flight unless configured
+# ARGV[6] guard seconds   ARGV[7] breaker cooldown seconds
+# The whole gate in one step, in this order: the fleet pause; the breaker (open: wait out the cool
+# down; half-open: only one probe at a time); a free in-flight slot; the rate. The rate allows
+# k = max(1, floor(rate)) calls in any window of k / rate seconds (lengthened by the guard), so
+# it is exact at any rate (0.005/s: one call in any 200 s); permits are also paced one interval
+# (1 / rate) apart, up to half an interval early, on a schedule that does not drift.
+# Returns {1, probe 0|1} when granted; {0, seconds to wait (string), reason} when not, or when only
+# looking {0, '0', 'ready'} if a permit could be granted now. (Strings: Lua truncates numbers.)
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+local looking = ARGV[2] == ''
+local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
+if paused > now then return {0, tostring(paused - now), 'paused'} end
+local probe = 0
+if redis.call('HGET', KEYS[4], 'state') == 'open' then
+  local reopen = tonumber(redis.call('HGET', KEYS[4], 'opened_at') or '0') + tonumber(ARGV[7])
+  if now < reopen then return {0, tostring(reopen - now), 'breaker-open'} end
+  local held = redis.call('PTTL', KEYS[5])
+  if held > 0 then return {0, tostring(math.max(0.05, math.min(1, held / 1000))), 'probe'} end
+  probe = 1
 end
-return 0
-"""
-
-# KEYS[1] calls sorted set (permit id -> time the permit was granted, or its call was sent)
-# KEYS[2] the time the next permit is due (pacing schedule)
-# ARGV[1] now   ARGV[2] permit id   ARGV[3] calls allowed per window   ARGV[4] window seconds
-# ARGV[5] pacing interval seconds (window / calls, without the guard)
-# Drops permits that left the window. Grants when fewer than ARGV[3] remain in it AND the pacing
-# schedule is due (up to half an interval early), so calls are spread evenly over the window
-# instead of going out in a burst at its start. The schedule advances one interval per permit
-# from when it was due, not from when the permit was taken, so it does not drift later.
-# Returns "-1" when granted, else the seconds until it could be (a string: Lua would truncate
-# a number to an integer).
-_TAKE_RATE = """
-local now, limit, window, interval = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
+local rate = tonumber(redis.call('HGET', KEYS[1], 'rate_per_second') or ARGV[4])
+local cap = tonumber(redis.call('HGET', KEYS[1], 'max_in_flight') or ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= cap then return {0, '0.05', 'in-flight'} end
+local limit = math.max(1, math.floor(rate))
+local window = limit / rate + tonumber(ARGV[6])
+local interval = 1 / rate
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[6])
 local wait = 0
 if count >= limit then
-  local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  local blocking = redis.call('ZRANGE', KEYS[6], count - limit, count - limit, 'WITHSCORES')
   wait = tonumber(blocking[2]) + window - now
 end
-local due = tonumber(redis.call('GET', KEYS[2]) or '0')
+local due = tonumber(redis.call('GET', KEYS[7]) or '0')
 wait = math.max(wait, due - interval / 2 - now)
-if wait > 0 then return tostring(wait) end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-redis.call('SET', KEYS[2], tostring(math.max(due, now) + interval), 'PX', math.ceil(window * 1000) + 1000)
-return '-1'
+if wait > 0 then return {0, tostring(wait), 'rate'} end
+if looking then return {0, '0', 'ready'} end
+local lease_ms = math.ceil(tonumber(ARGV[3]) * 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZADD', KEYS[6], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[6], math.ceil(window * 1000) + 1000)
+redis.call('SET', KEYS[7], tostring(math.max(due, now) + interval), 'PX', math.ceil(window * 1000) + 1000)
+if probe == 1 then redis.call('SET', KEYS[5], ARGV[2], 'PX', lease_ms) end
+return {1, probe}
 """
 
-# KEYS[1] breaker hash   KEYS[2] probe key
-# ARGV[1] now   ARGV[2] failure threshold
-# Counts a consecutive transient failure; opens the breaker at the threshold, and re-opens it
-# when the failed call was the half-open probe. Returns 1 when the breaker is (now) open.
-_RECORD_FAILURE = """
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-local state = redis.call('HGET', KEYS[1], 'state')
-redis.call('DEL', KEYS[2])
-if state == 'open' or failures >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1])
-  return 1
+# KEYS[1] in flight   KEYS[2] calls   KEYS[3] breaker   KEYS[4] probe   KEYS[5] paused until
+# ARGV[1] permit id   ARGV[2] how its call went: "ok" | "failed" (transient) | "sent" (outcome not
+# known: an error in the worker) | "unused" (no call was made)   ARGV[3] now
+# ARGV[4] breaker failure threshold   ARGV[5] pause the fleet until (epoch s), or ''
+# Gives a permit back in one step: extends the fleet pause first (never shortens it), tells the
+# breaker ("failed" counts a consecutive failure and opens it at the threshold, or re-opens it;
+# "ok" closes it), keeps the call in the rate window unless it was never made, frees the probe
+# only if this permit was the probe, and frees the in-flight slot last.
+_RELEASE = """
+local now = tonumber(ARGV[3])
+if ARGV[5] ~= '' then
+  local until_at = tonumber(ARGV[5])
+  if until_at > tonumber(redis.call('GET', KEYS[5]) or '0') then
+    redis.call('SET', KEYS[5], ARGV[5], 'EX', math.ceil(until_at - now) + 1)
+  end
 end
-return 0
+if ARGV[2] == 'failed' then
+  local failures = redis.call('HINCRBY', KEYS[3], 'failures', 1)
+  if redis.call('HGET', KEYS[3], 'state') == 'open' or failures >= tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[3], 'state', 'open', 'opened_at', ARGV[3])
+  end
+elseif ARGV[2] == 'ok' then
+  redis.call('HSET', KEYS[3], 'state', 'closed', 'failures', 0)
+elseif ARGV[2] == 'unused' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
 """
 
-# KEYS[1] pause key   ARGV[1] epoch seconds until which to pause   ARGV[2] now
+# KEYS[1] paused until   ARGV[1] epoch seconds until which to pause   ARGV[2] now
 # Extends the fleet pause, never shortens it; the key expires soon after the pause ends.
 _PAUSE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -117,6 +145,16 @@ if tonumber(ARGV[1]) > current then
 end
 return 1
 """
+
+OK, FAILED, SENT, UNUSED = "ok", "failed", "sent", "unused"
+REASONS = {
+    "paused": PAUSED_REASON,
+    "breaker-open": "circuit breaker open",
+    "probe": "circuit breaker half-open, probe in flight",
+    "in-flight": "the most UKSSDC calls allowed are already in flight",
+    "rate": "fleet rate limit reached",
+    "ready": "a permit is free now",
+}
 
 
 @dataclass(frozen=True)
@@ -141,10 +179,19 @@ class FleetLimits:
     max_in_flight: int
 
 
-def rate_window(rate_per_second: float) -> tuple[int, int]:
-    """`rate_per_second` as (calls, per whole seconds): 2 -> (2, 1), 0.5 -> (1, 2), 2.5 -> (5, 2)."""
-    fraction = Fraction(rate_per_second).limit_denominator(60)
-    return max(1, fraction.numerator), max(1, fraction.denominator)
+def rate_window(rate_per_second: float) -> tuple[int, float]:
+    """The rate as (calls, in any window of this many seconds), exact at any rate:
+    50 -> (50, 1.0), 2.5 -> (2, 0.8), 0.5 -> (1, 2.0), 0.005 -> (1, 200.0). The gate lengthens the
+    window by its guard interval."""
+    calls = max(1, math.floor(rate_per_second))
+    return calls, calls / rate_per_second
+
+
+def check_rate(rate_per_second: float) -> float:
+    """`rate_per_second` if the gate accepts it; ValueError naming the lowest accepted rate otherwise."""
+    if not math.isfinite(rate_per_second) or rate_per_second < MIN_FLEET_RATE_PER_SECOND:
+        raise ValueError(f"the fleet rate must be at least {MIN_FLEET_RATE_PER_SECOND} calls per second")
+    return rate_per_second
 
 
 class FleetGate:
@@ -167,9 +214,8 @@ class FleetGate:
         self.clock = clock
         self.sleep = sleep
         self.lease_seconds = settings.ukssdc_connect_timeout_seconds + settings.ukssdc_timeout_seconds + 5
-        self._take_slot = connection.register_script(_TAKE_SLOT)
-        self._take_rate = connection.register_script(_TAKE_RATE)
-        self._record_failure = connection.register_script(_RECORD_FAILURE)
+        self._acquire = connection.register_script(_ACQUIRE)
+        self._release = connection.register_script(_RELEASE)
         self._pause = connection.register_script(_PAUSE)
 
     # -- run-time configuration ------------------------------------------------------------
@@ -181,9 +227,7 @@ class FleetGate:
 
     def configure(self, rate_per_second: float | None = None, max_in_flight: int | None = None) -> FleetLimits:
         if rate_per_second is not None:
-            if not rate_per_second > 0:
-                raise ValueError("rate_per_second must be positive")
-            self.connection.hset(keys.FLEET_CONFIG, "rate_per_second", repr(float(rate_per_second)))
+            self.connection.hset(keys.FLEET_CONFIG, "rate_per_second", repr(float(check_rate(rate_per_second))))
         if max_in_flight is not None:
             if max_in_flight < 1:
                 raise ValueError("max_in_flight must be at least 1")
@@ -194,6 +238,8 @@ class FleetGate:
     def acquire(self, max_wait: float | None = None, wanted: Callable[[], bool] | None = None) -> Permit | Wait:
         """A permit, waiting up to `max_wait` seconds for one; otherwise how long to wait and why.
 
+        A wait longer than what is left of `max_wait` is answered at once, without sleeping: the
+        caller ends, and the reconciler sends a turn again when a permit is near (`next_permit_in`).
         `wanted` is asked after each wait: once the work is gone (withdrawn, or finished by another
         run) the answer is `Wait(0, UNWANTED_REASON)` and no permit is taken, so a withdrawn
         command never spends one of the fleet's calls, nor moves its pacing schedule on.
@@ -205,7 +251,7 @@ class FleetGate:
         while True:
             if waited and wanted is not None and not wanted():
                 return Wait(0.0, UNWANTED_REASON)
-            outcome = self._try_acquire()
+            outcome = self._try(uuid.uuid4().hex)
             if isinstance(outcome, Permit):
                 metrics.PERMIT_WAIT_SECONDS.labels("granted").observe(self.clock() - started)
                 return outcome
@@ -215,51 +261,28 @@ class FleetGate:
             self.sleep(outcome.seconds)
             waited = True
 
-    def _try_acquire(self) -> Permit | Wait:
-        now = self.clock()
-        paused_until = float(self.connection.get(keys.FLEET_PAUSED_UNTIL) or 0)
-        if paused_until > now:
-            return Wait(paused_until - now, PAUSED_REASON)
-        probe = False
-        breaker = self.breaker_state(now)
-        if breaker["state"] == OPEN:
-            return Wait(max(0.05, breaker["retry_in"]), "circuit breaker open")
-        if breaker["state"] == HALF_OPEN:
-            if not self.connection.set(keys.FLEET_PROBE, "1", nx=True, ex=math.ceil(self.lease_seconds)):
-                return Wait(1.0, "circuit breaker half-open, probe in flight")
-            probe = True
-        fleet = self.limits()
-        permit_id = uuid.uuid4().hex
-        if not self._take_slot(
-            keys=[keys.FLEET_INFLIGHT], args=[repr(now), permit_id, repr(now + self.lease_seconds), fleet.max_in_flight]
-        ):
-            self._drop_probe(probe)
-            return Wait(0.05, f"{fleet.max_in_flight} UKSSDC calls already in flight")
-        calls, seconds = rate_window(fleet.rate_per_second)
-        # A fresh reading of the clock: the permit's time is as close as possible to the call's.
-        blocked_for = float(
-            self._take_rate(
-                keys=[keys.FLEET_CALLS, keys.FLEET_NEXT_DUE],
-                args=[
-                    repr(self.clock()),
-                    permit_id,
-                    calls,
-                    repr(seconds + self.settings.fleet_guard_seconds),
-                    repr(seconds / calls),
-                ],
-            )
+    def next_permit_in(self) -> Wait:
+        """How long until a permit could be granted, and why (0 seconds: now); takes nothing."""
+        outcome = self._try("")
+        assert isinstance(outcome, Wait)
+        return outcome
+
+    def _try(self, permit_id: str) -> Permit | Wait:
+        limits_default = (self.settings.fleet_rate_per_second, self.settings.fleet_max_in_flight)
+        reply = self._acquire(
+            keys=[
+                keys.FLEET_CONFIG, keys.FLEET_INFLIGHT, keys.FLEET_PAUSED_UNTIL, keys.FLEET_BREAKER,
+                keys.FLEET_PROBE, keys.FLEET_CALLS, keys.FLEET_NEXT_DUE,
+            ],
+            args=[
+                repr(self.clock()), permit_id, repr(self.lease_seconds), repr(limits_default[0]), limits_default[1],
+                repr(self.settings.fleet_guard_seconds), repr(self.settings.breaker_cooldown_seconds),
+            ],
         )
-        if blocked_for > 0:
-            self.connection.zrem(keys.FLEET_INFLIGHT, permit_id)
-            self._drop_probe(probe)
-            return Wait(max(0.01, blocked_for), "fleet rate limit reached")
-        # A worker that got a 429/503 pauses the fleet before it frees its slot, so a pause set
-        # while this permit was being taken is seen here: nothing slips in behind a Retry-After.
-        paused_for = self.paused_for()
-        if paused_for > 0:
-            self.release_unused(Permit(permit_id, probe))
-            return Wait(paused_for, PAUSED_REASON)
-        return Permit(permit_id, probe)
+        if reply[0] == 1:
+            return Permit(permit_id, probe=reply[1] == 1)
+        reason = as_text(reply[2])
+        return Wait(float(as_text(reply[1])), REASONS.get(reason, reason))
 
     @contextlib.contextmanager
     def permit(
@@ -268,10 +291,11 @@ class FleetGate:
         """One UKSSDC call under a permit (`reserved`, or one waited for up to `max_wait` seconds).
 
         No permit in time raises `Reschedule` (spread, so deferred work does not stampede back).
-        The permit is stamped as the block starts. A `CallFailure` raised in the block pauses the
-        fleet first when it carries a 429/503 Retry-After (before the slot is free, so no other
-        worker's call slips in), then releases the permit telling the breaker whether the failure
-        was transient; any other exception gives the permit back unused; success closes the breaker.
+        The permit is stamped as the block starts, and from then on its call counts in the rate
+        window whatever happens. A `CallFailure` raised in the block gives the permit back telling
+        the breaker whether the failure was transient, and pausing the fleet for a 429/503
+        Retry-After in the same step (so no other worker's call slips in); any other exception
+        gives it back as sent with its outcome unknown; success closes the breaker.
         """
         if reserved is None:
             outcome = self.acquire(max_wait)
@@ -282,14 +306,13 @@ class FleetGate:
         try:
             yield reserved
         except CallFailure as failure:
-            if failure.fleet_pause is not None:
-                self.pause(failure.fleet_pause)
-            self.release(reserved, transient_failure=failure.transient)
+            pause = None if failure.fleet_pause is None else self.clock() + failure.fleet_pause
+            self.release(reserved, FAILED if failure.transient else OK, pause_until=pause)
             raise
         except BaseException:
-            self.release_unused(reserved)
+            self.release(reserved, SENT)
             raise
-        self.release(reserved, transient_failure=False)
+        self.release(reserved, OK)
 
     def stamp(self, permit: Permit) -> None:
         """Move the permit's time in the rate window to now, just before its call is sent.
@@ -300,38 +323,21 @@ class FleetGate:
         """
         self.connection.zadd(keys.FLEET_CALLS, {permit.id: self.clock()}, xx=True, gt=True)
 
-    def _drop_probe(self, probe: bool) -> None:
-        if probe:
-            self.connection.delete(keys.FLEET_PROBE)
-
-    def release(self, permit: Permit, *, transient_failure: bool) -> None:
-        """Tell the breaker how the call went, then give the slot back.
-
-        In that order: a failure that opens the breaker is recorded before the slot is free, so
-        no other worker's call slips through a breaker that should already be open.
-        """
-        if transient_failure:
-            self._record_failure(
-                keys=[keys.FLEET_BREAKER, keys.FLEET_PROBE],
-                args=[repr(self.clock()), self.settings.breaker_failure_threshold],
-            )
-            self.connection.zrem(keys.FLEET_INFLIGHT, permit.id)
-        else:
-            pipe = self.connection.pipeline(transaction=True)
-            pipe.hset(keys.FLEET_BREAKER, mapping={"state": CLOSED, "failures": 0})
-            pipe.delete(keys.FLEET_PROBE)
-            pipe.zrem(keys.FLEET_INFLIGHT, permit.id)
-            pipe.execute()
+    def release(self, permit: Permit, outcome: str, *, pause_until: float | None = None) -> None:
+        """Give the permit back: `OK`, `FAILED` (a transient failure), `SENT` (outcome unknown) or
+        `UNUSED` (no call made: its place in the rate window goes back to the fleet)."""
+        self._release(
+            keys=[keys.FLEET_INFLIGHT, keys.FLEET_CALLS, keys.FLEET_BREAKER, keys.FLEET_PROBE, keys.FLEET_PAUSED_UNTIL],
+            args=[
+                permit.id, outcome, repr(self.clock()), self.settings.breaker_failure_threshold,
+                "" if pause_until is None else repr(pause_until),
+            ],
+        )
 
     def release_unused(self, permit: Permit) -> None:
         """Give back a permit no call was made with (nothing to do): the breaker learns nothing
         from it, and its place in the rate window goes back to the fleet."""
-        pipe = self.connection.pipeline(transaction=True)
-        pipe.zrem(keys.FLEET_INFLIGHT, permit.id)
-        pipe.zrem(keys.FLEET_CALLS, permit.id)
-        if permit.probe:
-            pipe.delete(keys.FLEET_PROBE)
-        pipe.execute()
+        self.release(permit, UNUSED)
 
     def pause(self, seconds: float) -> None:
         """Stop every worker calling the UKSSDC for `seconds` (a Retry-After)."""

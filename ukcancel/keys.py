@@ -18,7 +18,7 @@ Commands (`ukcancel.command.CommandRegistry`)
                                           queued, r running, t retrying, c completed, a aborted,
                                           e.g. "q0,r1502,c48211" (records written by earlier
                                           versions hold a JSON list and an id field; both are
-                                          still read). Small values keep the hash a listpack.
+                                          still read: GET shows them). Small values keep the hash a listpack.
                                           Expires `result_ttl_seconds` after creation, renewed
                                           when it becomes terminal.
     ``ukcancel:user:{user_id}:cmds``      sorted set, command ids of one UKSSDC user scored by
@@ -28,6 +28,12 @@ Commands (`ukcancel.command.CommandRegistry`)
     ``ukcancel:cmds``                     sorted set, every command id scored by created_at (an
                                           admin's listing across users); pruned like the above.
     ``ukcancel:events:{id}``              pub/sub channel, a state name on every transition (long poll).
+    ``ukcancel:callbacks:due``            sorted set, the callback outbox: command id -> when its callback
+                                          is next due to be sent. The terminal transition puts a command
+                                          with a callback URL here in the same script; the reconciler's
+                                          sweep sends what is due (moving it on by a delivery lease first,
+                                          so a delivery lost with its worker is sent again); the outcome
+                                          of a delivery takes it out, or moves it to its retry time.
 
 The schedule (`ukcancel.queue.CancelQueue`): the service's Redis, not the broker, decides what runs.
 A Celery message is an anonymous turn; a turn claims, in this order, an expired lease, a due
@@ -44,6 +50,8 @@ command, then the oldest waiting command of the next user in the round-robin rin
     ``ukcancel:turns:on_their_way``       string, turns sent and not yet started, as the schedule
                                           counts them (a turn's first claim takes one off); set from
                                           the broker's own count by the reconciler every tick.
+    Leaving ``running`` (retry later, complete, release) and entering it are single scripts that
+    check the lease holder: a run whose lease was taken over changes nothing.
     ``ukcancel:reconciler``               string with expiry, the name of the one reconciler that
                                           acts now (`ukcancel.reconciler.Reconciler`).
 
@@ -127,7 +135,8 @@ Streams (`ukcancel.stream`)
                                           Not trimmed by the service.
     ``ukcancel:results``                  stream, capped at ~100,000: command_id, user_id, job_id,
                                           state, result (JSON), error (when there is one); one
-                                          entry per terminal command.
+                                          entry per terminal command, appended by the script that
+                                          makes it terminal (`ukcancel.command.TRANSITION_LUA`).
 """
 
 from __future__ import annotations
@@ -241,3 +250,4 @@ COMMAND_STREAM_GROUP = PREFIX
 ACCEPTED_STREAM = f"{PREFIX}:commands:accepted"
 DEADLETTER_STREAM = f"{PREFIX}:deadletter"
 RESULTS_STREAM = f"{PREFIX}:results"
+CALLBACK_OUTBOX = f"{PREFIX}:callbacks:due"

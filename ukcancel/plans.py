@@ -184,20 +184,20 @@ class PlanRegistry:
     def waiting(self, user_id: str) -> list[str]:
         return sorted(as_text(member) for member in self.connection.smembers(keys.plans_waiting(user_id)))
 
-    def claim_batch(self, plan_id: str, batch_id: str) -> str:
-        """Name `batch_id` as the plan's batch unless one already is; the plan's batch id."""
-        if self.connection.hsetnx(keys.plan(plan_id), "batch_id", batch_id):
-            return batch_id
-        return as_text(self.connection.hget(keys.plan(plan_id), "batch_id"))
-
-    def release_batch(self, plan_id: str, batch_id: str) -> None:
-        """The batch could not be enqueued: the plan may be applied again."""
-        with self.connection.pipeline(transaction=True) as pipe:
-            pipe.watch(keys.plan(plan_id))
-            if as_text(pipe.hget(keys.plan(plan_id), "batch_id") or b"") == batch_id:
-                pipe.multi()
-                pipe.hdel(keys.plan(plan_id), "batch_id")
-                pipe.execute()
+    def claim_batch(self, plan_id: str, batch_id: str, pipe: redis.client.Pipeline) -> str | None:
+        """Watch the plan on `pipe` and, unless it already names a batch, start the transaction
+        that names `batch_id` (the caller adds the batch and executes: a concurrent apply then
+        fails with `WatchError`). Returns the batch already named, if any; raises `PlanExpired`
+        when the plan is gone (never writing a stub without its expiry)."""
+        pipe.watch(keys.plan(plan_id))
+        exists, named = pipe.exists(keys.plan(plan_id)), pipe.hget(keys.plan(plan_id), "batch_id")
+        if not exists:
+            raise PlanExpired(f"Plan {plan_id} expired; make a new plan (states may have changed).")
+        if named:
+            return as_text(named)
+        pipe.multi()
+        pipe.hset(keys.plan(plan_id), "batch_id", batch_id)
+        return None
 
     def wait_computed(self, plan_id: str, timeout: float) -> Plan | None:
         """The plan once it is no longer computing, or as it stands after `timeout` s (no polling)."""
@@ -232,7 +232,7 @@ def settle_waiting(runtime: Runtime, user_id: str, error: str | None = None) -> 
 def start(runtime: Runtime, plan: Plan) -> Plan:
     """Store a new plan and have it computed: now, if the user's cache is fresh; else after a refresh.
 
-    Raises `kombu.exceptions.KombuError` when no refresh can be sent (the plan is then failed).
+    Raises `ukcancel.dispatch.DispatchError` when no refresh can be sent (the plan is then failed).
     """
     runtime.plans.add(plan)
     ensure_progress(runtime, plan)
@@ -264,7 +264,8 @@ def ensure_progress(runtime: Runtime, plan: Plan) -> None:
 def apply(runtime: Runtime, plan: Plan, submitted_by: str | None) -> tuple[str, bool]:
     """Make the plan's batch; (batch id, created). Applying again returns the same batch, not created.
 
-    Raises `PlanNotReady`, `PlanExpired`, `NothingToApply` and `submission.BrokerUnavailable`.
+    Raises `PlanNotReady`, `PlanExpired` and `NothingToApply`. The plan names its batch in the
+    same transaction that makes the batch, so a concurrent apply answers with a batch that exists.
     """
     if plan.batch_id:
         return plan.batch_id, False
@@ -274,19 +275,22 @@ def apply(runtime: Runtime, plan: Plan, submitted_by: str | None) -> tuple[str, 
         raise PlanExpired(f"Plan {plan.id} expired; make a new plan (states may have changed).")
     if not plan.pairs:
         raise NothingToApply(f"Plan {plan.id} has no active product to cancel.")
-    candidate = new_batch_id()
-    batch_id = runtime.plans.claim_batch(plan.id, candidate)
-    if batch_id != candidate:  # a concurrent apply claimed the plan first: its batch
-        return batch_id, False
-    commands = [
-        CancelCommand(job_id=int(pair["job_id"]), user_id=plan.user_id, products=list(pair["products"]),
-                      submitted_by=submitted_by)
-        for pair in plan.pairs
-    ]
-    try:
-        submission.enqueue_batch(runtime, Batch(plan.user_id, submitted_by, state=RUNNING, id=batch_id), commands)
-    except submission.BrokerUnavailable:
-        runtime.plans.release_batch(plan.id, batch_id)
-        raise
-    return batch_id, True
+    for _ in range(submission.RESERVATION_ROUNDS):
+        batch_id = new_batch_id()
+        commands = [
+            CancelCommand(job_id=int(pair["job_id"]), user_id=plan.user_id, products=list(pair["products"]),
+                          submitted_by=submitted_by)
+            for pair in plan.pairs
+        ]
+        with runtime.connection.pipeline(transaction=True) as pipe:
+            named = runtime.plans.claim_batch(plan.id, batch_id, pipe)
+            if named is not None:  # a concurrent apply made the plan's batch first
+                return named, False
+            batch = Batch(plan.user_id, submitted_by, state=RUNNING, id=batch_id)
+            try:
+                submission.enqueue_batch(runtime, batch, commands, pipe)
+            except redis.WatchError:
+                continue  # the plan changed between WATCH and EXEC: read it again
+        return batch_id, True
+    raise redis.WatchError(f"plan {plan.id} kept changing")
 

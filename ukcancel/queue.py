@@ -32,11 +32,24 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from ukcancel import keys
-from ukcancel.command import CancelCommand, CommandRegistry
+from ukcancel.command import (
+    ACTIVE_STATES,
+    COMPLETED,
+    QUEUED,
+    RETRYING,
+    RUNNING,
+    TRANSITION_LUA,
+    CancelCommand,
+    CommandRegistry,
+    Transition,
+    completion_fields,
+)
+from ukcancel.dispatch import DispatchError
 from ukcancel.store import as_text
 
 # KEYS[1] the user's waiting list   KEYS[2] the round-robin ring of users
@@ -107,16 +120,39 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
-# KEYS[1] leases   KEYS[2] lease holders   KEYS[3] due
-# ARGV[1] command id   ARGV[2] holder   ARGV[3] due time, or '' to release without rescheduling
-# Ends this holder's lease (a lease taken over by another holder is left alone) and, with a due
-# time, puts the command on the due list. Returns 1 if this holder had the lease.
+# KEYS[1] leases   KEYS[2] lease holders
+# ARGV[1] command id   ARGV[2] holder
+# Ends this holder's lease (a lease taken over by another holder is left alone), for a claimed
+# command that needs no more turns (terminal, expired or withdrawn). Returns 1 if this holder had it.
 _RELEASE = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
 return 1
+"""
+
+# KEYS[1] leases   KEYS[2] lease holders   KEYS[3] due   KEYS[4] command hash   KEYS[5] results stream
+# KEYS[6] callback outbox
+# ARGV[1] holder   ARGV[2] step: "start" | "retry" | "finish"   ARGV[3] due time (epoch s) for "retry"
+# ARGV[4..] the arguments of `transition` (`ukcancel.command.TRANSITION_LUA`; ARGV[4] is the command id)
+# Only while ARGV[1] holds the command's lease, runs the transition and, for "retry" and "finish",
+# ends the lease in the same step: "retry" puts a command that is not terminal on the due list
+# (moved to retrying, or already elsewhere: never left on no list); "finish" needs no more turns.
+# Returns the transition's reply, or {-2, ""} when this holder no longer has the lease (taken over:
+# the run that holds it decides; this one changes nothing).
+_STEP = TRANSITION_LUA + """
+local id = ARGV[4]
+if redis.call('HGET', KEYS[2], id) ~= ARGV[1] then return {-2, ''} end
+local reply = transition(KEYS[4], KEYS[5], KEYS[6], 4)
+if ARGV[2] ~= 'start' then
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  local state = reply[2]
+  if ARGV[2] == 'retry' and reply[1] ~= -1 and state ~= 'completed' and state ~= 'aborted' then
+    redis.call('ZADD', KEYS[3], ARGV[3], id)
+  end
+end
+return reply
 """
 
 # KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users
@@ -149,6 +185,8 @@ log = logging.getLogger(__name__)
 SendTurns = Callable[[int], None]
 Clock = Callable[[], float]
 PUSH_CHUNK = 1000
+# A lease step refused because another run holds the lease now (see `CancelQueue.start` and on).
+LEASE_LOST = Transition(False, None, held=False)
 TAKEOVER, DUE, WAITING = "takeover", "due", "waiting"
 
 
@@ -208,12 +246,17 @@ class CancelQueue:
         self._claim = connection.register_script(_CLAIM)
         self._renew = connection.register_script(_RENEW)
         self._release = connection.register_script(_RELEASE)
+        self._step = connection.register_script(_STEP)
         self._counts = connection.register_script(_COUNTS)
         self._runnable = connection.register_script(_RUNNABLE)
 
     # -- in -----------------------------------------------------------------------------------
     def enqueue(self, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
-        """Store the commands and their places in line in one round trip, then send turns for them."""
+        """Store the commands and their places in line in one round trip, then send turns for them.
+
+        A broker that refuses the turns loses nothing: the commands are queued in Redis, and the
+        reconciler sends their turns once the broker takes them again (logged, not raised).
+        """
         pipe = pipeline if pipeline is not None else self.connection.pipeline(transaction=True)
         by_user: dict[str, list[str]] = defaultdict(list)
         for command in commands:
@@ -236,12 +279,23 @@ class CancelQueue:
         covered = int(running) + int(on_their_way or 0)
         turns = min(len(commands), self.lanes - min(self.lanes, covered))
         if turns:
-            self.send_turns(turns)
+            try:
+                self.send_turns(turns)
+            except DispatchError as exc:
+                log.warning("%d command(s) queued; their turns wait for the broker (the reconciler sends them): %s",
+                            len(commands), exc)
 
     def send_turns(self, count: int) -> None:
-        """Send `count` turns, counted as on their way until each makes its first claim."""
+        """Send `count` turns, counted as on their way until each makes its first claim.
+
+        Raises `DispatchError` (the count is taken back) when the broker refuses them.
+        """
         self.connection.incrby(keys.TURNS_ON_THEIR_WAY, count)
-        self.dispatch(count)
+        try:
+            self.dispatch(count)
+        except DispatchError:
+            self.connection.decrby(keys.TURNS_ON_THEIR_WAY, count)
+            raise
 
     def set_turns_on_their_way(self, count: int) -> None:
         """What the broker says (the reconciler's correction of the count)."""
@@ -318,18 +372,48 @@ class CancelQueue:
         self.send_turns(1)
         return True
 
-    def reschedule(self, command_id: str, holder: str, at: float) -> bool:
-        """End the lease and make the command due at `at` (epoch seconds)."""
-        return self._end_lease(command_id, holder, repr(at))
+    # -- leaving and entering `running`: one script each, checked against the lease holder ----------
+    def start(self, command_id: str, holder: str) -> Transition:
+        """queued/retrying (or running, taken over) -> running, while `holder` has the lease."""
+        return self._run_step(
+            command_id, holder, "start", "", RUNNING, (QUEUED, RETRYING, RUNNING), {"next_attempt_at": None}
+        )
+
+    def retry_later(self, command_id: str, holder: str, at: float, error: str) -> Transition:
+        """running -> retrying, due again at `at` (epoch seconds), ending the lease; one step."""
+        return self._run_step(
+            command_id, holder, "retry", repr(at), RETRYING, (RUNNING,), {"last_error": error, "next_attempt_at": at}
+        )
+
+    def finish(
+        self, command_id: str, holder: str, result: list[Any], *, server_ok: int | None = None, error: str | None = None
+    ) -> Transition:
+        """Complete with the final tuple (results entry and callback outbox in the same step) and end
+        the lease. A command already terminal keeps its first result; its lease ends all the same."""
+        fields = completion_fields(result, server_ok, error)
+        return self._run_step(command_id, holder, "finish", "", COMPLETED, ACTIVE_STATES, fields)
+
+    def _run_step(
+        self,
+        command_id: str,
+        holder: str,
+        step: str,
+        due: str,
+        to_state: str,
+        allowed: Sequence[str],
+        fields: dict[str, Any],
+    ) -> Transition:
+        reply = self._step(
+            keys=[keys.LEASES, keys.LEASE_HOLDERS, keys.DUE, *self.registry.transition_keys(command_id)],
+            args=[holder, step, due, *self.registry.transition_args(command_id, to_state, allowed, fields=fields)],
+        )
+        if reply[0] == -2:
+            return LEASE_LOST
+        return Transition.from_reply(reply)
 
     def release(self, command_id: str, holder: str) -> bool:
         """End the lease of a command that needs no more turns (terminal, expired or withdrawn)."""
-        return self._end_lease(command_id, holder, "")
-
-    def _end_lease(self, command_id: str, holder: str, due: str) -> bool:
-        return bool(
-            self._release(keys=[keys.LEASES, keys.LEASE_HOLDERS, keys.DUE], args=[command_id, holder, due])
-        )
+        return bool(self._release(keys=[keys.LEASES, keys.LEASE_HOLDERS], args=[command_id, holder]))
 
     def remove_waiting(self, command: CancelCommand) -> None:
         """Take a command out of its user's line (it was withdrawn, or its turn could not be sent)."""

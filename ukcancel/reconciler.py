@@ -13,6 +13,15 @@ call, Redis restarted under the workers) is replaced within a tick or, for a kil
 command, within a lease; and extra turns change nothing, since a turn with nothing to claim ends
 at once. An `all_active` expansion not heard from by its deadline is sent again the same way (a
 second expansion of one batch finishes it at most once).
+
+The reconciler also holds the lanes while the fleet must wait: when the gate says no permit can
+be had within `max_wait` (a pause, an open breaker, a slow rate), it sends no turn, and a turn
+that found no permit ends without a successor; when a permit is near but not free yet, one turn
+is enough to take it. So a waiting fleet costs a tick's few Redis commands, not a busy loop.
+
+Last, it sweeps the callback outbox: callbacks due now are leased and offered to this worker's
+callback sender (`ukcancel.worker.callbacks.CallbackSender`), which delivers them on threads of
+its own.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import redis
 
 from ukcancel import keys, metrics
 from ukcancel.batch import BatchRegistry
+from ukcancel.callback import CallbackOutbox
+from ukcancel.fleet import FleetGate
 from ukcancel.queue import CancelQueue, ScheduleCounts
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,14 @@ return 0
 """
 
 
+class CallbackSender(Protocol):
+    def free(self) -> int:
+        """Deliveries the sender could start now."""
+
+    def offer(self, command_id: str) -> bool:
+        """Start delivering this command's callback; False when its receiver host is busy."""
+
+
 class TurnSender(Protocol):
     def send_turns(self, count: int) -> None: ...
 
@@ -64,6 +83,8 @@ class TickReport:
     queued: int = 0
     sent: int = 0
     expansions: int = 0  # overdue all_active expansions sent again
+    gate_wait: float = 0.0  # seconds until the gate could grant a permit, when work was runnable
+    callbacks: int = 0  # callbacks handed to the sender
 
 
 def missing_turns(counts: ScheduleCounts, queued: int, lanes: int) -> int:
@@ -85,7 +106,11 @@ class Reconciler:
         sender: TurnSender,
         name: str,
         *,
+        gate: FleetGate,
+        max_wait: float,
         period_seconds: float,
+        outbox: CallbackOutbox | None = None,
+        callbacks: CallbackSender | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.connection = connection
@@ -93,7 +118,11 @@ class Reconciler:
         self.batches = batches
         self.sender = sender
         self.name = name
+        self.gate = gate
+        self.max_wait = max_wait
         self.period_seconds = period_seconds
+        self.outbox = outbox
+        self.callbacks = callbacks
         self.clock = clock
         self._hold = connection.register_script(_HOLD)
         self._drop = connection.register_script(_DROP)
@@ -109,11 +138,17 @@ class Reconciler:
         if not self._hold(keys=[keys.RECONCILER_LOCK], args=[self.name, self.lock_ms]):
             return TickReport(held=False)
         expansions = self._resend_overdue_expansions()
+        callbacks = self._sweep_callbacks()
         counts = self.queue.counts()
         if counts.runnable == 0:
-            return TickReport(True, counts, expansions=expansions)
+            return TickReport(True, counts, expansions=expansions, callbacks=callbacks)
+        wait = self.gate.next_permit_in()
         queued = self.sender.queued_turns()
-        missing = missing_turns(counts, queued, self.queue.lanes)
+        missing = 0
+        if wait.seconds <= self.max_wait:
+            missing = missing_turns(counts, queued, self.queue.lanes)
+            if wait.seconds > 0:  # one permit is near, none is free: one turn on its way takes it
+                missing = min(missing, max(0, 1 - queued - counts.live_leases))
         self.queue.set_turns_on_their_way(queued + missing)
         if missing:
             self.sender.send_turns(missing)
@@ -122,7 +157,21 @@ class Reconciler:
                 "reconciler sent %d turn(s): %d runnable, %d running, %d queued in the broker",
                 missing, counts.runnable, counts.live_leases, queued,
             )
-        return TickReport(True, counts, queued, missing, expansions)
+        else:
+            log.debug("reconciler holds the lanes: %s in %.2f s", wait.reason, wait.seconds)
+        return TickReport(True, counts, queued, missing, expansions, wait.seconds, callbacks)
+
+    def _sweep_callbacks(self) -> int:
+        """Hand the callbacks due now to the sender, as many as it has room for."""
+        if self.outbox is None or self.callbacks is None:
+            return 0
+        offered = 0
+        for command_id in self.outbox.claim_due(self.callbacks.free()):
+            if self.callbacks.offer(command_id):
+                offered += 1
+            else:  # its receiver host is busy: due again soon, not after a whole lease
+                self.outbox.due_again(command_id, self.clock() + self.period_seconds)
+        return offered
 
     def _resend_overdue_expansions(self) -> int:
         overdue = self.batches.overdue_expansions()

@@ -1,21 +1,21 @@
 """The objects one process of the service works with: a plain container, built by `ukcancel.assemble`.
 
 The API process and the worker process hold the same kind of `Runtime`. The core reaches the
-workers only through `Dispatch`, the port the Celery layer implements (`ukcancel.worker.tasks`),
+workers only through `ukcancel.dispatch.Dispatch`, the port the Celery layer implements (`ukcancel.worker.tasks`),
 so nothing here imports the HTTP or the Celery layer. In embedded mode (no `REDIS_URL`) the
 connection is an in-process fakeredis server and the broker Celery's in-memory transport.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import redis
 
 from ukcancel.batch import BatchRegistry
 from ukcancel.command import CommandRegistry
+from ukcancel.dispatch import Dispatch
 from ukcancel.events import EventListener
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import JobCache
@@ -28,29 +28,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
-class Dispatch(Protocol):
-    """Work handed to the workers through the broker; each raises `kombu.exceptions.KombuError`
-    when the broker cannot take it."""
-
-    def send_turns(self, count: int) -> None:
-        """Send `count` turns ("run the next command")."""
-
-    def queued_turns(self) -> int:
-        """Turns waiting in the broker, not yet delivered to a worker (for the reconciler)."""
-
-    def expand_all_active(self, batch_id: str) -> None:
-        """Have a worker find the active products of an `all_active` batch."""
-
-    def deliver_callback(self, command_id: str) -> None:
-        """Have a worker POST a finished command to its callback URL."""
-
-    def refresh_jobs(self, user_id: str) -> None:
-        """Have a worker read the user's jobs and the states of their products (`ukcancel.jobs`)."""
-
-
-TerminalHook = Callable[[str], None]
-
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -58,8 +35,6 @@ class Runtime:
     dispatch: Dispatch
     # The Celery app behind `dispatch`, for the processes that run a worker (set by the assembly).
     celery: Celery | None = None
-    # Told a command's id once it has become terminal (results stream, callbacks); see `ukcancel.lifecycle`.
-    terminal_hooks: list[TerminalHook] = field(default_factory=list)
     registry: CommandRegistry = field(init=False)
     queue: CancelQueue = field(init=False)
     tokens: TokenRegistry = field(init=False)

@@ -35,6 +35,18 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+# The lowest fleet rate accepted anywhere (settings, `ukcancel fleet --rate`, the console): one
+# UKSSDC call in any 1,000 s. The gate is exact at any rate down to it (`ukcancel.fleet.rate_window`).
+MIN_FLEET_RATE_PER_SECOND = 0.001
+
+
+def _fleet_rate(raw: str) -> float:
+    value = _positive_float(raw)
+    if value < MIN_FLEET_RATE_PER_SECOND:
+        raise ValueError(f"must be at least {MIN_FLEET_RATE_PER_SECOND} (calls per second)")
+    return value
+
+
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
@@ -166,7 +178,7 @@ class Settings:
             ("UKCANCEL_RESULT_TTL_SECONDS", "result_ttl_seconds", _positive_int),
             ("UKCANCEL_MAX_WAIT_SECONDS", "max_wait_seconds", _positive_int),
             ("UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS", "broker_visibility_timeout_seconds", _positive_int),
-            ("UKCANCEL_FLEET_RATE_PER_SECOND", "fleet_rate_per_second", _positive_float),
+            ("UKCANCEL_FLEET_RATE_PER_SECOND", "fleet_rate_per_second", _fleet_rate),
             ("UKCANCEL_FLEET_MAX_IN_FLIGHT", "fleet_max_in_flight", _positive_int),
             ("UKCANCEL_FLEET_MAX_WAIT_SECONDS", "fleet_max_wait_seconds", _positive_float),
             ("UKCANCEL_BREAKER_FAILURE_THRESHOLD", "breaker_failure_threshold", _positive_int),

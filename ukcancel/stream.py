@@ -28,7 +28,7 @@ for `min_idle_ms`. The command is made at most once per entry: the entry id is a
 written in the same transaction as the command.
 
 Results: every command that becomes terminal (completed, or aborted by a withdrawal) is appended
-to ``ukcancel:results`` by `ResultStream`, a terminal hook of the runtime.
+to ``ukcancel:results``, once, by the script that makes it terminal (`ukcancel.command.TRANSITION_LUA`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from ukcancel import keys, logs
 from ukcancel.runtime import Runtime
 from ukcancel.schemas import CancellationRequestSchema, submission_policy
 from ukcancel.store import as_text, as_text_dict
-from ukcancel.submission import BrokerUnavailable, Reservation, submit
+from ukcancel.submission import Reservation, submit
 from ukcancel.token import TOKEN_PREFIX, NotPermitted, Principal
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 GROUP = keys.COMMAND_STREAM_GROUP
 ENVELOPE_FIELDS = ("token", "request_id")
 TOKEN_SHOWN = len(TOKEN_PREFIX) + 6  # as much of a token as `ukcancel token list` shows
-RESULTS_MAXLEN = 100_000
 DELETED_REASON = {"_entry": ["deleted from the stream before it was handled"]}
 ACCEPTED_MAXLEN = 100_000
 
@@ -269,9 +268,6 @@ class CommandStreamConsumer:
             return self._reject(entry_id, fields, rejected.reason)
         except NotPermitted as exc:  # acting for another user without an admin token
             return self._reject(entry_id, fields, {"user_id": [str(exc)]})
-        except BrokerUnavailable as exc:
-            log.warning("command stream: entry %s left pending, broker unavailable: %s", entry_id, exc)
-            return EntryOutcome(entry_id)
         log.info("command stream: entry %s accepted as command %s", entry_id, submitted.command.id,
                  extra={"command_id": submitted.command.id, "user": submitted.command.user_id})
         accepted = {"entry_id": entry_id, "command_id": submitted.command.id}
@@ -326,31 +322,6 @@ class CommandStreamConsumer:
     def _publish(self, entry_id: str, stream: str, maxlen: int, fields: dict[str, str]) -> None:
         pairs = [item for pair in fields.items() for item in pair]
         self._ack_and_publish(keys=[keys.COMMAND_STREAM, stream], args=[GROUP, entry_id, maxlen, *pairs])
-
-
-class ResultStream:
-    """Appends every terminal command to ``ukcancel:results`` (capped at about 100,000 entries).
-
-    Used as a terminal hook of the runtime (see `ukcancel.assemble.create_runtime`).
-    """
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def __call__(self, command_id: str) -> None:
-        command = self.runtime.registry.get(command_id)
-        if command is None:
-            return
-        fields = {
-            "command_id": command.id,
-            "user_id": command.user_id,
-            "job_id": str(command.job_id),
-            "state": command.state,
-            "result": json.dumps(command.result, separators=(",", ":")),
-        }
-        if command.last_error:
-            fields["error"] = command.last_error
-        self.runtime.connection.xadd(keys.RESULTS_STREAM, fields, maxlen=RESULTS_MAXLEN, approximate=True)
 
 
 def _messages(messages: Any) -> dict[str, Any]:

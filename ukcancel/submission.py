@@ -13,16 +13,16 @@ and a crash can never leave a key naming a command that does not exist.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
-from kombu.exceptions import KombuError
 
-from ukcancel import lifecycle
 from ukcancel.batch import Batch
 from ukcancel.command import CancelCommand
+from ukcancel.dispatch import DispatchError
 from ukcancel.store import as_text
 from ukcancel.token import Principal
 
@@ -41,8 +41,7 @@ return 0
 """
 
 
-class BrokerUnavailable(RuntimeError):
-    """The broker refused the command's turn; the command was withdrawn (aborted) and nothing runs."""
+log = logging.getLogger(__name__)
 
 
 class ReservationMismatch(ValueError):
@@ -83,8 +82,8 @@ def submit(
 ) -> Submission:
     """Store and dispatch the command `request` asks for, or find the one `reservation` names.
 
-    Raises `NotPermitted` (acting for another user), `ReservationMismatch` and
-    `BrokerUnavailable`.
+    Raises `NotPermitted` (acting for another user) and `ReservationMismatch`. A broker that is
+    down does not refuse the command: it is queued in Redis, and its turn follows (`enqueue`).
     """
     command = new_command(caller, request)
     if reservation is None:
@@ -118,59 +117,43 @@ def _reserve_and_enqueue(runtime: Runtime, command: CancelCommand, reservation: 
             return as_text(held)
         pipe.multi()
         pipe.set(reservation.key, value, ex=runtime.settings.result_ttl_seconds)
-        try:
-            enqueue(runtime, [command], pipe)  # EXEC; WatchError if the key moved since WATCH
-        except BrokerUnavailable:
-            # A retry with the same key must be able to try again, not replay an aborted command.
-            _release(runtime, reservation.key, value)
-            raise
+        enqueue(runtime, [command], pipe)  # EXEC; WatchError if the key moved since WATCH
     return None
 
 
 def enqueue(runtime: Runtime, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
-    """Store and dispatch `commands` (executing `pipeline` with them).
+    """Store `commands` with their places in line (executing `pipeline` with them), and send turns.
 
-    If the broker cannot take their turns, they are withdrawn (aborted, out of line) so no record
-    waits for a turn that never comes, and `BrokerUnavailable` is raised.
+    Once this returns the commands exist and are queued, whatever the broker said: a broker that
+    refused their turns only delays them (the reconciler sends turns for queued work).
     """
-    try:
-        runtime.queue.enqueue(commands, pipeline)
-    except KombuError as exc:
-        lifecycle.abort_unsent(runtime, commands, f"broker unavailable: {exc}")
-        raise BrokerUnavailable(str(exc)) from None
+    runtime.queue.enqueue(commands, pipeline)
 
 
-BROKER_FAILED_BATCH = "the task broker was unavailable; nothing was enqueued"
-
-
-def enqueue_batch(runtime: Runtime, batch: Batch, commands: list[CancelCommand]) -> Batch:
-    """The batch, its commands and their places in line in one pipeline; then one dispatch.
-
-    Raises `BrokerUnavailable` (the batch is then failed and its commands aborted).
-    """
-    pipe = runtime.connection.pipeline(transaction=True)
+def enqueue_batch(runtime: Runtime, batch: Batch, commands: list[CancelCommand],
+                  pipeline: redis.client.Pipeline | None = None) -> Batch:
+    """The batch, its commands and their places in line in one transaction (`pipeline`, when the
+    caller has watched keys on it); then its turns."""
+    pipe = pipeline if pipeline is not None else runtime.connection.pipeline(transaction=True)
     runtime.batches.add(batch, commands, pipe)
-    try:
-        enqueue(runtime, commands, pipe)
-    except BrokerUnavailable:
-        runtime.batches.fail(batch.id, BROKER_FAILED_BATCH)
-        raise
+    enqueue(runtime, commands, pipe)
     return batch
 
 
 def start_expansion(runtime: Runtime, batch: Batch) -> Batch:
     """Store an `all_active` batch (state expanding, no items) and have a worker find its items.
 
-    Raises `BrokerUnavailable` (the batch is then failed).
+    A broker that refuses the expansion does not fail the batch: it is made overdue at once, so
+    the reconciler sends the expansion as soon as the broker takes work again.
     """
     pipe = runtime.connection.pipeline(transaction=True)
     runtime.batches.add(batch, [], pipe)
     pipe.execute()
     try:
         runtime.dispatch.expand_all_active(batch.id)
-    except KombuError as exc:
-        runtime.batches.fail(batch.id, BROKER_FAILED_BATCH)
-        raise BrokerUnavailable(str(exc)) from None
+    except DispatchError as exc:
+        log.warning("batch %s: expansion waits for the broker (the reconciler sends it): %s", batch.id, exc)
+        runtime.batches.expect_expansion(batch.id, -runtime.batches.expansion_timeout)
     return batch
 
 

@@ -1,33 +1,42 @@
 """Delivering callbacks: a signed POST (Standard Webhooks) of the finished command to its `callback_url`.
 
-When a command with a `callback_url` becomes terminal, `ukcancel.callback.CallbackScheduler` (a
-terminal hook) marks its callback pending and sends the Celery task `ukcancel.deliver_callback`. The
-task makes one attempt per run and retries through Celery with back-off, up to
-`callback_max_attempts`. The outcome is stored on the command (`callback` field) and shown by GET:
+When a command with a `callback_url` becomes terminal, the transition script marks its callback
+pending and puts it in the outbox (`ukcancel.callback.CallbackOutbox`). The reconciler's sweep
+hands what is due to this worker's `CallbackSender`: a small pool of its own, with at most
+`callback_per_host` deliveries to any one receiver host at a time, so callbacks never take the
+worker slots cancel commands run in, and one user's slow receiver delays only its own notices.
+Each delivery is one attempt; a transient failure puts the callback back in the outbox with
+back-off, up to `callback_max_attempts`. The outcome is stored on the command (`callback` field)
+and shown by GET:
 
     {"status": "pending" | "delivered" | "refused" | "failed", "attempts", "http_status", "error", "at"}
 
 "refused" means no request was made: the host is not (or no longer) allowed, or the submitting
 token was revoked so there is no secret to sign with. Redirects are not followed (a redirect
-could lead anywhere, past the host allow list); a 3xx is a failure.
+could lead anywhere, past the host allow list); a 3xx is a failure. Only the status is read:
+the response body is never downloaded.
 """
-
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 from celery import Celery
 
-from ukcancel import __version__, callback
+from ukcancel import __version__, callback, keys
+from ukcancel.callback import CallbackOutbox
 from ukcancel.command import CancelCommand
 from ukcancel.retry import TRANSIENT_STATUSES, backoff_delay
 from ukcancel.schemas import CancellationSchema
+from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task
 
 if TYPE_CHECKING:
@@ -60,12 +69,20 @@ class CallbackDelivery:
         self.settings = runtime.settings
         self.session = session
         self.clock = clock
+        self.outbox = CallbackOutbox(runtime.connection, clock)
 
-    def attempt(self, command_id: str, attempt: int) -> Attempt | None:
-        """Attempt number `attempt` (1-based); None when there is nothing to deliver."""
+    def attempt(self, command_id: str, attempt: int | None = None) -> Attempt | None:
+        """One attempt (number `attempt`, 1-based; default: the next after those recorded on the
+        command); None when there is nothing to deliver (the outbox entry is then dropped)."""
         command = self.runtime.registry.get(command_id)
         if command is None or not command.callback_url:
+            self.outbox.drop(command_id)  # expired, or nothing to send: out of the outbox
             return None
+        if command.callback and command.callback.get("status") in callback.SETTLED:
+            self.runtime.registry.record_callback(command_id, command.callback)  # delivered twice: keep it
+            return Attempt(command.callback)
+        if attempt is None:
+            attempt = int((command.callback or {}).get("attempts") or 0) + 1
         if not callback.host_allowed(command.callback_url, self.settings.callback_allowed_hosts):
             return self._record(command_id, callback.REFUSED, attempt - 1, error="the callback host is not allowed")
         token = self.runtime.tokens.by_name(command.submitted_by or "")
@@ -86,7 +103,9 @@ class CallbackDelivery:
                 },
                 timeout=TIMEOUT_SECONDS,
                 allow_redirects=False,
+                stream=True,  # the status is all we need: the body is never downloaded
             )
+            response.close()
         except requests.RequestException as exc:
             return self._retry_or_fail(command_id, attempt, None, f"{type(exc).__name__}: {exc}")
         if 200 <= response.status_code < 300:
@@ -102,28 +121,76 @@ class CallbackDelivery:
         if attempt >= self.settings.callback_max_attempts:
             return self._record(command_id, callback.FAILED, attempt, http_status=http_status, error=error)
         delay = backoff_delay(attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds)
-        recorded = self._record(command_id, callback.PENDING, attempt, http_status=http_status, error=error)
-        return Attempt(recorded.outcome, retry_in=delay)
+        return self._record(command_id, callback.PENDING, attempt, http_status=http_status, error=error, retry_in=delay)
 
     def _record(
-        self, command_id: str, status: str, attempts: int, *, http_status: int | None = None, error: str | None = None
+        self,
+        command_id: str,
+        status: str,
+        attempts: int,
+        *,
+        http_status: int | None = None,
+        error: str | None = None,
+        retry_in: float | None = None,
     ) -> Attempt:
-        outcome = {
-            "status": status, "attempts": attempts, "http_status": http_status, "error": error, "at": self.clock()
-        }
-        self.runtime.registry.record_callback(command_id, outcome)
+        now = self.clock()
+        outcome = {"status": status, "attempts": attempts, "http_status": http_status, "error": error, "at": now}
+        # Settled outcomes leave the outbox; a retry stays in it, due again after the back-off.
+        self.runtime.registry.record_callback(command_id, outcome, None if retry_in is None else now + retry_in)
         if status in (callback.REFUSED, callback.FAILED):
             log.warning("callback of command %s %s: %s", command_id, status, error)
-        return Attempt(outcome)
+        return Attempt(outcome, retry_in)
+
+
+class CallbackSender:
+    """Delivers callbacks on a small pool of its own threads, at most `per_host` at a time to any
+    one receiver host (the reconciler's sweep offers what is due; see `ukcancel.reconciler`)."""
+
+    def __init__(self, runtime: Runtime, session: requests.Session, *, threads: int = 4, per_host: int = 2) -> None:
+        self.delivery = CallbackDelivery(runtime, session)
+        self.registry = runtime.registry
+        self.threads = threads
+        self.per_host = per_host
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ukcancel-callback")
+        self._lock = threading.Lock()
+        self._busy: dict[str, int] = {}  # receiver host -> deliveries under way
+        self._under_way = 0
+
+    def free(self) -> int:
+        """Deliveries this sender could start now."""
+        with self._lock:
+            return max(0, self.threads - self._under_way)
+
+    def offer(self, command_id: str) -> bool:
+        """Start delivering `command_id`'s callback unless the pool or its receiver host is busy."""
+        url = self.registry.connection.hget(keys.command(command_id), "callback_url")
+        host = (urlsplit(as_text(url)).hostname or "") if url else ""
+        with self._lock:
+            if self._under_way >= self.threads or self._busy.get(host, 0) >= self.per_host:
+                return False
+            self._under_way += 1
+            self._busy[host] = self._busy.get(host, 0) + 1
+        self._pool.submit(self._deliver, command_id, host)
+        return True
+
+    def _deliver(self, command_id: str, host: str) -> None:
+        try:
+            self.delivery.attempt(command_id)
+        except Exception:  # the outbox sends it again after its lease
+            log.exception("callback of command %s: delivery failed", command_id)
+        finally:
+            with self._lock:
+                self._under_way -= 1
+                self._busy[host] -= 1
+                if not self._busy[host]:
+                    del self._busy[host]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def register_callback_tasks(app: Celery) -> None:
-    @service_task(app, DELIVER_CALLBACK, max_retries=None)
-    def deliver_callback(self: ServiceTask, command_id: str) -> str | None:
-        """One delivery attempt; Celery's retry (same task id) carries the attempt count."""
-        result = CallbackDelivery(self.runtime, self.http).attempt(command_id, self.request.retries + 1)
-        if result is None:
-            return None
-        if result.retry_in is not None:
-            raise self.retry(countdown=result.retry_in, max_retries=None)
-        return str(result.outcome["status"])
+    @service_task(app, DELIVER_CALLBACK)
+    def deliver_callback(self: ServiceTask, command_id: str) -> None:
+        """A delivery asked for by an earlier version's message: the callback goes in the outbox."""
+        CallbackOutbox(self.runtime.connection).schedule(command_id)

@@ -90,6 +90,7 @@ class CancellationRun:
         self.client = client
         self.rand = rand
         self._permit: Permit | None = None
+        self._counting: str | None = None  # the command whose attempt this run's next call counts
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -107,7 +108,10 @@ class CancellationRun:
             return RunResult(None, None)
         outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds, wanted=self.queue.runnable_now)
         if isinstance(outcome, Wait):
-            # No permit in time, or the work went away: the slot is freed, nothing was claimed.
+            # No permit in time, or the work went away: nothing was claimed. The turn ends without
+            # a successor; the reconciler sends one once the gate says a permit is near, so a
+            # fleet that must wait (a pause, an open breaker, a slow rate) does not spin.
+            log.debug("turn %s ends without a permit: %s (%.2f s)", self.holder, outcome.reason, outcome.seconds)
             return RunResult(None, None, waited=outcome.reason != UNWANTED_REASON)
         self._permit = outcome
         try:
@@ -138,24 +142,37 @@ class CancellationRun:
             self._permit = None
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """One UKSSDC call under a permit (the one taken with the command, else a new one)."""
+        """One UKSSDC call under a permit (the one taken with the command, else a new one).
+
+        The run's first call counts the command's attempt once it has been made (whatever its
+        outcome), so an attempt is counted only when a request was sent.
+        """
         reserved, self._permit = self._permit, None
         max_wait = self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR
         with self.gate.permit(max_wait, reserved=reserved, rand=self.rand):
-            return fn(*args)
+            try:
+                return fn(*args)
+            finally:
+                if self._counting is not None:
+                    command_id, self._counting = self._counting, None
+                    self.registry.record_progress(command_id, holder=self.holder, count_attempt=True)
 
     # -- one command -----------------------------------------------------------------------------
     def _perform(self, command: CancelCommand, claim: Claim) -> RunResult:
         # Taken over (or found "running"): the run that started it died, and its request may
         # have reached the server, so a "not cancelled" answer must be checked.
         redelivered = claim.takeover or command.state == RUNNING
-        started = self.registry.start_attempt(command.id)
+        started = self.queue.start(command.id, self.holder)
+        if not started.held:
+            log.info("command %s: lease taken over before it started; the other run carries it", command.id)
+            return RunResult(command.id, None)
         if not started.moved:
             self.queue.release(command.id, self.holder)
             return RunResult(command.id, started.state)
         if redelivered and not command.ambiguous:
             command.ambiguous = True
-            self.registry.record_progress(command.id, ambiguous=True)
+            self.registry.record_progress(command.id, holder=self.holder, ambiguous=True)
+        self._counting = command.id
         attempt = command.attempts + 1
         try:
             result, server_ok = self._cancel(command)
@@ -163,7 +180,7 @@ class CancellationRun:
             return self._retry_or_fail(command, attempt, str(exc), None, fallback=exc.fallback)
         except UkssdcFailure as failure:
             if failure.maybe_processed:
-                self.registry.record_progress(command.id, ambiguous=True)
+                self.registry.record_progress(command.id, holder=self.holder, ambiguous=True)
             if not failure.transient:
                 return self._finish(command, error_tuple(-1, str(failure)), error=str(failure))
             return self._retry_or_fail(command, attempt, str(failure), failure.retry_after)
@@ -194,20 +211,20 @@ class CancellationRun:
         return self._due_again(command, delay, error)
 
     def _due_again(self, command: CancelCommand, delay: float, error: str) -> RunResult:
-        """running -> retrying, on the due list `delay` seconds from now."""
-        at = self.registry.now() + delay
-        moved = self.registry.mark_retrying(command.id, error, at)
-        if moved.moved:
-            self.queue.reschedule(command.id, self.holder, at)
-        else:  # finished meanwhile by a run that took it over
-            self.queue.release(command.id, self.holder)
+        """running -> retrying, on the due list `delay` seconds from now: one step, while this run
+        holds the lease (a run whose lease was taken over leaves the command to the other run)."""
+        moved = self.queue.retry_later(command.id, self.holder, self.registry.now() + delay, error)
+        if not moved.held:
+            log.info("command %s: lease taken over; the other run carries it (%s)", command.id, error)
         return RunResult(command.id, moved.state)
 
     def _finish(
         self, command: CancelCommand, result: list[Any], *, server_ok: int | None = None, error: str | None = None
     ) -> RunResult:
-        done = lifecycle.complete(self.runtime, command.id, result, server_ok=server_ok, error=error)
-        self.queue.release(command.id, self.holder)
+        done = lifecycle.finish(self.queue, command.id, self.holder, result, server_ok=server_ok, error=error)
+        if not done.held:
+            log.info("command %s: lease taken over; the other run's outcome stands", command.id)
+            return RunResult(command.id, None)
         log.info("command %s of job %s %s: status %s", command.id, command.job_id, done.state, result[0])
         return RunResult(command.id, done.state)
 
@@ -227,7 +244,8 @@ class CancellationRun:
             server_ok = reply.ok
             still_unknown = self._settle(command, reply.outcomes, settled)
             self.registry.record_progress(
-                command.id, settled={s: o.as_dict() for s, o in settled.items()}, server_ok=server_ok
+                command.id, holder=self.holder, settled={s: o.as_dict() for s, o in settled.items()},
+                server_ok=server_ok,
             )
             if still_unknown:
                 unknown = {**settled, **{s: reply.outcomes[s] for s in still_unknown}}
@@ -259,7 +277,7 @@ class CancellationRun:
             # listOldJobs.php has no SourceDet flag: ask for it too, dropping its code 2 if the job has none.
             resolved.append(product_names.LONG_TO_SHORT["SourceDet"])
             unlisted = True
-        self.registry.record_progress(command.id, resolved=resolved, unlisted=unlisted)
+        self.registry.record_progress(command.id, holder=self.holder, resolved=resolved, unlisted=unlisted)
         return resolved, unlisted
 
     def _settle(

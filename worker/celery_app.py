@@ -3,10 +3,11 @@
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its task
   finished, and a worker killed mid-task (SIGKILL) puts the message back for another worker.
 - prefetch multiplier 1: a worker reserves one message per slot, so others can take the rest.
-- a broker visibility timeout longer than the longest retry delay of a control task (callbacks
-  and the expansion retry through Celery; cancel commands never do).
+- a broker visibility timeout longer than the longest retry delay of a control task (the
+  expansion retries through Celery; cancel commands and callbacks never do).
 - two queues (see `ukcancel.worker.tasks`): turns, and control work that never waits behind them.
-- every worker runs the heartbeat (for `/readyz`) and the reconciler (`ukcancel.reconciler`).
+- every worker runs the heartbeat (for `/readyz`) and the reconciler (`ukcancel.reconciler`),
+  which also sweeps the callback outbox into this worker's `CallbackSender`.
 Redis is the default broker; `CELERY_BROKER_URL=amqp://...` switches to RabbitMQ unchanged.
 """
 
@@ -18,16 +19,19 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import redis
+import requests
 from celery import Celery, bootsteps
 from celery.worker.consumer import Consumer
 from kombu import Queue
-from kombu.exceptions import KombuError
 
+from ukcancel.callback import CallbackOutbox
+from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
 from ukcancel.worker import all_active, callbacks, jobs, tasks
 from ukcancel.worker.base_task import ServiceTask
+from ukcancel.worker.callbacks import CallbackSender
 from ukcancel.worker.metrics import MetricsEndpoint
 
 if TYPE_CHECKING:
@@ -90,23 +94,29 @@ class ReconcilerStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self._stop = threading.Event()
         self._reconciler: Reconciler | None = None
+        self._callbacks: CallbackSender | None = None
 
     def start(self, worker: Any) -> None:
         runtime: Runtime = worker.app.runtime
+        self._callbacks = CallbackSender(runtime, requests.Session())
         self._reconciler = reconciler = Reconciler(
             runtime.connection,
             runtime.queue,
             runtime.batches,
             runtime.dispatch,
             f"{worker.hostname or socket.gethostname()}",
+            gate=runtime.gate,
+            max_wait=runtime.settings.fleet_max_wait_seconds,
             period_seconds=runtime.settings.reconcile_seconds,
+            outbox=CallbackOutbox(runtime.connection),
+            callbacks=self._callbacks,
         )
 
         def loop() -> None:
             while not self._stop.wait(reconciler.period_seconds):
                 try:
                     reconciler.tick()
-                except (redis.RedisError, KombuError, OSError) as exc:
+                except (redis.RedisError, DispatchError, OSError) as exc:
                     log.warning("reconciler tick failed (next tick retries): %s", exc)
                 except Exception:  # a defect must not end healing for this worker
                     log.exception("reconciler tick failed")
@@ -115,6 +125,8 @@ class ReconcilerStep(bootsteps.StartStopStep):
 
     def stop(self, worker: Any) -> None:
         self._stop.set()
+        if self._callbacks is not None:
+            self._callbacks.shutdown()
         if self._reconciler is not None:
             try:
                 self._reconciler.step_down()

@@ -10,14 +10,17 @@ Routing (one broker, two queues, both consumed by every `ukcancel worker` by def
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 from celery import Celery
 from kombu.exceptions import ChannelError, KombuError
 
+from ukcancel.dispatch import DispatchError
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.callbacks import DELIVER_CALLBACK
@@ -45,38 +48,52 @@ def register_tasks(app: Celery) -> None:
         holder = f"{self.request.id}/{uuid.uuid4().hex[:8]}"
         try:
             result = CancellationRun(self.runtime, holder, self.gate, self.ukssdc).run()
-            if result.command_id is not None or result.waited:
+            if result.command_id is not None:  # a turn that found no permit has no successor
                 self.runtime.queue.continue_lane()
-        except (redis.RedisError, KombuError) as exc:
+        except (redis.RedisError, DispatchError) as exc:
             log.warning("turn %s ended by a store or broker error (the reconciler resends): %s", holder, exc)
             return {"command": None, "state": None, "error": str(exc)}
         return {"command": result.command_id, "state": result.state}
 
 
 class CeleryDispatch:
-    """Hands the core's work to the workers as Celery messages (see `ukcancel.runtime.Dispatch`)."""
+    """Hands the core's work to the workers as Celery messages (see `ukcancel.runtime.Dispatch`).
+
+    Every broker error comes out as the port's own `DispatchError`, so neither the core nor the
+    HTTP layer needs to know the broker's exception types.
+    """
 
     def __init__(self, app: Celery) -> None:
         self.app = app
 
     def send_turns(self, count: int) -> None:
-        send_turns(self.app, count)
+        with _as_dispatch_error():
+            send_turns(self.app, count)
 
     def queued_turns(self) -> int:
-        with self.app.pool.acquire(block=True) as connection:
+        with _as_dispatch_error(), self.app.pool.acquire(block=True) as connection:
             try:
                 return int(connection.default_channel.queue_declare(TURN_QUEUE, passive=True).message_count)
             except ChannelError:  # no worker has declared the queue yet: nothing waits in it
                 return 0
 
     def expand_all_active(self, batch_id: str) -> None:
-        self.app.send_task(EXPAND_ALL_ACTIVE, args=[batch_id])
-
-    def deliver_callback(self, command_id: str) -> None:
-        self.app.send_task(DELIVER_CALLBACK, args=[command_id])
+        with _as_dispatch_error():
+            self.app.send_task(EXPAND_ALL_ACTIVE, args=[batch_id])
 
     def refresh_jobs(self, user_id: str) -> None:
-        self.app.send_task(REFRESH_JOBS, args=[user_id])
+        with _as_dispatch_error():
+            self.app.send_task(REFRESH_JOBS, args=[user_id])
+
+
+@contextlib.contextmanager
+def _as_dispatch_error() -> Iterator[None]:
+    # kombu raises its own errors, and the connection errors of the transport it uses (a Redis
+    # broker's, or a socket's for AMQP) when it cannot reconnect.
+    try:
+        yield
+    except (KombuError, redis.RedisError, OSError) as exc:
+        raise DispatchError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def send_turns(app: Celery, count: int) -> None:

@@ -145,6 +145,7 @@ def test_get_returns_every_documented_field(api: Api) -> None:
 def test_a_completed_command_shows_its_tuple(api: Api) -> None:
     command_id = api.submit({"job_id": 1001, "products": ["lc"]})
     api.runtime.registry.start_attempt(command_id)
+    api.runtime.registry.record_progress(command_id, count_attempt=True)  # the run's request went out
     api.runtime.registry.complete(command_id, [1, {"LightCurve": {"code": 0, "text": "Job cancelled OK"}}])
     body = api.get(command_id).get_json()
     assert body["state"] == COMPLETED and body["attempts"] == 1

@@ -221,8 +221,6 @@ def test_another_users_batch_is_404_and_an_admin_sees_it(idle_api: Api) -> None:
 
 def test_delete_withdraws_every_item_not_started(idle_api: Api) -> None:
     runtime = idle_api.runtime
-    heard: list[str] = []
-    runtime.terminal_hooks.append(heard.append)
     batch_id = idle_api.post({"items": [{"job_id": 2001 + i} for i in range(4)]}).json["id"]
     claim = runtime.queue.claim("a-worker-turn")  # a worker takes the first item and starts it
     assert claim is not None and claim.command_id == runtime.batches.command_ids(batch_id)[0]
@@ -233,7 +231,11 @@ def test_delete_withdraws_every_item_not_started(idle_api: Api) -> None:
     assert view["counts"]["aborted"] == 3 and view["counts"]["running"] == 1
     assert view["results"]["-1"] == 3
     assert [item["result"][0] if item["result"] else None for item in view["items"]] == [None, -1, -1, -1]
+    # One results-stream entry each, written by the transition that withdrew it.
+    results = runtime.connection.xrange("ukcancel:results")
+    heard = [fields[b"command_id"].decode() for _, fields in results]
     assert sorted(heard) == sorted(runtime.batches.command_ids(batch_id)[1:])
+    assert {fields[b"state"] for _, fields in results} == {b"aborted"}
     assert runtime.queue.depth().get(ASTRO, 0) == 0  # withdrawn commands left the line
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from ukcancel.fleet import CLOSED, HALF_OPEN, OPEN, FleetGate, Permit, Wait, rate_window
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ukcancel import keys
+from ukcancel.fleet import CLOSED, FAILED, HALF_OPEN, OK, OPEN, SENT, FleetGate, Permit, Wait, rate_window
+from ukcancel.retry import CallFailure
+from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
 from ukcancel.settings import Settings
 
 
@@ -38,9 +44,9 @@ def test_breaker_opens_after_threshold_consecutive_failures_and_refuses_permits(
     clock = FakeClock()
     gate = make_gate(clock)
     for _ in range(2):
-        gate.release(permit(gate), transient_failure=True)
+        gate.release(permit(gate), FAILED)
     assert gate.breaker_state()["state"] == CLOSED
-    gate.release(permit(gate), transient_failure=True)
+    gate.release(permit(gate), FAILED)
 
     assert gate.breaker_state()["state"] == OPEN
     refused = gate.acquire(max_wait=0)
@@ -53,16 +59,16 @@ def test_a_success_resets_the_count_of_consecutive_failures() -> None:
     clock = FakeClock()
     gate = make_gate(clock)
     for _ in range(2):
-        gate.release(permit(gate), transient_failure=True)
-    gate.release(permit(gate), transient_failure=False)
+        gate.release(permit(gate), FAILED)
+    gate.release(permit(gate), OK)
     for _ in range(2):
-        gate.release(permit(gate), transient_failure=True)
+        gate.release(permit(gate), FAILED)
     assert gate.breaker_state()["state"] == CLOSED
 
 
 def open_breaker(gate: FleetGate) -> None:
     for _ in range(3):
-        gate.release(permit(gate), transient_failure=True)
+        gate.release(permit(gate), FAILED)
     assert gate.breaker_state()["state"] == OPEN
 
 
@@ -81,7 +87,7 @@ def test_after_the_cool_down_exactly_one_probe_and_its_success_closes() -> None:
         outcome = gate.acquire(max_wait=0)
         assert isinstance(outcome, Wait) and "probe in flight" in outcome.reason
 
-    gate.release(probe, transient_failure=False)
+    gate.release(probe, OK)
     assert gate.breaker_state()["state"] == CLOSED
     assert [permit(gate).probe for _ in range(3)] == [False, False, False]
 
@@ -93,7 +99,7 @@ def test_a_failed_probe_opens_the_breaker_again_for_a_full_cool_down() -> None:
     clock.now += 31
     probe = permit(gate)
     assert probe.probe
-    gate.release(probe, transient_failure=True)
+    gate.release(probe, FAILED)
 
     assert gate.breaker_state()["state"] == OPEN
     refused = gate.acquire(max_wait=0)
@@ -116,9 +122,9 @@ def test_an_unused_permit_does_not_reset_consecutive_failures() -> None:
     clock = FakeClock()
     gate = make_gate(clock)
     for _ in range(2):
-        gate.release(permit(gate), transient_failure=True)
+        gate.release(permit(gate), FAILED)
     gate.release_unused(permit(gate))
-    gate.release(permit(gate), transient_failure=True)
+    gate.release(permit(gate), FAILED)
     assert gate.breaker_state()["state"] == OPEN
 
 
@@ -130,7 +136,7 @@ def test_sliding_window_never_grants_more_than_the_rate_in_any_window() -> None:
         outcome = gate.acquire(max_wait=0)
         if isinstance(outcome, Permit):
             granted.append(clock.now)
-            gate.release(outcome, transient_failure=False)
+            gate.release(outcome, OK)
             clock.now += 0.013  # callers keep asking
         else:
             clock.now += outcome.seconds
@@ -156,7 +162,7 @@ def test_in_flight_cap() -> None:
     first, _ = permit(gate), permit(gate)
     outcome = gate.acquire(max_wait=0)
     assert isinstance(outcome, Wait) and "in flight" in outcome.reason
-    gate.release(first, transient_failure=False)
+    gate.release(first, OK)
     permit(gate)
 
 
@@ -195,9 +201,106 @@ def test_run_time_configuration_is_read_at_every_acquire() -> None:
         gate.configure(rate_per_second=0)
 
 
-@pytest.mark.parametrize(("rate", "window"), [(2.0, (2, 1)), (0.5, (1, 2)), (2.5, (5, 2)), (50, (50, 1))])
-def test_rate_window(rate: float, window: tuple[int, int]) -> None:
-    assert rate_window(rate) == window
+@pytest.mark.parametrize(
+    ("rate", "window"),
+    [(2.0, (2, 1.0)), (0.5, (1, 2.0)), (2.5, (2, 0.8)), (50, (50, 1.0)), (0.005, (1, 200.0)), (0.2, (1, 5.0))],
+)
+def test_rate_window(rate: float, window: tuple[int, float]) -> None:
+    calls, seconds = rate_window(rate)
+    assert (calls, seconds) == (window[0], pytest.approx(window[1]))
+
+
+def test_a_slow_rate_is_kept_exactly_not_rounded_up_to_one_call_a_second() -> None:
+    """0.005/s was made 1/s by rounding: 20 UKSSDC calls in 21 s. Now one call in any 200 s."""
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=0.005, fleet_guard_seconds=0.04)
+    granted: list[float] = []
+    while clock.now < 1_000_000.0 + 1000:
+        outcome = gate.acquire(max_wait=0)
+        if isinstance(outcome, Permit):
+            granted.append(clock.now)
+            gate.release(outcome, OK)
+        clock.now += 0.5  # callers keep asking twice a second
+    assert [b - a for a, b in zip(granted, granted[1:])] == [pytest.approx(200.04, abs=0.5)] * 4
+    assert len(granted) == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.floats(min_value=MIN_FLEET_RATE_PER_SECOND, max_value=80.0, allow_nan=False),
+    asks=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=20, max_size=120),
+    guard=st.sampled_from([0.0, 0.04]),
+)
+def test_no_window_over_the_limit_at_any_accepted_rate(rate: float, asks: list[float], guard: float) -> None:
+    """I4: at any accepted rate, k = max(1, floor(rate)) calls at most in any k / rate (+ guard) seconds."""
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=rate, fleet_guard_seconds=guard)
+    calls, window = rate_window(rate)
+    granted: list[float] = []
+    for gap in asks:
+        outcome = gate.acquire(max_wait=0)
+        if isinstance(outcome, Permit):
+            granted.append(clock.now)
+            gate.release(outcome, OK)
+            clock.now += gap * min(1.0, 1 / rate)
+        else:  # wait a little, or exactly as long as told
+            clock.now += outcome.seconds if gap > 1.5 else max(1e-3, gap * outcome.seconds)
+    assert all(granted[i + calls] - granted[i] >= window + guard - 1e-6 for i in range(len(granted) - calls))
+
+
+def test_rates_below_the_lowest_accepted_are_refused_with_a_clear_error() -> None:
+    gate = make_gate(FakeClock())
+    with pytest.raises(ValueError, match=f"at least {MIN_FLEET_RATE_PER_SECOND}"):
+        gate.configure(rate_per_second=MIN_FLEET_RATE_PER_SECOND / 2)
+    assert gate.configure(rate_per_second=MIN_FLEET_RATE_PER_SECOND).rate_per_second == MIN_FLEET_RATE_PER_SECOND
+
+
+def test_a_late_release_of_another_permit_does_not_free_the_half_open_probe() -> None:
+    """Any non-probe release used to delete the probe key, letting a second probe through."""
+    clock = FakeClock()
+    gate = make_gate(clock)
+    early = permit(gate)  # a call that started before the breaker opened
+    open_breaker(gate)
+    clock.now += 31
+    probe = permit(gate)
+    assert probe.probe
+    gate.release(early, SENT)  # the early call ends (its outcome unknown) while the probe is out
+    outcome = gate.acquire(max_wait=0)
+    assert isinstance(outcome, Wait) and "probe in flight" in outcome.reason
+    gate.release(probe, FAILED)
+    assert gate.breaker_state()["state"] == OPEN
+
+
+def test_a_call_ended_by_an_unexpected_error_still_counts_in_the_rate_window() -> None:
+    """`permit()` used to give a sent call's place in the window back on any error but `CallFailure`."""
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.0)
+    with pytest.raises(ZeroDivisionError), gate.permit(max_wait=0):
+        raise ZeroDivisionError  # the request may have gone out before the worker failed
+    assert gate.connection.zcard(keys.FLEET_CALLS) == 1
+    assert isinstance(gate.acquire(max_wait=0), Wait)  # its place is still taken
+    assert gate.in_flight() == 0 and gate.breaker_state()["failures"] == 0
+
+
+def test_a_retry_after_pauses_the_fleet_in_the_same_step_as_the_release() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    with pytest.raises(CallFailure), gate.permit(max_wait=0):
+        raise type("Busy", (CallFailure,), {"transient": True})("HTTP 503", retry_after=7.0, status_code=503)
+    assert gate.paused_for() == pytest.approx(7.0)
+    assert gate.breaker_state()["failures"] == 1 and gate.in_flight() == 0
+
+
+def test_next_permit_in_tells_the_wait_and_takes_nothing() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.0)
+    assert gate.next_permit_in().seconds == 0
+    permit(gate)
+    looked = gate.next_permit_in()
+    assert looked.seconds == pytest.approx(1.0) and looked.reason == "fleet rate limit reached"
+    assert gate.connection.zcard(keys.FLEET_CALLS) == 1 and gate.in_flight() == 1
+    gate.pause(30)
+    assert gate.next_permit_in().seconds == pytest.approx(30)
 
 
 def test_permits_are_paced_one_interval_apart_not_sent_in_a_burst() -> None:
@@ -208,7 +311,7 @@ def test_permits_are_paced_one_interval_apart_not_sent_in_a_burst() -> None:
         outcome = gate.acquire(max_wait=0)
         if isinstance(outcome, Permit):
             granted.append(clock.now)
-            gate.release(outcome, transient_failure=False)
+            gate.release(outcome, OK)
         else:
             clock.now += outcome.seconds
 
@@ -228,7 +331,7 @@ def test_the_pacing_schedule_does_not_drift_when_permits_are_taken_late() -> Non
         outcome = gate.acquire(max_wait=0)
         if isinstance(outcome, Permit):
             granted += 1
-            gate.release(outcome, transient_failure=False)
+            gate.release(outcome, OK)
             clock.now += 0.004  # the next caller comes back a little late every time
         else:
             clock.now += outcome.seconds + 0.004

@@ -27,6 +27,6 @@ def test_every_turn_is_sent_and_counted_as_queued(runtime: Runtime) -> None:
 
 def test_control_work_goes_to_its_own_queue(runtime: Runtime) -> None:
     runtime.dispatch.expand_all_active("b" * 32)
-    runtime.dispatch.deliver_callback("c" * 32)
+    runtime.dispatch.refresh_jobs("astro@example.org")
     assert runtime.connection.llen(CONTROL_QUEUE) == 2
     assert runtime.connection.llen(QUEUE) == 0 and runtime.dispatch.queued_turns() == 0

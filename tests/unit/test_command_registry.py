@@ -151,18 +151,17 @@ def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegis
     assert got.result == [1, {"LightCurve": {"code": 0, "text": "ok"}}]
     assert got.server_ok == 1
     assert got.last_error == "HTTP 503"  # the last error seen is kept
-    assert got.attempts == 2
+    assert got.attempts == 0  # no request was sent: an attempt is counted by the call (below)
 
 
-def test_attempts_count_only_started_attempts(registry: CommandRegistry) -> None:
+def test_attempts_count_only_runs_that_sent_a_request(registry: CommandRegistry) -> None:
     command = new(registry)
-    registry.start_attempt(command.id)
-    registry.mark_retrying(command.id, "waiting for capacity")  # not an attempt of its own
+    registry.start_attempt(command.id)  # started, no request yet: not an attempt
+    registry.mark_retrying(command.id, "waiting for capacity")
+    registry.start_attempt(command.id)  # redelivery of a running command: not one either
+    assert registry.get(command.id).attempts == 0  # type: ignore[union-attr]
+    assert registry.record_progress(command.id, count_attempt=True)  # the run's first request
     assert registry.get(command.id).attempts == 1  # type: ignore[union-attr]
-    registry.start_attempt(command.id)  # redelivery of a running command: counted
-    assert registry.get(command.id).attempts == 2  # type: ignore[union-attr]
-    assert registry.record_progress(command.id, count_attempt=True)
-    assert registry.get(command.id).attempts == 3  # type: ignore[union-attr]
 
 
 def test_a_completed_command_keeps_its_first_result_for_ever(registry: CommandRegistry) -> None:

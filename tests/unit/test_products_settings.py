@@ -134,6 +134,7 @@ BAD_VALUES = {
     "_secret": ["short", "x" * 31],
     "_port": ["0", "65536", "-1", "http", "9101.5"],
     "_log_format": ["JSON", "logfmt", "yes"],
+    "_fleet_rate": ["0", "-1", "0.0009", "1e-9", "inf", "nan", "fast"],
 }
 CASES = [
     (variable, raw)

@@ -9,7 +9,9 @@ from ukcancel import keys
 from ukcancel.batch import EXPANDING, Batch, BatchRegistry
 from ukcancel.command import CancelCommand, CommandRegistry
 from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, Claim, ScheduleCounts
+from ukcancel.fleet import FleetGate
 from ukcancel.reconciler import Reconciler, missing_turns
+from ukcancel.settings import Settings
 
 A, B = "a@example.org", "b@example.org"
 LEASE = 10.0
@@ -58,6 +60,17 @@ def batches(queue: CancelQueue) -> BatchRegistry:
     return BatchRegistry(queue.connection, 3600, clock=queue.clock, expansion_timeout=60.0)
 
 
+def gate(queue: CancelQueue) -> FleetGate:
+    """A gate with plenty of room (the reconciler asks it whether a permit is near)."""
+    return FleetGate(queue.connection, Settings(fleet_rate_per_second=1000), clock=queue.clock)
+
+
+def retry(queue: CancelQueue, command_id: str, holder: str, at: float) -> bool:
+    """What a run does with a claimed command that must go again later: start, then retry later."""
+    queue.start(command_id, holder)
+    return queue.retry_later(command_id, holder, at, "HTTP 503").moved
+
+
 def enqueue(queue: CancelQueue, user: str, count: int) -> list[str]:
     commands = [CancelCommand(job_id=1000 + n, user_id=user, products=["LightCurve"]) for n in range(count)]
     queue.enqueue(commands)
@@ -101,7 +114,7 @@ def test_an_expired_lease_is_taken_over_first(queue: CancelQueue, clock: Clock) 
 def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(queue: CancelQueue, clock: Clock) -> None:
     retried, = enqueue(queue, A, 1)
     queue.claim("turn-1")
-    assert queue.reschedule(retried, "turn-1", clock.now + 2.0)
+    assert retry(queue, retried, "turn-1", clock.now + 2.0)
     waiting = enqueue(queue, B, 5_000)
     assert queue.due_at(retried) == clock.now + 2.0
     assert queue.counts() == ScheduleCounts(5_000, 0, 0, 0, 1, 2.0)
@@ -117,7 +130,8 @@ def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(queue: CancelQueue
     queue.claim("slow-turn")
     clock.now += LEASE + 1
     queue.claim("heir")
-    assert not queue.reschedule(command, "slow-turn", clock.now + 5)
+    refused = queue.retry_later(command, "slow-turn", clock.now + 5, "late")
+    assert not refused.held and not refused.moved
     assert queue.due_at(command) is None and queue.counts().live_leases == 1
 
 
@@ -152,7 +166,7 @@ def test_missing_turns_fills_up_to_the_lanes() -> None:
 
 def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: CancelQueue, clock: Clock) -> None:
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", period_seconds=0.5)
+    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
     enqueue(queue, A, 3)  # their turns were lost (the queue's dispatch here sends none)
     report = reconciler.tick()
     assert report.held and report.sent == 3 and broker.sent == [3]
@@ -163,8 +177,8 @@ def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: Can
 
 def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queue: CancelQueue) -> None:
     first, second = Broker(), Broker()
-    one = Reconciler(queue.connection, queue, batches(queue), first, "w1", period_seconds=0.5)
-    two = Reconciler(queue.connection, queue, batches(queue), second, "w2", period_seconds=0.5)
+    one = Reconciler(queue.connection, queue, batches(queue), first, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
+    two = Reconciler(queue.connection, queue, batches(queue), second, "w2", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
     enqueue(queue, A, 1)
     assert one.tick().held and not two.tick().held
     assert second.sent == []
@@ -174,7 +188,7 @@ def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queu
 
 def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: CancelQueue, clock: Clock) -> None:
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", period_seconds=0.5)
+    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
     enqueue(queue, A, 1)
     queue.claim("killed-turn")
     assert reconciler.tick().sent == 0  # live lease: its worker may still be calling
@@ -185,7 +199,7 @@ def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: Cance
 def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queue: CancelQueue, clock: Clock) -> None:
     registry = batches(queue)
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, registry, broker, "w1", period_seconds=0.5)
+    reconciler = Reconciler(queue.connection, queue, registry, broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
     lost, alive = Batch(A, state=EXPANDING), Batch(B, state=EXPANDING)
     pipe = queue.connection.pipeline(transaction=True)
     registry.add(lost, [], pipe)
@@ -240,7 +254,7 @@ def test_runnable_now_sees_waiting_due_and_expired_work_only(queue: CancelQueue,
     assert queue.runnable_now()
     queue.claim("turn-1")
     assert not queue.runnable_now()  # leased and live
-    queue.reschedule(command, "turn-1", clock.now + 5)
+    retry(queue, command, "turn-1", clock.now + 5)
     assert not queue.runnable_now()  # due later
     clock.now += 5
     assert queue.runnable_now()  # due now

@@ -7,11 +7,13 @@ import json
 import click
 
 from ukcancel.cli.config import load_settings
+from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
 
 
 @click.command()
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1000), default=None,
-              help="UKSSDC calls per second for the whole fleet (e.g. 2, or 0.5 for one every 2 s).")
+@click.option("--rate", type=click.FloatRange(min=MIN_FLEET_RATE_PER_SECOND, max=1000), default=None,
+              help="UKSSDC calls per second for the whole fleet (e.g. 2, or 0.5 for one every 2 s; "
+                   f"at least {MIN_FLEET_RATE_PER_SECOND}).")
 @click.option("--in-flight", type=click.IntRange(min=1, max=1000), default=None,
               help="UKSSDC calls the whole fleet may have open at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

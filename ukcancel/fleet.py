@@ -92,7 +92,9 @@ if count >= limit then
   local blocking = redis.call('ZRANGE', KEYS[6], count - limit, count - limit, 'WITHSCORES')
   wait = tonumber(blocking[2]) + window - now
 end
-local due = tonumber(redis.call('GET', KEYS[7]) or '0')
+-- A schedule made at a slower rate is not kept after the rate went up: due now at the latest
+-- (the window still holds the limit).
+local due = math.min(tonumber(redis.call('GET', KEYS[7]) or '0'), now + interval / 2)
 wait = math.max(wait, due - interval / 2 - now)
 if wait > 0 then return {0, tostring(wait), 'rate'} end
 if looking then return {0, '0', 'ready'} end

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from ukcancel import lifecycle, logs, metrics
 from ukcancel import products as product_names
 from ukcancel.command import RUNNING, CancelCommand
@@ -187,6 +189,8 @@ class CancellationRun:
         except Reschedule as wait:
             # No capacity for a further call mid-run: wait in state retrying, keep what was learned.
             return self._due_again(command, wait.countdown, f"waiting: {wait.reason}")
+        except redis.RedisError:
+            raise  # the store is away: the turn ends, the lease lapses, and a later run takes it over
         except Exception as exc:  # a defect must not leave the command running for ever
             log.exception("internal error performing command %s", command.id)
             message = f"internal error in the worker: {type(exc).__name__}"

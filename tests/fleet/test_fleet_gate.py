@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ukcancel import keys
 from ukcancel.fleet import CLOSED, FAILED, HALF_OPEN, OK, OPEN, SENT, FleetGate, Permit, Wait, rate_window
 from ukcancel.retry import CallFailure
-from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
-from ukcancel.settings import Settings
+from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND, Settings
 
 
 class FakeClock:

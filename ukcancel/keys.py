@@ -47,6 +47,9 @@ command, then the oldest waiting command of the next user in the round-robin rin
                                           taken over by the next turn once expired.
     ``ukcancel:lease:holders``            hash, command id -> the holder of its lease (the turn's
                                           Celery task id); only the holder renews or releases it.
+    ``ukcancel:turns:waiting``            sorted set, turns that arrived and wait for a fleet permit ->
+                                          until when at most (so the reconciler does not send more
+                                          while a permit is near; a dead worker's entry lapses).
     ``ukcancel:turns:on_their_way``       string, turns sent and not yet started, as the schedule
                                           counts them (a turn's first claim takes one off); set from
                                           the broker's own count by the reconciler every tick.
@@ -165,6 +168,7 @@ LEASES = f"{PREFIX}:leases"
 LEASE_HOLDERS = f"{PREFIX}:lease:holders"
 RECONCILER_LOCK = f"{PREFIX}:reconciler"
 TURNS_ON_THEIR_WAY = f"{PREFIX}:turns:on_their_way"
+TURNS_WAITING = f"{PREFIX}:turns:waiting"
 
 
 def fair_queue(user_id: str) -> str:

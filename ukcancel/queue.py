@@ -155,10 +155,11 @@ end
 return reply
 """
 
-# KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users
+# KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users   KEYS[4] turns waiting for a permit
 # ARGV[1] now   ARGV[2] key prefix of the per-user lists
 # Returns {waiting, due now, expired leases, live leases, due later, seconds until the next due
-# command or lease expiry (-1: none)} as strings: the figures the reconciler and metrics need.
+# command or lease expiry (-1: none), turns waiting for a permit} as strings: the figures the
+# reconciler and metrics need.
 _COUNTS = """
 local now = tonumber(ARGV[1])
 local waiting = 0
@@ -177,7 +178,9 @@ for _, key in ipairs({KEYS[1], KEYS[2]}) do
     if next_at < 0 or at < next_at then next_at = at end
   end
 end
-return {tostring(waiting), tostring(due_now), tostring(expired), tostring(live), tostring(later), tostring(next_at)}
+local turns = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+return {tostring(waiting), tostring(due_now), tostring(expired), tostring(live), tostring(later), tostring(next_at),
+        tostring(turns)}
 """
 
 log = logging.getLogger(__name__)
@@ -213,6 +216,7 @@ class ScheduleCounts:
     live_leases: int  # commands being run now
     due_later: int
     next_change_in: float | None  # seconds until a due command or a lease falls due
+    waiting_turns: int = 0  # turns that arrived and wait for a permit (they will claim)
 
     @property
     def runnable(self) -> int:
@@ -421,11 +425,23 @@ class CancelQueue:
 
     # -- how it stands ------------------------------------------------------------------------
     def counts(self) -> ScheduleCounts:
-        raw = self._counts(keys=[keys.LEASES, keys.DUE, keys.FAIR_USERS], args=[repr(self.clock()), keys.fair_queue("")])
-        waiting, due_now, expired, live, later, next_in = (float(as_text(v)) for v in raw)
-        return ScheduleCounts(
-            int(waiting), int(due_now), int(expired), int(live), int(later), next_in if next_in >= 0 else None
+        raw = self._counts(
+            keys=[keys.LEASES, keys.DUE, keys.FAIR_USERS, keys.TURNS_WAITING], args=[repr(self.clock()), keys.fair_queue("")]
         )
+        waiting, due_now, expired, live, later, next_in, turns = (float(as_text(v)) for v in raw)
+        return ScheduleCounts(
+            int(waiting), int(due_now), int(expired), int(live), int(later), next_in if next_in >= 0 else None, int(turns)
+        )
+
+    @contextlib.contextmanager
+    def waiting_for_permit(self, holder: str, seconds: float) -> Iterator[None]:
+        """This turn waits up to `seconds` for a permit: it counts as covering a lane meanwhile (so the
+        reconciler does not send another), and no longer than that if its worker dies."""
+        self.connection.zadd(keys.TURNS_WAITING, {holder: self.clock() + seconds + 1.0})
+        try:
+            yield
+        finally:
+            self.connection.zrem(keys.TURNS_WAITING, holder)
 
     def depth(self) -> dict[str, int]:
         """Waiting commands per user, for metrics and the batch ETA."""

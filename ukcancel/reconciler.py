@@ -88,11 +88,13 @@ class TickReport:
 
 
 def missing_turns(counts: ScheduleCounts, queued: int, lanes: int) -> int:
-    """Turns to send so that the runnable work has turns on their way, at most `lanes` in all."""
+    """Turns to send so that the runnable work has turns on their way, at most `lanes` in all
+    (turns waiting for a permit will claim too)."""
     if counts.runnable == 0:
         return 0
     wanted = min(counts.runnable + counts.live_leases, lanes)
-    return max(0, min(wanted - queued - counts.live_leases, counts.runnable))
+    covered = queued + counts.live_leases + counts.waiting_turns
+    return max(0, min(wanted - covered, counts.runnable))
 
 
 class Reconciler:
@@ -143,12 +145,13 @@ class Reconciler:
         if counts.runnable == 0:
             return TickReport(True, counts, expansions=expansions, callbacks=callbacks)
         wait = self.gate.next_permit_in()
+        if wait.seconds > self.max_wait:  # the gate holds the lanes: a turn now could only end at once
+            log.debug("reconciler holds the lanes: %s in %.2f s", wait.reason, wait.seconds)
+            return TickReport(True, counts, expansions=expansions, gate_wait=wait.seconds, callbacks=callbacks)
         queued = self.sender.queued_turns()
-        missing = 0
-        if wait.seconds <= self.max_wait:
-            missing = missing_turns(counts, queued, self.queue.lanes)
-            if wait.seconds > 0:  # one permit is near, none is free: one turn on its way takes it
-                missing = min(missing, max(0, 1 - queued - counts.live_leases))
+        missing = missing_turns(counts, queued, self.queue.lanes)
+        if wait.seconds > 0:  # one permit is near, none is free: one turn on its way takes it
+            missing = min(missing, max(0, 1 - queued - counts.live_leases - counts.waiting_turns))
         self.queue.set_turns_on_their_way(queued + missing)
         if missing:
             self.sender.send_turns(missing)
@@ -157,8 +160,6 @@ class Reconciler:
                 "reconciler sent %d turn(s): %d runnable, %d running, %d queued in the broker",
                 missing, counts.runnable, counts.live_leases, queued,
             )
-        else:
-            log.debug("reconciler holds the lanes: %s in %.2f s", wait.reason, wait.seconds)
         return TickReport(True, counts, queued, missing, expansions, wait.seconds, callbacks)
 
     def _sweep_callbacks(self) -> int:

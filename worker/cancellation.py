@@ -108,7 +108,9 @@ class CancellationRun:
         if not self.queue.start_turn():
             metrics.EMPTY_TURNS.inc()
             return RunResult(None, None)
-        outcome = self.gate.acquire(self.settings.fleet_max_wait_seconds, wanted=self.queue.runnable_now)
+        max_wait = self.settings.fleet_max_wait_seconds
+        with self.queue.waiting_for_permit(self.holder, max_wait):
+            outcome = self.gate.acquire(max_wait, wanted=self.queue.runnable_now)
         if isinstance(outcome, Wait):
             # No permit in time, or the work went away: nothing was claimed. The turn ends without
             # a successor; the reconciler sends one once the gate says a permit is near, so a

@@ -8,8 +8,8 @@ import pytest
 from ukcancel import keys
 from ukcancel.batch import EXPANDING, Batch, BatchRegistry
 from ukcancel.command import CancelCommand, CommandRegistry
-from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, Claim, ScheduleCounts
 from ukcancel.fleet import FleetGate
+from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, Claim, ScheduleCounts
 from ukcancel.reconciler import Reconciler, missing_turns
 from ukcancel.settings import Settings
 

@@ -7,7 +7,10 @@
   and the expansion retry through Celery; cancel commands never do).
 - two queues (see `ukcancel.worker.tasks`): turns, and control work that never waits behind them.
 - every worker runs the heartbeat (for `/readyz`) and the reconciler (`ukcancel.reconciler`).
-Redis is the default broker; `CELERY_BROKER_URL=amqp://...` switches to RabbitMQ unchanged.
+- every worker watches the Redis master (`ukcancel.failover.MasterWatch`): after a failover the
+  fleet gate pauses for one rate window before any permit comes from the new master.
+Redis is the default broker (through Sentinel, kombu's ``sentinel://`` transport, when
+`UKCANCEL_REDIS_SENTINELS` is set); `CELERY_BROKER_URL=amqp://...` switches to RabbitMQ unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError
 
+from ukcancel.failover import MasterWatch
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
@@ -57,12 +61,17 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker: Any) -> None:
-        connection = worker.app.runtime.connection
+        runtime: Runtime = worker.app.runtime
+        connection = runtime.connection
         name = f"{worker.hostname or socket.gethostname()}"
+        # `ukcancel worker` attaches a watch the store tells of a new master at once (before the
+        # pool forks); this one checks at every beat besides.
+        watch = MasterWatch(connection, runtime.gate, runtime.settings.fleet_guard_seconds)
 
         def beat() -> None:
             while not self._stop.is_set():
                 try:
+                    watch.check()
                     record_heartbeat(connection, name)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
@@ -166,7 +175,10 @@ def create_celery(settings: Settings) -> ServiceCelery:
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            **settings.broker_transport_options(),  # Sentinel: the master's name (and password)
+        },
         result_backend=None,
         worker_consumer=f"{__name__}:ServiceConsumer",
     )

@@ -92,8 +92,10 @@ def ensure_layout(
         if found == CURRENT_LAYOUT:
             return found
         if found is not None and found > CURRENT_LAYOUT:
+            written_by = connection.hget(keys.LAYOUT, "release")
             raise LayoutTooNew(
-                f"Redis holds key layout {found} (written by ukssdc-cancel {release_of(found)}); this is "
+                f"Redis holds key layout {found} (written by ukssdc-cancel "
+                f"{as_text(written_by) if written_by else release_of(found)}); this is "
                 f"ukssdc-cancel {__version__} (layout {CURRENT_LAYOUT}), which cannot work on it: run the newer release"
             )
         if connection.set(keys.LAYOUT_LOCK, token, nx=True, ex=LOCK_SECONDS):

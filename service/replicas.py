@@ -8,8 +8,6 @@ from werkzeug.exceptions import ServiceUnavailable
 from ukcancel.service.runtime import get_runtime
 from ukcancel.store import ReplicasUnconfirmed, confirm_replicas
 
-RETRY_AFTER_SECONDS = 1
-
 
 def require_replicas(what: str, retry: str) -> None:
     """Return once enough replicas hold every write so far; else 503 naming `what` and how to `retry`."""
@@ -20,6 +18,5 @@ def require_replicas(what: str, retry: str) -> None:
     except ReplicasUnconfirmed as exc:
         raise ServiceUnavailable(
             f"{what} was written, but the write was not confirmed by a replica ({exc}), so a Redis failover "
-            f"now could lose it. {retry}",
-            retry_after=RETRY_AFTER_SECONDS,
+            f"now could lose it. {retry}"
         ) from None

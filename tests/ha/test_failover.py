@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 import requests
-from sentinels import SentinelSet  # tests/ha/sentinels.py
 from processes import clean_environment, start_in_own_group, stop_group, wait_for
+from sentinels import SentinelSet  # tests/ha/sentinels.py
 from werkzeug.serving import make_server
 
 from ukcancel import keys

@@ -142,3 +142,44 @@ def test_a_migration_held_elsewhere_is_waited_for_then_given_up() -> None:
     connection.delete(keys.LAYOUT)
     with pytest.raises(LayoutMigrationTimeout, match="other"):
         ensure_layout(connection, wait_seconds=5, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+
+# -- the version and the acceptance answer without a replica ------------------------------------------
+def test_the_cli_reports_the_package_version() -> None:
+    from click.testing import CliRunner
+
+    from ukcancel.cli import main
+
+    result = CliRunner().invoke(main, ["--version"], prog_name="ukcancel")
+    assert result.exit_code == 0 and result.output.strip() == f"ukcancel, version {__version__}"
+
+
+def test_without_a_confirming_replica_acceptance_is_a_503_that_says_a_retry_is_safe(redis_url: str) -> None:
+    from ukcancel.assemble import create_api
+    from ukcancel.stream import CommandStreamConsumer
+
+    settings = Settings(redis_url=redis_url, redis_min_replicas=1, redis_replica_timeout_ms=50)
+    app = create_api(settings)
+    runtime = app.extensions["ukcancel"]
+    token = runtime.tokens.create("astro@example.org")[0]
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"}
+
+    first = client.post("/v1/cancellations", json={"job_id": 1001, "products": ["lc"]}, headers=headers)
+    assert first.status_code == 503 and first.content_type == "application/problem+json"
+    detail = first.get_json()["detail"]
+    assert "not confirmed by a replica" in detail and "same Idempotency-Key is safe" in detail
+    again = client.post("/v1/cancellations", json={"job_id": 1001, "products": ["lc"]}, headers=headers)
+    assert again.status_code == 503  # still no replica: the replay is not reported either
+    assert len(runtime.connection.keys("ukcancel:cmd:*")) == 1  # the retry made no second command
+
+    batch = client.post("/v1/batches", json={"items": [{"job_id": 1001, "products": ["lc"]}]},
+                        headers={"Authorization": f"Bearer {token}"})
+    assert batch.status_code == 503 and "GET /v1/batches/" in batch.get_json()["detail"]
+
+    consumer = CommandStreamConsumer(runtime, "t", block_ms=10)
+    consumer.ensure_group()
+    runtime.connection.xadd(keys.COMMAND_STREAM, {"token": token, "job_id": "1002", "products": "lc"})
+    [outcome] = consumer.step()
+    assert outcome.pending  # no accepted entry until a replica confirms
+    assert runtime.connection.xlen(keys.ACCEPTED_STREAM) == 0

@@ -126,6 +126,9 @@ High availability and upgrades (`ukcancel.store`, `ukcancel.failover`, `ukcancel
                                           layout of before 0.3.0, or an empty database.
     ``ukcancel:layout:lock``              string with expiry, held by the one process migrating the
                                           layout (the others wait for the version to change).
+    ``ukcancel:fair:claims``              hash of 0.1.0 (layout 1), Celery task id -> command id; the
+                                          migration turns each unfinished one into an expired lease and
+                                          deletes the hash. Never written since 0.2.0.
 
 Streams (`ukcancel.stream`)
     ``ukcancel:commands``                 stream that pipelines XADD commands to (consumer group

@@ -64,14 +64,17 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         runtime: Runtime = worker.app.runtime
         connection = runtime.connection
         name = f"{worker.hostname or socket.gethostname()}"
-        # `ukcancel worker` attaches a watch the store tells of a new master at once (before the
-        # pool forks); this one checks at every beat besides.
+        # Through Sentinel, `ukcancel worker` attaches a watch the store tells of a new master at
+        # once (before the pool forks); this one checks at every beat besides. A single Redis
+        # restarted from its append-only file has lost no permit: no watch.
         watch = MasterWatch(connection, runtime.gate, runtime.settings.fleet_guard_seconds)
+        sentinel = runtime.settings.sentinel
 
         def beat() -> None:
             while not self._stop.is_set():
                 try:
-                    watch.check()
+                    if sentinel:
+                        watch.check()
                     record_heartbeat(connection, name)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass

@@ -210,8 +210,13 @@ def test_a_master_killed_mid_batch_loses_no_acknowledged_command_and_keeps_the_l
             assert lc_cancelled(command), command
             assert [h["state"] for h in command["history"]].count("completed") == 1, command
 
-        results = Counter(as_text(fields[b"command_id"]) for _id, fields in store.xrange(keys.RESULTS_STREAM))
-        assert {cid: results[cid] for cid in command_ids} == {cid: 1 for cid in command_ids}
+        def results() -> Counter[str]:
+            return Counter(as_text(fields[b"command_id"]) for _id, fields in store.xrange(keys.RESULTS_STREAM))
+
+        # The results entry follows the transition (a terminal hook): wait for every one, then count.
+        wait_for(lambda: all(results()[cid] >= 1 for cid in command_ids), 60, "a results entry per command")
+        counted = results()
+        assert {cid: counted[cid] for cid in command_ids} == {cid: 1 for cid in command_ids}
         assert len(accepted) >= len(posted_stream) // 2, (accepted, posted_stream)
 
         times = sorted(e["t"] for e in cancels())

@@ -244,6 +244,7 @@ def test_an_upgrade_from_0_2_0_with_work_in_every_state_ends_every_command_once(
             command = api.finished(command_id, OTHER)
             assert command["state"] == "completed" and command["result"][0] == 1, command
             expected[command_id] = OTHER
+        wait_for(lambda: store.xlen(keys.RESULTS_STREAM) >= len(expected), 30, "a results entry per command")
         results = Counter(as_text(f[b"command_id"]) for _i, f in store.xrange(keys.RESULTS_STREAM))
         assert results == Counter({cid: 1 for cid in expected}), "one results entry per command, no other"
         for job in [1001, 1002, *range(2001, 2032)]:
@@ -261,8 +262,12 @@ def test_an_upgrade_from_0_2_0_with_work_in_every_state_ends_every_command_once(
             command = api.finished(command_id, BULK)
             assert cancelled(command), command
             assert [h["state"] for h in command["history"]].count("completed") == 1, command
-        results = Counter(as_text(f[b"command_id"]) for _i, f in store.xrange(keys.RESULTS_STREAM))
-        assert all(results[cid] == 1 for cid in late)
+        def late_results() -> Counter[str]:
+            return Counter(as_text(f[b"command_id"]) for _i, f in store.xrange(keys.RESULTS_STREAM))
+
+        # The results entry follows the transition (a terminal hook): wait for it.
+        wait_for(lambda: all(late_results()[cid] >= 1 for cid in late), 30, "the late commands' results")
+        assert all(late_results()[cid] == 1 for cid in late)
         assert stored_layout(store) == CURRENT_LAYOUT
     finally:
         server.shutdown()

@@ -125,8 +125,8 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     worker_logs.install(settings)
     runtime = create_runtime(settings)
     prepare_store(runtime.connection)
-    # A new Redis master pauses the fleet before this process takes a permit from it.
-    MasterWatch(runtime.connection, runtime.gate, settings.fleet_guard_seconds).attach().check()
+    if settings.sentinel:  # a new Redis master pauses the fleet before this process takes a permit from it
+        MasterWatch(runtime.connection, runtime.gate, settings.fleet_guard_seconds).attach().check()
     argv = ["worker", "--loglevel=INFO", f"--queues={','.join(QUEUES)}", f"--pool={pool}",
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",
             *ctx.args]

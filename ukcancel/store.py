@@ -23,7 +23,7 @@ from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from ukcancel import keys
 from ukcancel.settings import Settings
@@ -54,15 +54,16 @@ def connect_redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_timeout=70)
 
 
-class _MasterFollowingConnection(SentinelManagedConnection):
+class _TellsOfNewMasters:
     """A connection to the master Sentinel names, which tells the client's watchers of a new master."""
 
     def on_connect_check_health(self, check_health: bool = True) -> None:
-        super().on_connect_check_health(check_health)
-        self.send_command("INFO", "server")
-        info = self.read_response()
+        super().on_connect_check_health(check_health)  # type: ignore[misc]
+        self.send_command("INFO", "server")  # type: ignore[attr-defined]
+        info = self.read_response()  # type: ignore[attr-defined]
         run_id = _info_field(info, "run_id")
-        watch: _Watch | None = self.connection_pool.watch  # the pool proxy carries it
+        # The pool proxy carries the watch (`_sentinel_client`).
+        watch: _Watch | None = getattr(self.connection_pool, "watch", None)  # type: ignore[attr-defined]
         if watch is not None and run_id:
             watch.seen(run_id)
 
@@ -90,6 +91,14 @@ class _Watch:
                 log.warning("master-change watcher failed: %s", exc)
 
 
+class _MasterFollowingConnection(_TellsOfNewMasters, SentinelManagedConnection):
+    pass
+
+
+class _MasterFollowingSSLConnection(_TellsOfNewMasters, SentinelManagedSSLConnection):
+    """The same over TLS (`REDIS_URL=rediss://...`)."""
+
+
 def _info_field(info: object, name: str) -> str | None:
     if isinstance(info, dict):
         value = info.get(name)
@@ -115,7 +124,7 @@ def _sentinel_client(settings: Settings) -> redis.Redis:
     )
     client = sentinel.master_for(
         settings.redis_sentinel_master,
-        connection_class=_MasterFollowingConnection,
+        connection_class=_MasterFollowingSSLConnection if parts.scheme == "rediss" else _MasterFollowingConnection,
         db=database,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,

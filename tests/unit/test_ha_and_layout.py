@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+import redis
 
 from ukcancel import __version__, keys
 from ukcancel.failover import MasterWatch, pause_window_seconds
@@ -57,6 +58,8 @@ def test_a_sentinel_client_follows_the_master_and_can_be_watched() -> None:
     assert client.connection_pool.connection_kwargs["password"] == "s@cret"
     assert master_watchers(client) == []
     assert master_watchers(fakeredis.FakeRedis()) is None
+    tls = connect_redis(Settings.from_env({**SENTINEL_ENV, "REDIS_URL": "rediss://:pw@ignored/0"}))
+    assert issubclass(tls.connection_pool.connection_class, redis.SSLConnection)
 
 
 def test_confirm_replicas_is_a_no_op_without_a_minimum() -> None:

@@ -27,6 +27,7 @@ from ukcancel.service.batch_schemas import (
 )
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
+from ukcancel.service.replicas import require_replicas
 from ukcancel.service.runtime import get_runtime
 from ukcancel.token import Principal
 
@@ -99,7 +100,8 @@ class Batches(MethodView):
         400: "The body is not valid JSON.",
         403: "user_id names another user and the token is not an admin's.",
         422: "Invalid request; item errors are pointers such as /items/3/job_id.",
-        503: "The task broker (or the store) is unavailable; nothing was enqueued.",
+        503: "The task broker (or the store) is unavailable; nothing was enqueued. Or (with "
+             "UKCANCEL_REDIS_MIN_REPLICAS) no replica confirmed the write in time; the problem says what to do.",
     })
     def post(self, request_data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
@@ -111,6 +113,10 @@ class Batches(MethodView):
             commands = [submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]]
             batch = submission.enqueue_batch(get_runtime(), Batch(user_id, caller.token_name, state=RUNNING), commands)
         location = url_for("batches.BatchResource", batch_id=batch.id)
+        require_replicas(
+            f"Batch {batch.id}",
+            f"GET {location}: if it answers, the batch stands; if it is not found, submit the batch again.",
+        )
         return {"id": batch.id, "state": batch.state, "total": batch.total}, 202, {"Location": location}
 
 

@@ -20,6 +20,7 @@ from ukcancel.schemas import CancellationRequestSchema, CancellationSchema, subm
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
+from ukcancel.service.replicas import require_replicas
 from ukcancel.service.runtime import get_runtime
 from ukcancel.service.schemas import (
     AcceptedSchema,
@@ -102,7 +103,9 @@ class Cancellations(MethodView):
         400: "The body is not valid JSON.",
         403: "user_id names another user and the token is not an admin's.",
         422: "Invalid request, or an Idempotency-Key reused with a different body.",
-        503: "The task broker (or the store) is unavailable; nothing was enqueued.",
+        503: "The task broker (or the store) is unavailable; nothing was enqueued. Or (with "
+             "UKCANCEL_REDIS_MIN_REPLICAS) no replica confirmed the write in time: retrying with the same "
+             "Idempotency-Key is safe.",
     })
     def post(
         self, request_data: dict[str, Any], headers: dict[str, Any]
@@ -120,6 +123,12 @@ class Cancellations(MethodView):
             ) from None
         command = submitted.command
         location = url_for("cancellations.Cancellation", command_id=command.id)
+        require_replicas(
+            f"Command {command.id}",
+            "Retrying with the same Idempotency-Key is safe: it answers with this command, or makes it again if "
+            "it was lost." if key else
+            f"Without an Idempotency-Key a retry may make a second command: GET {location} first.",
+        )
         if not submitted.created:
             replay = current_app.json.response(CancellationSchema().dump(command))
             replay.headers["Location"] = location

@@ -8,6 +8,7 @@ import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from ukcancel import __version__
 from ukcancel.fleet import live_workers
 from ukcancel.service.runtime import get_runtime
 
@@ -18,8 +19,8 @@ blp = Blueprint("health", __name__, description="Probes")
 class Health(MethodView):
     @blp.response(200)
     def get(self) -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
+        """The process is alive; `version` is the release it runs."""
+        return {"status": "ok", "version": __version__}
 
 
 @blp.route("/readyz")

@@ -125,6 +125,22 @@ Fleet toward the UKSSDC (`ukcancel.fleet.FleetGate`; heartbeats: `ukcancel.fleet
                                           the pacing schedule that spreads calls over the window.
     ``ukcancel:workers``                  sorted set, worker host names scored by last heartbeat.
 
+High availability and upgrades (`ukcancel.store`, `ukcancel.failover`, `ukcancel.layout`)
+    ``ukcancel:replicas:probe``           string, a counter each `confirm_replicas` increments before
+                                          its WAIT (WAIT counts the writes of its own connection).
+    ``ukcancel:master:run_id``            string, the run_id of the Redis master the fleet last saw;
+                                          a process that finds another master pauses the fleet gate
+                                          for one rate window before setting it.
+    ``ukcancel:layout``                   hash: version (the key layout's number: 1 for 0.1.0, 2 for
+                                          0.2.0, 3 from 0.3.0), release (the ukssdc-cancel version
+                                          that wrote it), migrated_at (epoch seconds). Absent: a
+                                          layout of before 0.3.0, or an empty database.
+    ``ukcancel:layout:lock``              string with expiry, held by the one process migrating the
+                                          layout (the others wait for the version to change).
+    ``ukcancel:fair:claims``              hash of 0.1.0 (layout 1), Celery task id -> command id; the
+                                          migration turns each unfinished one into an expired lease and
+                                          deletes the hash. Never written since 0.2.0.
+
 Streams (`ukcancel.stream`)
     ``ukcancel:commands``                 stream that pipelines XADD commands to (consumer group
                                           ``ukcancel``): token, job_id (JSON number), products
@@ -248,6 +264,13 @@ FLEET_PROBE = f"{PREFIX}:fleet:probe"
 FLEET_CALLS = f"{PREFIX}:fleet:calls"
 FLEET_NEXT_DUE = f"{PREFIX}:fleet:next_due"
 WORKERS = f"{PREFIX}:workers"
+
+REPLICA_PROBE = f"{PREFIX}:replicas:probe"
+MASTER_RUN_ID = f"{PREFIX}:master:run_id"
+LAYOUT = f"{PREFIX}:layout"
+LAYOUT_LOCK = f"{PREFIX}:layout:lock"
+# 0.1.0's claims (task id -> command id), read once by the migration to layout 2 (`ukcancel.layout`).
+LEGACY_FAIR_CLAIMS = f"{PREFIX}:fair:claims"
 
 COMMAND_STREAM = f"{PREFIX}:commands"
 COMMAND_STREAM_GROUP = PREFIX

@@ -86,6 +86,27 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    sentinels = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or "/" in host or " " in host:
+            raise ValueError("must be a comma-separated list of host:port")
+        sentinels.append((host.strip("[]"), _port(port)))
+    if not sentinels:
+        raise ValueError("must name at least one host:port")
+    return tuple(sentinels)
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a non-negative integer")
+    return value
+
+
 def _broker_url(raw: str) -> str:
     if not urlsplit(raw).scheme:
         raise ValueError("must be a broker URL such as redis://... or amqp://...")
@@ -98,6 +119,16 @@ def _host_list(raw: str) -> tuple[str, ...]:
         if "/" in host or " " in host:
             raise ValueError("must be a comma-separated list of host names (optionally host:port)")
     return hosts
+
+
+def sentinel_broker_url(redis_url: str, sentinels: tuple[tuple[str, int], ...]) -> str:
+    """kombu's `sentinel://` URL: one per Sentinel, `;`-separated, each with the store's database
+    and credentials (kombu passes them to the master it finds)."""
+    parts = urlsplit(redis_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    auth = f"{credentials}@" if credentials else ""
+    database = parts.path.strip("/") or "0"
+    return ";".join(f"sentinel://{auth}{host}:{port}/{database}" for host, port in sentinels)
 
 
 def _secret(raw: str) -> str:
@@ -120,6 +151,15 @@ class Settings:
 
     redis_url: str | None = None
     broker_url: str | None = None
+    # Redis high availability (`ukcancel.store`): the Sentinels that know the master, its name
+    # there, and the Sentinels' own password; with them `redis_url` gives only database and
+    # credentials. `redis_min_replicas` replicas must confirm (WAIT) an accepted write before it
+    # is reported, within `redis_replica_timeout_ms`.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_min_replicas: int = 0
+    redis_replica_timeout_ms: int = 1000
     ukssdc_base_url: str = PRODUCTION_BASE_URL
     ukssdc_api_version: str = "1.12"
     ukssdc_connect_timeout_seconds: float = 5.0
@@ -168,6 +208,11 @@ class Settings:
         default=(
             ("REDIS_URL", "redis_url", _redis_url),
             ("CELERY_BROKER_URL", "broker_url", _broker_url),
+            ("UKCANCEL_REDIS_SENTINELS", "redis_sentinels", _sentinels),
+            ("UKCANCEL_REDIS_SENTINEL_MASTER", "redis_sentinel_master", str),
+            ("UKCANCEL_REDIS_SENTINEL_PASSWORD", "redis_sentinel_password", str),
+            ("UKCANCEL_REDIS_MIN_REPLICAS", "redis_min_replicas", _non_negative_int),
+            ("UKCANCEL_REDIS_REPLICA_TIMEOUT_MS", "redis_replica_timeout_ms", _positive_int),
             ("UKSSDC_BASE_URL", "ukssdc_base_url", _http_url),
             ("UKCANCEL_UKSSDC_API_VERSION", "ukssdc_api_version", str),
             ("UKCANCEL_UKSSDC_CONNECT_TIMEOUT_SECONDS", "ukssdc_connect_timeout_seconds", _positive_float),
@@ -219,6 +264,12 @@ class Settings:
             except (ValueError, TypeError) as exc:
                 raise SettingsError(f"{variable}={raw!r} is invalid: {exc}") from None
         settings = cls(**values)
+        if bool(settings.redis_sentinels) != bool(settings.redis_sentinel_master):
+            raise SettingsError("UKCANCEL_REDIS_SENTINELS and UKCANCEL_REDIS_SENTINEL_MASTER must be set together")
+        if settings.redis_sentinels and settings.redis_url is None:
+            raise SettingsError(
+                "UKCANCEL_REDIS_SENTINELS needs REDIS_URL for the database and credentials (e.g. redis://:pw@master/0)"
+            )
         if settings.retry_base_seconds > settings.retry_max_delay_seconds:
             raise SettingsError("UKCANCEL_RETRY_BASE_SECONDS must not exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS")
         if settings.reconcile_seconds * 2 > settings.lease_seconds:
@@ -237,8 +288,27 @@ class Settings:
         return self.redis_url is None
 
     @property
+    def sentinel(self) -> bool:
+        """Redis is found through Sentinel (`UKCANCEL_REDIS_SENTINELS`)."""
+        return bool(self.redis_sentinels)
+
+    @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url or "memory://"
+        """The broker: `CELERY_BROKER_URL`, else the store's Redis (through Sentinel when it is set)."""
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_url and self.sentinel:
+            return sentinel_broker_url(self.redis_url, self.redis_sentinels)
+        return self.redis_url or "memory://"
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """kombu transport options the broker needs beyond its URL (the Sentinel master's name)."""
+        if self.broker_url or not self.sentinel:
+            return {}
+        options: dict[str, Any] = {"master_name": self.redis_sentinel_master}
+        if self.redis_sentinel_password:
+            options["sentinel_kwargs"] = {"password": self.redis_sentinel_password}
+        return options
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -20,7 +20,9 @@ submitted through the same `ukcancel.submission.submit`. Then exactly one of:
   - ``ukcancel:deadletter`` gets the entry's fields (the token cut to its recognisable prefix),
     ``reason`` (JSON: field -> messages, as in the HTTP problem) and ``entry_id``.
 Publishing, XACK and XDEL happen in one script, so an entry delivered twice is published once;
-the entry is deleted so tokens do not stay at rest in the stream.
+the entry is deleted so tokens do not stay at rest in the stream. With `UKCANCEL_REDIS_MIN_REPLICAS`
+the accepted entry is published only once that many replicas hold the command (`WAIT`); an entry
+not confirmed in time stays pending and is handled again (the same command, by its reservation).
 
 Consumers share the group ``ukcancel``. An entry read by a consumer that died before
 acknowledging it stays pending; any consumer takes it over with XAUTOCLAIM once it has been idle
@@ -49,7 +51,7 @@ from marshmallow import ValidationError
 from ukcancel import keys, logs
 from ukcancel.runtime import Runtime
 from ukcancel.schemas import CancellationRequestSchema, submission_policy
-from ukcancel.store import as_text, as_text_dict
+from ukcancel.store import ReplicasUnconfirmed, as_text, as_text_dict, confirm_replicas
 from ukcancel.submission import Reservation, submit
 from ukcancel.token import TOKEN_PREFIX, NotPermitted, Principal
 
@@ -268,6 +270,14 @@ class CommandStreamConsumer:
             return self._reject(entry_id, fields, rejected.reason)
         except NotPermitted as exc:  # acting for another user without an admin token
             return self._reject(entry_id, fields, {"user_id": [str(exc)]})
+        settings = self.runtime.settings
+        try:
+            # Published only once a replica holds the command: an `accepted` entry survives a failover.
+            confirm_replicas(self.connection, settings.redis_min_replicas, settings.redis_replica_timeout_ms)
+        except ReplicasUnconfirmed as exc:
+            # Left pending: retried from its reservation (the same command) after `min_idle_ms`.
+            log.warning("command stream: entry %s left pending, not confirmed by a replica: %s", entry_id, exc)
+            return EntryOutcome(entry_id)
         log.info("command stream: entry %s accepted as command %s", entry_id, submitted.command.id,
                  extra={"command_id": submitted.command.id, "user": submitted.command.user_id})
         accepted = {"entry_id": entry_id, "command_id": submitted.command.id}

@@ -2,8 +2,12 @@
 
 from ukcancel import logs
 from ukcancel.assemble import create_api
+from ukcancel.layout import ensure_layout_at_start
 from ukcancel.settings import Settings
 
 settings = Settings.from_env()
 logs.configure(settings)  # UKCANCEL_LOG_FORMAT; gunicorn keeps its own error and access logs
 app = create_api(settings)
+# The key layout of this release (`ukcancel.layout`): migrated once across the fleet, or the
+# process refuses to start (LayoutTooNew names both versions).
+ensure_layout_at_start(app.extensions["ukcancel"].connection)

@@ -39,6 +39,7 @@ from ukcancel.outcome import (
 )
 from ukcancel.queue import Claim
 from ukcancel.retry import Rand, Reschedule, backoff_delay
+from ukcancel.store import ReplicasUnconfirmed, confirm_replicas
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 if TYPE_CHECKING:
@@ -231,6 +232,14 @@ class CancellationRun:
         if not done.held:
             log.info("command %s: lease taken over; the other run's outcome stands", command.id)
             return RunResult(command.id, None)
+        try:
+            # Reported once a replica holds it (with UKCANCEL_REDIS_MIN_REPLICAS): nothing after the
+            # step depends on it, but an operator should know when a failover could undo one.
+            confirm_replicas(self.registry.connection, self.settings.redis_min_replicas,
+                             self.settings.redis_replica_timeout_ms)
+        except ReplicasUnconfirmed as exc:
+            log.warning("command %s completed; not yet confirmed by a replica (a failover now would run it "
+                        "again, as an ambiguous attempt): %s", command.id, exc)
         log.info("command %s of job %s %s: status %s", command.id, command.job_id, done.state, result[0])
         return RunResult(command.id, done.state)
 

@@ -8,7 +8,10 @@
 - two queues (see `ukcancel.worker.tasks`): turns, and control work that never waits behind them.
 - every worker runs the heartbeat (for `/readyz`) and the reconciler (`ukcancel.reconciler`),
   which also sweeps the callback outbox into this worker's `CallbackSender`.
-Redis is the default broker; `CELERY_BROKER_URL=amqp://...` switches to RabbitMQ unchanged.
+- every worker watches the Redis master (`ukcancel.failover.MasterWatch`): after a failover the
+  fleet gate pauses for one rate window before any permit comes from the new master.
+Redis is the default broker (through Sentinel, kombu's ``sentinel://`` transport, when
+`UKCANCEL_REDIS_SENTINELS` is set); `CELERY_BROKER_URL=amqp://...` switches to RabbitMQ unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from kombu import Queue
 
 from ukcancel.callback import CallbackOutbox
 from ukcancel.dispatch import DispatchError
+from ukcancel.failover import MasterWatch
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
@@ -61,12 +65,20 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker: Any) -> None:
-        connection = worker.app.runtime.connection
+        runtime: Runtime = worker.app.runtime
+        connection = runtime.connection
         name = f"{worker.hostname or socket.gethostname()}"
+        # Through Sentinel, `ukcancel worker` attaches a watch the store tells of a new master at
+        # once (before the pool forks); this one checks at every beat besides. A single Redis
+        # restarted from its append-only file has lost no permit: no watch.
+        watch = MasterWatch(connection, runtime.gate, runtime.settings.fleet_guard_seconds)
+        sentinel = runtime.settings.sentinel
 
         def beat() -> None:
             while not self._stop.is_set():
                 try:
+                    if sentinel:
+                        watch.check()
                     record_heartbeat(connection, name)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
@@ -178,7 +190,10 @@ def create_celery(settings: Settings) -> ServiceCelery:
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            **settings.broker_transport_options(),  # Sentinel: the master's name (and password)
+        },
         result_backend=None,
         worker_consumer=f"{__name__}:ServiceConsumer",
     )

@@ -46,8 +46,12 @@ if cert and Path(cert).is_file():
 (out / "pip.conf").write_text("\n".join(lines) + "\n")
 ' "$build_config"
 
+# The image's version label: the package version, pyproject.toml's (its one source).
+version=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+
 buildah bud \
   --isolation chroot \
+  --build-arg "UKCANCEL_VERSION=$version" \
   --network host \
   --pull=never \
   --volume "$build_config:/etc/xdg/pip:ro" \

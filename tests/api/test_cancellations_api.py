@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -422,9 +424,12 @@ def test_withdraw_of_a_completed_command_is_409_and_keeps_the_result(api: Api) -
 # ---- probes and the API description -------------------------------------------------------------
 
 
-def test_healthz_is_open_and_ok(api: Api) -> None:
+def test_healthz_is_open_and_ok_and_names_the_release(api: Api) -> None:
+    from ukcancel import __version__
+
     response = api.client.get("/healthz")
-    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+    assert response.status_code == 200 and response.get_json() == {"status": "ok", "version": __version__}
+    assert __version__ == tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
 
 
 def test_readyz_is_503_naming_the_missing_worker_then_200_with_one(api: Api) -> None:

@@ -59,6 +59,8 @@ COMPOSE_ONLY_VARIABLES: dict[str, str] = {}
 NON_SETTING_ENVIRONMENT = {"PROMETHEUS_MULTIPROC_DIR"}
 # The services that run the ukcancel image.
 UKCANCEL_SERVICES = ("api", "worker", "stream-consumer", "simulator")
+# Profile `ha`: a Redis master, its replica and three Sentinels (docs/operators/high-availability.md).
+HA_SERVICES = ("redis-master", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
 
 SETTING_NAMES = [variable for variable, _field, _parse in Settings.ENVIRONMENT]
 
@@ -311,7 +313,7 @@ def test_compose_file_has_no_obsolete_version_key() -> None:
 
 
 def test_all_services_are_there() -> None:
-    assert set(_services()) == {"redis", *UKCANCEL_SERVICES}
+    assert set(_services()) == {"redis", *UKCANCEL_SERVICES, *HA_SERVICES}
 
 
 def test_worker_is_scalable() -> None:
@@ -336,7 +338,9 @@ def test_simulator_only_in_its_profile() -> None:
     services = _services()
     assert services["simulator"].get("profiles") == ["simulator"]
     for name, service in services.items():
-        if name != "simulator":
+        if name in HA_SERVICES:
+            assert service.get("profiles") == ["ha"], f"{name} belongs to profile ha"
+        elif name != "simulator":
             assert not service.get("profiles"), f"{name} must start without a profile"
             assert "simulator" not in (service.get("depends_on") or {}), (
                 f"{name} must not depend on the simulator: it exists only with --profile simulator"
@@ -344,6 +348,39 @@ def test_simulator_only_in_its_profile() -> None:
     argv = _argv(services["simulator"]["command"])
     assert argv[:2] == ["ukcancel", "simulator"]
     assert "--host" in argv and argv[argv.index("--host") + 1] == "0.0.0.0", "the simulator must listen on 0.0.0.0"
+
+
+def test_ha_profile_is_a_master_a_replica_and_three_sentinels_that_fsync_every_write() -> None:
+    services = _services()
+    master, replica = (_argv(services[name]["command"]) for name in ("redis-master", "redis-replica"))
+    for argv in (master, replica):
+        assert argv[0] == "redis-server"
+        assert argv[argv.index("--appendfsync") + 1] == "always" and argv[argv.index("--appendonly") + 1] == "yes"
+    assert replica[replica.index("--replicaof") + 1:replica.index("--replicaof") + 3] == ["redis-master", "6379"]
+    sentinels = [services[f"sentinel-{n}"] for n in (1, 2, 3)]
+    assert len({s["hostname"] for s in sentinels}) == 3
+    script = sentinels[0]["command"][0]
+    assert "sentinel monitor ukcancel redis-master 6379 2" in script and "--sentinel" in script
+    # The ukcancel services take the Sentinel settings from the shell; empty means the plain Redis.
+    env = services["api"]["environment"]
+    for variable in ("UKCANCEL_REDIS_SENTINELS", "UKCANCEL_REDIS_SENTINEL_MASTER", "UKCANCEL_REDIS_MIN_REPLICAS"):
+        assert variable in env, variable
+    text = COMPOSE_FILE.read_text()
+    assert "docker compose --profile ha --profile simulator up" in text
+    assert "docker compose kill -s SIGKILL redis-master" in text
+    configured = Settings.from_env({
+        "REDIS_URL": env["REDIS_URL"], "UKCANCEL_REDIS_SENTINELS": "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379",
+        "UKCANCEL_REDIS_SENTINEL_MASTER": "ukcancel", "UKCANCEL_REDIS_MIN_REPLICAS": "1",
+    })
+    assert configured.effective_broker_url.startswith("sentinel://sentinel-1:26379/0;")
+
+
+def test_the_image_label_is_the_package_version() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert "ARG UKCANCEL_VERSION" in dockerfile
+    assert 'org.opencontainers.image.version="${UKCANCEL_VERSION}"' in dockerfile
+    build = (ROOT / "ops" / "image" / "build-image.sh").read_text()
+    assert '--build-arg "UKCANCEL_VERSION=$version"' in build and '["project"]["version"]' in build
 
 
 def test_redis_keeps_an_append_only_file_on_a_named_volume() -> None:

@@ -273,6 +273,30 @@ def test_worker_is_scalable_and_stops_warmly() -> None:
     assert grace > one_call and grace >= _seconds(_services()["worker"]["stop_grace_period"])
 
 
+def test_workers_are_recreated_on_an_upgrade() -> None:
+    # Two releases' workers never share Redis (docs/operators/high-availability.md, "Upgrades").
+    assert deployments()["ukcancel-worker"]["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_sentinel_overlay_sets_valid_sentinel_settings_and_opens_their_port() -> None:
+    overlay = K8S_DIR / "sentinel"
+    kustomization_doc = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert "../" in kustomization_doc["resources"]
+    listed = [*kustomization_doc["resources"][1:], *(p["path"] for p in kustomization_doc["patches"])]
+    assert sorted(listed) == sorted(p.name for p in overlay.glob("*.yaml") if p.name != "kustomization.yaml")
+    patch = yaml.safe_load((overlay / "configmap-sentinel.yaml").read_text())
+    assert patch["metadata"]["name"] == "ukcancel-settings"
+    secret = yaml.safe_load((overlay / "secret-sentinel.yaml").read_text())
+    assert secret["metadata"]["name"] == "ukcancel-redis"
+    settings = Settings.from_env({**resources("ConfigMap")["ukcancel-settings"]["data"], **patch["data"],
+                                  **resources("Secret")["ukcancel-redis"]["stringData"], **secret["stringData"]})
+    assert settings.sentinel and settings.redis_min_replicas == 1
+    assert settings.effective_broker_url.startswith("sentinel://"), "the broker follows the master too"
+    policy = yaml.safe_load((overlay / "networkpolicy-sentinel.yaml").read_text())
+    ports = {int(p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {port for _host, port in settings.redis_sentinels} == {26379}
+
+
 def test_disruption_budgets_leave_room_to_drain() -> None:
     budgets = resources("PodDisruptionBudget")
     for name in ("ukcancel-api", "ukcancel-worker"):

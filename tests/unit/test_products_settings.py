@@ -135,6 +135,8 @@ BAD_VALUES = {
     "_port": ["0", "65536", "-1", "http", "9101.5"],
     "_log_format": ["JSON", "logfmt", "yes"],
     "_fleet_rate": ["0", "-1", "0.0009", "1e-9", "inf", "nan", "fast"],
+    "_sentinels": ["sentinel-a", "sentinel-a:port", "sentinel-a:0", "sentinel-a:70000", ":26379"],
+    "_non_negative_int": ["-1", "1.5", "many"],
 }
 CASES = [
     (variable, raw)

@@ -117,11 +117,16 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     if settings.embedded:
         raise click.UsageError("a stand-alone worker needs REDIS_URL (and optionally CELERY_BROKER_URL)")
     from ukcancel.assemble import create_runtime
+    from ukcancel.cli.startup import prepare_store
+    from ukcancel.failover import MasterWatch
     from ukcancel.worker import logs as worker_logs
     from ukcancel.worker.celery_app import QUEUES
 
     worker_logs.install(settings)
     runtime = create_runtime(settings)
+    prepare_store(runtime.connection)
+    if settings.sentinel:  # a new Redis master pauses the fleet before this process takes a permit from it
+        MasterWatch(runtime.connection, runtime.gate, settings.fleet_guard_seconds).attach().check()
     argv = ["worker", "--loglevel=INFO", f"--queues={','.join(QUEUES)}", f"--pool={pool}",
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",
             *ctx.args]

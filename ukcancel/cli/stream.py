@@ -26,11 +26,14 @@ def stream_consumer(name: str | None, min_idle_seconds: float, block_seconds: fl
         raise click.UsageError("a stand-alone stream consumer needs REDIS_URL (`ukcancel serve` runs one embedded)")
     from ukcancel import logs
     from ukcancel.assemble import create_runtime
+    from ukcancel.cli.startup import prepare_store
     from ukcancel.stream import CommandStreamConsumer
 
     logs.configure(settings)
+    runtime = create_runtime(settings)
+    prepare_store(runtime.connection)
     consumer = CommandStreamConsumer(
-        create_runtime(settings), name, block_ms=int(block_seconds * 1000), min_idle_ms=int(min_idle_seconds * 1000)
+        runtime, name, block_ms=int(block_seconds * 1000), min_idle_ms=int(min_idle_seconds * 1000)
     )
     stop = threading.Event()
 

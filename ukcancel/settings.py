@@ -15,6 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PRODUCTION_BASE_URL = "https://www.swift.ac.uk/user_objects"
+# Bounds of a UKSSDC reply (`ukcancel.worker.ukssdc`), shared with the client's own defaults.
+DEFAULT_RETRY_AFTER_MAX_SECONDS = 900.0
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -112,6 +115,12 @@ class Settings:
     ukssdc_api_version: str = "1.12"
     ukssdc_connect_timeout_seconds: float = 5.0
     ukssdc_timeout_seconds: float = 30.0
+    # The whole UKSSDC call, wall clock (not per socket read); unset: connect + read timeout,
+    # which is also the most allowed (the fleet's permit lease covers that long).
+    ukssdc_deadline_seconds: float | None = None
+    ukssdc_max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    # The longest Retry-After honoured; a longer (or unreadable) one pauses nobody.
+    retry_after_max_seconds: float = DEFAULT_RETRY_AFTER_MAX_SECONDS
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     retry_max_delay_seconds: float = 300.0
@@ -160,6 +169,9 @@ class Settings:
             ("UKCANCEL_UKSSDC_API_VERSION", "ukssdc_api_version", str),
             ("UKCANCEL_UKSSDC_CONNECT_TIMEOUT_SECONDS", "ukssdc_connect_timeout_seconds", _positive_float),
             ("UKCANCEL_UKSSDC_TIMEOUT_SECONDS", "ukssdc_timeout_seconds", _positive_float),
+            ("UKCANCEL_UKSSDC_DEADLINE_SECONDS", "ukssdc_deadline_seconds", _positive_float),
+            ("UKCANCEL_UKSSDC_MAX_REPLY_BYTES", "ukssdc_max_reply_bytes", _positive_int),
+            ("UKCANCEL_RETRY_AFTER_MAX_SECONDS", "retry_after_max_seconds", _positive_float),
             ("UKCANCEL_MAX_ATTEMPTS", "max_attempts", _positive_int),
             ("UKCANCEL_RETRY_BASE_SECONDS", "retry_base_seconds", _positive_float),
             ("UKCANCEL_RETRY_MAX_DELAY_SECONDS", "retry_max_delay_seconds", _positive_float),
@@ -209,6 +221,11 @@ class Settings:
         settings = cls(**values)
         if settings.retry_base_seconds > settings.retry_max_delay_seconds:
             raise SettingsError("UKCANCEL_RETRY_BASE_SECONDS must not exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS")
+        if (settings.ukssdc_deadline_seconds or 0) > settings.ukssdc_connect_timeout_seconds + settings.ukssdc_timeout_seconds:
+            # The fleet's permit lease covers connect + read timeout; a longer call would outlive it.
+            raise SettingsError(
+                "UKCANCEL_UKSSDC_DEADLINE_SECONDS must not exceed the UKSSDC connect timeout plus read timeout"
+            )
         if settings.reconcile_seconds * 2 > settings.lease_seconds:
             # A lease must outlive a few renewals and reconciler ticks, or live work is taken over.
             raise SettingsError("UKCANCEL_LEASE_SECONDS must be at least twice UKCANCEL_RECONCILE_SECONDS")
@@ -218,6 +235,11 @@ class Settings:
                 "UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS"
             )
         return settings
+
+    @property
+    def ukssdc_call_deadline_seconds(self) -> float:
+        """The wall-clock bound of one UKSSDC call (`UKCANCEL_UKSSDC_DEADLINE_SECONDS`)."""
+        return self.ukssdc_deadline_seconds or self.ukssdc_connect_timeout_seconds + self.ukssdc_timeout_seconds
 
     @property
     def embedded(self) -> bool:

@@ -237,7 +237,7 @@ def scrape_registry(runtime: Runtime) -> CollectorRegistry:
     return registry
 
 
-def serve_process_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> None:
+def serve_process_metrics(settings: Settings, port: int, address: str = "127.0.0.1") -> None:
     """A worker's scrape target: `process_registry` over HTTP on `port`, in a daemon thread of this process.
 
     Only the processes' counters: the store's gauges come from the API's /metrics, once, not once per worker.

@@ -52,6 +52,22 @@ def _port(raw: str) -> int:
     return value
 
 
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+def _address(raw: str) -> str:
+    import ipaddress
+
+    ipaddress.ip_address(raw)  # ValueError names it
+    return raw
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("text", "json"):
         raise ValueError('must be "text" or "json"')
@@ -152,10 +168,28 @@ class Settings:
     # The web console (`ukcancel.service.console`): the key its session cookies are signed with.
     # No default: without it the console is off.
     console_secret: str | None = field(default=None, repr=False)
+    # Plain-HTTP development only: the console's cookie without the Secure flag.
+    console_insecure_cookie: bool = False
+    # How long a console sign-in lasts (its server-side session expires then; sign-out ends it).
+    console_session_seconds: int = 12 * 3600
+    # Per-user quotas (`ukcancel.quota`): commands waiting in the user's line, batches and plans
+    # created in the last hour, long polls held at once. Over one: 429 naming the limit.
+    quota_queued_commands: int = 20_000
+    quota_batches_per_hour: int = 100
+    quota_plans_per_hour: int = 600
+    quota_long_polls: int = 10
+    # /metrics: a bearer token a scraper must send (unset: open), and how long the store's
+    # gauges are reused between scrapes (one computation per period, whatever the scrape rate).
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_cache_seconds: float = 15.0
+    # The dead-letter stream keeps about this many entries (oldest trimmed).
+    deadletter_maxlen: int = 100_000
     # Log lines of every process: "text" or "json" (one object per line, `ukcancel.logs`).
     log_format: str = "text"
     # A worker's own scrape target (`ukcancel.metrics.serve_process_metrics`); unset: none.
     worker_metrics_port: int | None = None
+    # ... and the address it listens on: loopback unless set (a pod sets 0.0.0.0 for its scraper).
+    worker_metrics_address: str = "127.0.0.1"
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
     token: str | None = None
@@ -197,6 +231,16 @@ class Settings:
             ("UKCANCEL_CONSOLE_SECRET", "console_secret", _secret),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_WORKER_METRICS_PORT", "worker_metrics_port", _port),
+            ("UKCANCEL_WORKER_METRICS_ADDRESS", "worker_metrics_address", _address),
+            ("UKCANCEL_CONSOLE_INSECURE_COOKIE", "console_insecure_cookie", _flag),
+            ("UKCANCEL_CONSOLE_SESSION_SECONDS", "console_session_seconds", _positive_int),
+            ("UKCANCEL_QUOTA_QUEUED_COMMANDS", "quota_queued_commands", _positive_int),
+            ("UKCANCEL_QUOTA_BATCHES_PER_HOUR", "quota_batches_per_hour", _positive_int),
+            ("UKCANCEL_QUOTA_PLANS_PER_HOUR", "quota_plans_per_hour", _positive_int),
+            ("UKCANCEL_QUOTA_LONG_POLLS", "quota_long_polls", _positive_int),
+            ("UKCANCEL_METRICS_TOKEN", "metrics_token", _secret),
+            ("UKCANCEL_METRICS_CACHE_SECONDS", "metrics_cache_seconds", _non_negative_float),
+            ("UKCANCEL_DEADLETTER_MAXLEN", "deadletter_maxlen", _positive_int),
             ("UKCANCEL_LOG_FORMAT", "log_format", _log_format),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),

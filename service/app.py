@@ -50,7 +50,9 @@ def create_app(runtime: Runtime) -> Flask:
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)
-    console.install_console(app, runtime.settings.console_secret)  # not in the OpenAPI document
+    console.install_console(app, runtime.settings.console_secret,
+                            insecure_cookie=runtime.settings.console_insecure_cookie,
+                            session_seconds=runtime.settings.console_session_seconds)  # not in the OpenAPI document
     app.register_blueprint(docs.assets)  # static files only: not part of the API document
     for path in ("/healthz", "/readyz"):
         for operation in api.spec._paths.get(path, {}).values():

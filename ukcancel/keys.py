@@ -97,6 +97,12 @@ same transaction as the command, expiring `result_ttl_seconds` after it.
     ``ukcancel:stream:entry:{entry_id}``  string, "command id|": the command made from that entry
                                           of ``ukcancel:commands``, so a redelivery makes no second.
 
+The web console (`ukcancel.service.console`)
+    ``ukcancel:console:session:{id}``     string with expiry (`console_session_seconds`), the token
+                                          name of a signed-in console session; the session cookie
+                                          names the id. Sign-out deletes it, which ends every copy
+                                          of that cookie.
+
 HTTP API rate limit (`ukcancel.service.rate_limit`)
     ``LIMITS:LIMITER/ukcancel-api/...``   Flask-Limiter's fixed-window counters, one per token name
                                           (``token:{name}``) or, unauthenticated, per client address.
@@ -225,6 +231,10 @@ def stream_entry(entry_id: str) -> str:
 
 
 API_LIMITER_PREFIX = "ukcancel-api"
+
+
+def console_session(session_id: str) -> str:
+    return f"{PREFIX}:console:session:{session_id}"
 
 
 FLEET_CONFIG = f"{PREFIX}:fleet:config"

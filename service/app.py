@@ -13,9 +13,11 @@ from ukcancel.runtime import Runtime
 from ukcancel.service import batches, cancellations, console, docs, health, jobs, metrics, request_log
 from ukcancel.service.auth import SECURITY_SCHEME
 from ukcancel.service.openapi import DocumentPlugin
-from ukcancel.service.problems import ProblemApi
+from ukcancel.service.problems import ProblemApi, problem_response
+from ukcancel.service.long_polls import install_long_poll_cap
 from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.service.runtime import attach_runtime
+from ukcancel.quota import QuotaExceeded
 from ukcancel.token import NotPermitted
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def create_app(runtime: Runtime) -> Flask:
     metrics.count_requests(app)
     request_log.install(app)
     install_rate_limit(app, runtime)
+    install_long_poll_cap(app)
     api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
     for blueprint in (cancellations.blp, batches.blp, jobs.jobs_blp, jobs.plans_blp, metrics.blp):
@@ -61,6 +64,11 @@ def create_app(runtime: Runtime) -> Flask:
     @app.errorhandler(NotPermitted)
     def not_permitted(exc: NotPermitted):  # type: ignore[no-untyped-def]
         return api.handle_http_exception(Forbidden(str(exc)))
+
+    @app.errorhandler(QuotaExceeded)
+    def quota_exceeded(exc: QuotaExceeded):  # type: ignore[no-untyped-def]
+        return problem_response(429, "Too Many Requests", exc.detail, {"Retry-After": "60"},
+                                limit=exc.limit, setting=exc.setting, allowed=exc.allowed, current=exc.current)
 
     @app.errorhandler(redis.RedisError)
     def redis_unavailable(exc: redis.RedisError):  # type: ignore[no-untyped-def]

@@ -54,12 +54,13 @@ from ukcancel.command import QUEUED, TERMINAL
 from ukcancel.fleet import live_workers
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.plans import COMPUTING, Plan
+from ukcancel.quota import QuotaExceeded
 from ukcancel.schemas import CancellationSchema
 from ukcancel.service.batches import batch_view, visible_batch
 from ukcancel.service.cancellations import visible_command
 from ukcancel.service.job_schemas import JobFilterSchema, PlanRequestSchema
 from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, selection_of, visible_plan
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.service.schemas import CancellationListQuerySchema
 from ukcancel.store import as_text
 from ukcancel.token import NotPermitted, Principal, TokenError, digest
@@ -237,6 +238,11 @@ def not_permitted(exc: NotPermitted) -> tuple[str, int]:
     return render_template("console/error.html", code=403, message=str(exc)), 403
 
 
+@blp.errorhandler(QuotaExceeded)
+def quota_exceeded(exc: QuotaExceeded) -> tuple[str, int]:
+    return render_template("console/error.html", code=429, message=exc.detail), 429
+
+
 @blp.errorhandler(CSRFError)
 def csrf_error(exc: CSRFError) -> tuple[str, int]:
     message = f"The form was refused: {exc.description} Reload the page and try again."
@@ -333,6 +339,7 @@ def create_plan() -> Any:
         filters = {k: v for k, v in raw.items() if k != "job_ids"}
         return render_template("console/jobs.html", raw=filters, view=None, errors=problems(exc)), 422
     plan = Plan(user().acting_for(loaded.get("user_id")), selection_of(loaded), user().token_name)
+    get_quotas().check_plan(plan.user_id)
     try:
         plan = plans.start(get_runtime(), plan)
     except KombuError:

@@ -113,3 +113,8 @@ class ProblemSchema(Schema):
         fields.Nested(FieldErrorSchema),
         metadata={"description": "Invalid requests (400, 422): one entry per offending field."},
     )
+    limit = fields.String(metadata={"description": "A 429 over a per-user quota: which one (queued_commands, "
+                                                   "batches_per_hour, plans_per_hour, long_polls)."})
+    setting = fields.String(metadata={"description": "A 429 over a quota: the setting that sets it."})
+    allowed = fields.Integer(metadata={"description": "A 429 over a quota: the limit."})
+    current = fields.Integer(metadata={"description": "A 429 over a quota: the user's count now."})

@@ -41,6 +41,59 @@ EXPANDED = "expanded"
 ITEM_CHUNK = 1000
 
 Clock = Callable[[], float]
+WITHDRAWN_BY_CLIENT = "withdrawn by the client"  # as `CommandRegistry.withdraw` writes it
+# Published on the batch's channel when `withdraw_queued` aborted items (one notice for them all).
+WITHDRAWN = "withdrawn"
+
+# KEYS[1] the batch's item list (`keys.batch_items`)   KEYS[2] the batch user's waiting line (`keys.fair_queue`)
+# ARGV[1] now (epoch s, to the microsecond)   ARGV[2] TTL seconds of a terminal record
+# ARGV[3] last_error of a withdrawal   ARGV[4] key prefix of a command record (`keys.command("")`)
+# ARGV[5] channel prefix of a command (`keys.command_events("")`)   ARGV[6] the batch's channel
+# ARGV[7] the batch channel's notice (`WITHDRAWN`)
+# Every item still queued moves queued -> aborted exactly as `CommandRegistry.transition` moves one
+# (state, updated_at, last_error, a history entry "a<microseconds since created_at>", the terminal
+# expiry, its state published on its own channel); items in any other state are left alone. The
+# batch's channel hears one ARGV[7] for them all instead of one "aborted" per item: a batch long
+# poll (`BatchRegistry.wait_done`) counts again on any notice that is not a terminal state. Then
+# one pass rebuilds the user's line without them (an LREM per item would be O(items x line)). Command records and channels are derived from ARGV (a single Redis node, not
+# a cluster), as the transition script derives the batch channel. Returns the ids it aborted.
+_WITHDRAW_QUEUED = """
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+local now = tonumber(ARGV[1])
+local now_micros = math.floor(now * 1000000 + 0.5)
+local ttl = tonumber(ARGV[2])
+local aborted, gone = {}, {}
+for _, id in ipairs(ids) do
+  local key = ARGV[4] .. id
+  local record = redis.call('HMGET', key, 'state', 'created_at', 'history')
+  if record[1] == 'queued' then
+    local created = tonumber(record[2]) or now
+    local entry = 'a' .. string.format('%d', now_micros - math.floor(created * 1000000 + 0.5))
+    local history = record[3]
+    if (not history) or history == '' then history = entry else history = history .. ',' .. entry end
+    redis.call('HSET', key, 'state', 'aborted', 'updated_at', ARGV[1], 'last_error', ARGV[3], 'history', history)
+    redis.call('EXPIRE', key, ttl)
+    redis.call('PUBLISH', ARGV[5] .. id, 'aborted')
+    aborted[#aborted + 1] = id
+    gone[id] = true
+  end
+end
+if #aborted > 0 then
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+  local line = redis.call('LRANGE', KEYS[2], 0, -1)
+  local kept = {}
+  for _, id in ipairs(line) do
+    if not gone[id] then kept[#kept + 1] = id end
+  end
+  if #kept < #line then
+    redis.call('DEL', KEYS[2])
+    for i = 1, #kept, 1000 do
+      redis.call('RPUSH', KEYS[2], unpack(kept, i, math.min(i + 999, #kept)))
+    end
+  end
+end
+return aborted
+"""
 
 
 def new_batch_id() -> str:
@@ -139,6 +192,7 @@ class BatchRegistry:
         self.clock = clock
         self.expansion_timeout = expansion_timeout
         self.events = events if events is not None else EventListener(connection)
+        self._withdraw_queued = connection.register_script(_WITHDRAW_QUEUED)
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, batch: Batch, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> Batch:
@@ -192,6 +246,27 @@ class BatchRegistry:
         pipe.zrem(keys.EXPANDING_BATCHES, batch_id)
         pipe.publish(keys.batch_events(batch_id), FAILED)
         pipe.execute()
+
+    def withdraw_queued(self, batch_id: str, command_ttl_seconds: int | None = None) -> list[str]:
+        """Withdraw every item of the batch still queued, in one script; the ids it aborted.
+
+        Each moves queued -> aborted as `CommandRegistry.withdraw` moves one, and leaves its user's
+        line; items already started or ended are left as they are. 10,000 items take well under a
+        second. What follows a terminal transition beyond the record (the results stream, the
+        callback: the runtime's terminal hooks) is the caller's to do for the returned ids.
+        `command_ttl_seconds`: the expiry of a terminal record (default: this registry's TTL, which
+        is the records' `result_ttl_seconds`).
+        """
+        batch = self.get(batch_id)
+        if batch is None:
+            return []
+        ttl = self.ttl_seconds if command_ttl_seconds is None else command_ttl_seconds
+        aborted = self._withdraw_queued(
+            keys=[keys.batch_items(batch_id), keys.fair_queue(batch.user_id)],
+            args=[repr(round(self.clock(), 6)), ttl, WITHDRAWN_BY_CLIENT, keys.command(""),
+                  keys.command_events(""), keys.batch_events(batch_id), WITHDRAWN],
+        )
+        return [as_text(command_id) for command_id in aborted]
 
     # -- an expansion's progress (kept on the record so a retried task carries on) --------
     def expansion_progress(self, batch_id: str) -> dict[str, Any]:

@@ -83,6 +83,8 @@ Plans (`ukcancel.plans.PlanRegistry`): what a selection would cancel, computed f
                                           once, by the first apply). Expires `result_ttl_seconds` after
                                           creation.
     ``ukcancel:plans:waiting:{user_id}``  set, plan ids waiting for that user's refresh to end.
+    ``ukcancel:user:{user_id}:plans``     sorted set, plan ids scored by created_at, kept an hour:
+                                          the plans-per-hour quota (`ukcancel.quota`).
     ``ukcancel:events:plan:{id}``         pub/sub channel, the plan's state once computed (long poll).
 
 Tokens (`ukcancel.token.TokenRegistry`)
@@ -96,6 +98,9 @@ same transaction as the command, expiring `result_ttl_seconds` after it.
                                           the token named {token} (scoped per token).
     ``ukcancel:stream:entry:{entry_id}``  string, "command id|": the command made from that entry
                                           of ``ukcancel:commands``, so a redelivery makes no second.
+
+Quotas (`ukcancel.quota.Quotas`; the other quotas read the keys above)
+    ``ukcancel:polls:{user_id}``          string with expiry, long polls the user holds now.
 
 The web console (`ukcancel.service.console`)
     ``ukcancel:console:session:{id}``     string with expiry (`console_session_seconds`), the token
@@ -209,6 +214,14 @@ def plan(plan_id: str) -> str:
 
 def plans_waiting(user_id: str) -> str:
     return f"{PREFIX}:plans:waiting:{user_id}"
+
+
+def user_plans(user_id: str) -> str:
+    return f"{PREFIX}:user:{user_id}:plans"
+
+
+def user_polls(user_id: str) -> str:
+    return f"{PREFIX}:polls:{user_id}"
 
 
 def plan_events(plan_id: str) -> str:

@@ -106,7 +106,7 @@ def on_redis(redis_url: str) -> Iterator[Facility]:
 def test_withdrawing_a_ten_thousand_item_batch_is_one_script_well_under_a_second(on_redis: Facility) -> None:
     runtime = on_redis.runtime
     single = submission.submit(runtime, _alice(on_redis), {"job_id": 1001, "products": "all"}).command
-    commands = [CancelCommand(job_id=1000 + i % 3, user_id=ALICE, products="all") for i in range(10_000)]
+    commands = [CancelCommand(job_id=1000 + i % 3, user_id=ALICE, products="all", submitted_by="alice") for i in range(10_000)]
     batch = submission.enqueue_batch(runtime, Batch(ALICE, "alice"), commands)
     started = commands[17].id
     assert runtime.registry.start_attempt(started).moved  # a started item is left alone

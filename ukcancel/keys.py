@@ -131,11 +131,15 @@ Streams (`ukcancel.stream`)
                                           (JSON text, or a comma list), optional user_id,
                                           callback_url, request_id. An entry is deleted once
                                           handled, so tokens do not stay at rest.
+    ``ukcancel:commands:from:{pipeline}``  stream, as ``ukcancel:commands`` for one pipeline named in
+                                          `UKCANCEL_PIPELINE_STREAMS` (so an ACL can confine it).
     ``ukcancel:commands:accepted``        stream, capped at ~100,000: entry_id, command_id,
                                           request_id (when given).
     ``ukcancel:deadletter``               stream: the rejected entry's fields (token cut to its
-                                          prefix), reason (JSON validation messages), entry_id.
-                                          Not trimmed by the service.
+                                          prefix, other secrets redacted, at most 16 fields of 512
+                                          characters), reason (JSON validation messages), entry_id
+                                          (``<pipeline>/<id>`` for a pipeline stream's entry).
+                                          Capped at ~`deadletter_maxlen` (100,000).
     ``ukcancel:results``                  stream, capped at ~100,000: command_id, user_id, job_id,
                                           state, result (JSON), error (when there is one); one
                                           entry per terminal command.
@@ -262,5 +266,9 @@ WORKERS = f"{PREFIX}:workers"
 COMMAND_STREAM = f"{PREFIX}:commands"
 COMMAND_STREAM_GROUP = PREFIX
 ACCEPTED_STREAM = f"{PREFIX}:commands:accepted"
+
+
+def pipeline_stream(pipeline: str) -> str:
+    return f"{PREFIX}:commands:from:{pipeline}"
 DEADLETTER_STREAM = f"{PREFIX}:deadletter"
 RESULTS_STREAM = f"{PREFIX}:results"

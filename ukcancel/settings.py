@@ -68,6 +68,16 @@ def _address(raw: str) -> str:
     return raw
 
 
+def _pipeline_names(raw: str) -> tuple[str, ...]:
+    import re
+
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+            raise ValueError("must be a comma-separated list of pipeline names (a-z, 0-9, _ and -)")
+    return names
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("text", "json"):
         raise ValueError('must be "text" or "json"')
@@ -184,6 +194,8 @@ class Settings:
     metrics_cache_seconds: float = 15.0
     # The dead-letter stream keeps about this many entries (oldest trimmed).
     deadletter_maxlen: int = 100_000
+    # Pipelines with a command stream of their own (`ukcancel:commands:from:{name}`), for ACLs.
+    pipeline_streams: tuple[str, ...] = ()
     # Log lines of every process: "text" or "json" (one object per line, `ukcancel.logs`).
     log_format: str = "text"
     # A worker's own scrape target (`ukcancel.metrics.serve_process_metrics`); unset: none.
@@ -241,6 +253,7 @@ class Settings:
             ("UKCANCEL_METRICS_TOKEN", "metrics_token", _secret),
             ("UKCANCEL_METRICS_CACHE_SECONDS", "metrics_cache_seconds", _non_negative_float),
             ("UKCANCEL_DEADLETTER_MAXLEN", "deadletter_maxlen", _positive_int),
+            ("UKCANCEL_PIPELINE_STREAMS", "pipeline_streams", _pipeline_names),
             ("UKCANCEL_LOG_FORMAT", "log_format", _log_format),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),

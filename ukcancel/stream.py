@@ -30,6 +30,14 @@ products JSON nested deeper than 32 levels is dead-lettered at once, with a reas
 bound, before anything is decoded. An entry that would pass the user's quota of queued commands
 (`ukcancel.quota`) is dead-lettered with reason ``quota``.
 
+Pipelines that must not touch each other's entries each get a stream of their own,
+``ukcancel:commands:from:{pipeline}`` (`UKCANCEL_PIPELINE_STREAMS` names them; the consumer reads
+them all besides the shared one): Redis ACLs cannot withhold XADD's MAXLEN/MINID trimming, so on
+a shared stream any writer could trim the others' unread entries. An entry of a pipeline stream
+is known by a qualified id, ``<pipeline>/<entry id>``, in ``entry_id`` of its outcome. The
+ACL recipe in docs/operators/security.md gives each pipeline XADD on its own stream and read-only
+access to the outcome streams.
+
 Consumers share the group ``ukcancel``. An entry read by a consumer that died before
 acknowledging it stays pending; any consumer takes it over with XAUTOCLAIM once it has been idle
 for `min_idle_ms`. The command is made at most once per entry: the entry id is a `Reservation`
@@ -228,16 +236,27 @@ class CommandStreamConsumer:
         self._own_pending_done = False
         self.quotas = Quotas(self.connection, runtime.settings)
         self.deadletter_maxlen = runtime.settings.deadletter_maxlen
+        # The shared stream, then one per pipeline (`UKCANCEL_PIPELINE_STREAMS`): stream key -> the
+        # prefix that qualifies its entry ids ("" for the shared stream, "<pipeline>/" otherwise).
+        self.streams = {keys.COMMAND_STREAM: ""}
+        for pipeline in runtime.settings.pipeline_streams:
+            self.streams[keys.pipeline_stream(pipeline)] = f"{pipeline}/"
+
+    def locate(self, entry_id: str) -> tuple[str, str]:
+        """(stream key, the id within it) of a qualified entry id ("1-0", or "<pipeline>/1-0")."""
+        pipeline, _, raw = entry_id.rpartition("/")
+        return (keys.pipeline_stream(pipeline) if pipeline else keys.COMMAND_STREAM), raw
 
     # -- the loop -------------------------------------------------------------------------------
     def ensure_group(self) -> None:
         """Create the group (and stream) if needed, from the stream's start: entries added before
         the first consumer ran are handled too."""
-        try:
-            self.connection.xgroup_create(keys.COMMAND_STREAM, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                self.connection.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def run(self, stop: threading.Event) -> None:
         """Handle entries until `stop` is set; Redis outages are waited out, not fatal."""
@@ -280,33 +299,36 @@ class CommandStreamConsumer:
     def reclaim(self) -> list[EntryOutcome]:
         """Take over entries pending longer than `min_idle_ms` (their consumer died) and handle them."""
         handled: list[EntryOutcome] = []
-        start = "0-0"
-        while True:
-            reply = self.connection.xautoclaim(
-                keys.COMMAND_STREAM, GROUP, self.name, self.min_idle_ms, start_id=start, count=self.count
-            )
-            start, entries = as_text(reply[0]), reply[1]
-            for entry_id in reply[2] if len(reply) > 2 else []:
-                # Redis 7 has already dropped these from the pending list; say so, once.
-                handled.append(self._report_deleted(as_text(entry_id)))
-            for entry_id, fields in entries:
-                entry_id = as_text(entry_id)
-                if fields is None:  # how Redis before 7 reports a deleted entry: still pending
-                    handled.append(self._reject(entry_id, {}, DELETED_REASON))
-                else:
-                    handled.append(self._handle_reclaimed(entry_id, as_text_dict(fields)))
-            if start == "0-0":
-                return handled
+        for stream, prefix in self.streams.items():
+            start = "0-0"
+            while True:
+                reply = self.connection.xautoclaim(
+                    stream, GROUP, self.name, self.min_idle_ms, start_id=start, count=self.count
+                )
+                start, entries = as_text(reply[0]), reply[1]
+                for entry_id in reply[2] if len(reply) > 2 else []:
+                    # Redis 7 has already dropped these from the pending list; say so, once.
+                    handled.append(self._report_deleted(prefix + as_text(entry_id)))
+                for entry_id, fields in entries:
+                    entry_id = prefix + as_text(entry_id)
+                    if fields is None:  # how Redis before 7 reports a deleted entry: still pending
+                        handled.append(self._reject(entry_id, {}, DELETED_REASON))
+                    else:
+                        handled.append(self._handle_reclaimed(entry_id, as_text_dict(fields)))
+                if start == "0-0":
+                    break
+        return handled
 
     def _read(self, from_id: str, block: int | None) -> list[tuple[str, dict[str, str]]]:
         reply = self.connection.xreadgroup(
-            GROUP, self.name, {keys.COMMAND_STREAM: from_id}, count=self.count, block=block
+            GROUP, self.name, {stream: from_id for stream in self.streams}, count=self.count, block=block
         )
         out: list[tuple[str, dict[str, str]]] = []
-        for _stream, entries in reply or []:
+        for stream, entries in reply or []:
+            prefix = self.streams.get(as_text(stream), "")
             for entry_id, fields in entries:
                 if fields:  # own pending history lists deleted entries with no fields; they were acked
-                    out.append((as_text(entry_id), as_text_dict(fields)))
+                    out.append((prefix + as_text(entry_id), as_text_dict(fields)))
         return out
 
     def handle_all(self, entries: list[tuple[str, dict[str, str]]]) -> list[EntryOutcome]:
@@ -381,7 +403,8 @@ class CommandStreamConsumer:
         return self._handle_guarded(entry_id, fields)
 
     def _deliveries(self, entry_id: str) -> int:
-        rows = self.connection.xpending_range(keys.COMMAND_STREAM, GROUP, min=entry_id, max=entry_id, count=1)
+        stream, raw = self.locate(entry_id)
+        rows = self.connection.xpending_range(stream, GROUP, min=raw, max=raw, count=1)
         return int(rows[0]["times_delivered"]) if rows else 0
 
     def _reject(self, entry_id: str, fields: dict[str, str], reason: dict[str, Any]) -> EntryOutcome:
@@ -401,7 +424,8 @@ class CommandStreamConsumer:
 
     def _publish(self, entry_id: str, stream: str, maxlen: int, fields: dict[str, str]) -> None:
         pairs = [item for pair in fields.items() for item in pair]
-        self._ack_and_publish(keys=[keys.COMMAND_STREAM, stream], args=[GROUP, entry_id, maxlen, *pairs])
+        source, raw = self.locate(entry_id)
+        self._ack_and_publish(keys=[source, stream], args=[GROUP, raw, maxlen, *pairs])
 
 
 def dead_letter(fields: dict[str, str]) -> dict[str, str]:

@@ -108,6 +108,12 @@ The web console (`ukcancel.service.console`)
                                           names the id. Sign-out deletes it, which ends every copy
                                           of that cookie.
 
+Metrics (`ukcancel.metrics.StoreCollector`)
+    ``ukcancel:metrics:commands``         string with expiry (`metrics_cache_seconds`), JSON list of
+                                          [state, result status, count]: the commands-by-state
+                                          tally every API process answers /metrics from.
+    ``ukcancel:metrics:lock``             string with expiry, held by the one process counting it.
+
 HTTP API rate limit (`ukcancel.service.rate_limit`)
     ``LIMITS:LIMITER/ukcancel-api/...``   Flask-Limiter's fixed-window counters, one per token name
                                           (``token:{name}``) or, unauthenticated, per client address.
@@ -253,6 +259,9 @@ API_LIMITER_PREFIX = "ukcancel-api"
 def console_session(session_id: str) -> str:
     return f"{PREFIX}:console:session:{session_id}"
 
+
+METRICS_COMMANDS = f"{PREFIX}:metrics:commands"
+METRICS_LOCK = f"{PREFIX}:metrics:lock"
 
 FLEET_CONFIG = f"{PREFIX}:fleet:config"
 FLEET_INFLIGHT = f"{PREFIX}:fleet:inflight"

@@ -46,8 +46,10 @@ class JobIds(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[int]:
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",") if part.strip()]
-            if not parts or not all(part.isdigit() for part in parts):
+            if not parts or not all(part.isascii() and part.isdigit() for part in parts):
                 raise self.make_error("invalid")
+            if any(len(part.lstrip("0")) > len(str(MAX_JOB_ID)) for part in parts):
+                raise self.make_error("range")  # not converted: a 4,301-digit number is not a JobID
             value = [int(part) for part in parts]
         if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
             raise self.make_error("invalid")

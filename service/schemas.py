@@ -37,6 +37,7 @@ class ListCursor(fields.String):
     """The opaque `next_cursor` of a previous page; loads to a `Position`."""
 
     default_error_messages = {"cursor": "Not a cursor this service issued."}
+    JSON_SCHEMA = {"type": "string", "minLength": 1}  # an empty cursor is no cursor this service issued
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Position:
         try:

@@ -134,6 +134,9 @@ BAD_VALUES = {
     "_secret": ["short", "x" * 31],
     "_port": ["0", "65536", "-1", "http", "9101.5"],
     "_log_format": ["JSON", "logfmt", "yes"],
+    "_flag": ["maybe", "2", "enabled"],
+    "_address": ["localhost", "0.0.0.0.0", "::g"],
+    "_pipeline_names": ["Nightly", "a b", "x/y", "-lead"],
 }
 CASES = [
     (variable, raw)

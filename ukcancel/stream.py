@@ -87,8 +87,8 @@ ACCEPTED_MAXLEN = 100_000
 # acknowledgement comes after the outcome is written, so a failing XADD leaves the entry pending
 # instead of acknowledged with no outcome. Returns 1 if published.
 _ACK_AND_PUBLISH = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #pending == 0 then return 0 end
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if type(pending) ~= 'table' or pending.err or #pending == 0 then return 0 end  -- no group: not pending
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
 else

@@ -9,15 +9,15 @@ from flask import Flask
 from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailable
 
 from ukcancel import __version__
+from ukcancel.quota import QuotaExceeded
 from ukcancel.runtime import Runtime
 from ukcancel.service import batches, cancellations, console, docs, health, jobs, metrics, request_log
 from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.long_polls import install_long_poll_cap
 from ukcancel.service.openapi import DocumentPlugin
 from ukcancel.service.problems import ProblemApi, problem_response
-from ukcancel.service.long_polls import install_long_poll_cap
 from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.service.runtime import attach_runtime
-from ukcancel.quota import QuotaExceeded
 from ukcancel.token import NotPermitted
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,7 @@ import json
 import re
 import secrets
 import time
-from datetime import timedelta
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flask import (

@@ -10,6 +10,7 @@ valid token, no console session) are not counted here: they are refused by authe
 
 from __future__ import annotations
 
+import redis
 from flask import Flask, g, request, session
 
 from ukcancel.service.auth import bearer_record
@@ -56,4 +57,7 @@ def install_long_poll_cap(app: Flask) -> None:
     def give_slot(_exc: BaseException | None) -> None:
         user_id = g.pop(_HELD, None)
         if user_id is not None:
-            get_quotas().give_long_poll(user_id)
+            try:
+                get_quotas().give_long_poll(user_id)
+            except redis.RedisError:  # the slot's counter expires on its own (`POLL_SLOT_SECONDS`)
+                pass

@@ -9,11 +9,13 @@ from flask import Flask
 from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailable
 
 from ukcancel import __version__
+from ukcancel.quota import QuotaExceeded
 from ukcancel.runtime import Runtime
 from ukcancel.service import batches, cancellations, console, docs, health, jobs, metrics, request_log
 from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.long_polls import install_long_poll_cap
 from ukcancel.service.openapi import DocumentPlugin
-from ukcancel.service.problems import ProblemApi
+from ukcancel.service.problems import ProblemApi, problem_response
 from ukcancel.service.rate_limit import install_rate_limit
 from ukcancel.service.runtime import attach_runtime
 from ukcancel.token import NotPermitted
@@ -44,13 +46,16 @@ def create_app(runtime: Runtime) -> Flask:
     metrics.count_requests(app)
     request_log.install(app)
     install_rate_limit(app, runtime)
+    install_long_poll_cap(app)
     api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
     for blueprint in (cancellations.blp, batches.blp, jobs.jobs_blp, jobs.plans_blp, metrics.blp):
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)
-    console.install_console(app, runtime.settings.console_secret)  # not in the OpenAPI document
+    console.install_console(app, runtime.settings.console_secret,
+                            insecure_cookie=runtime.settings.console_insecure_cookie,
+                            session_seconds=runtime.settings.console_session_seconds)  # not in the OpenAPI document
     app.register_blueprint(docs.assets)  # static files only: not part of the API document
     for path in ("/healthz", "/readyz"):
         for operation in api.spec._paths.get(path, {}).values():
@@ -59,6 +64,11 @@ def create_app(runtime: Runtime) -> Flask:
     @app.errorhandler(NotPermitted)
     def not_permitted(exc: NotPermitted):  # type: ignore[no-untyped-def]
         return api.handle_http_exception(Forbidden(str(exc)))
+
+    @app.errorhandler(QuotaExceeded)
+    def quota_exceeded(exc: QuotaExceeded):  # type: ignore[no-untyped-def]
+        return problem_response(429, "Too Many Requests", exc.detail, {"Retry-After": "60"},
+                                limit=exc.limit, setting=exc.setting, allowed=exc.allowed, current=exc.current)
 
     @app.errorhandler(redis.RedisError)
     def redis_unavailable(exc: redis.RedisError):  # type: ignore[no-untyped-def]

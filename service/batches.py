@@ -16,7 +16,6 @@ from werkzeug.exceptions import Conflict, NotFound
 
 from ukcancel import lifecycle, submission
 from ukcancel.batch import BATCH_COMPLETED, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
-from ukcancel.command import QUEUED
 from ukcancel.fleet import OPEN
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.batch_schemas import (
@@ -28,7 +27,7 @@ from ukcancel.service.batch_schemas import (
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.replicas import require_replicas
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.token import Principal
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")
@@ -107,6 +106,7 @@ class Batches(MethodView):
         """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
         caller = principal()
         user_id = caller.acting_for(request_data["user_id"])
+        get_quotas().check_batch(user_id, 0 if request_data["all_active"] else len(request_data["items"]))
         if request_data["all_active"]:
             batch = submission.start_expansion(get_runtime(), Batch(user_id, caller.token_name, state=EXPANDING))
         else:
@@ -145,9 +145,5 @@ class BatchResource(MethodView):
         if batch.state == EXPANDING:
             raise Conflict(f"Batch {batch_id} is still expanding; withdraw it once it is running.")
         rt = get_runtime()
-        ids = rt.batches.command_ids(batch_id)
-        for start in range(0, len(ids), WITHDRAW_CHUNK):
-            for command in rt.registry.get_many(ids[start : start + WITHDRAW_CHUNK]):
-                if command is not None and command.state == QUEUED:
-                    lifecycle.withdraw(rt, command)
+        lifecycle.withdraw_batch(rt, batch_id)
         return batch_view(rt.batches.get(batch_id) or batch)

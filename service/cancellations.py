@@ -21,7 +21,7 @@ from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.replicas import require_replicas
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.service.schemas import (
     AcceptedSchema,
     CancellationListQuerySchema,
@@ -112,6 +112,7 @@ class Cancellations(MethodView):
     ) -> tuple[dict[str, str], int, dict[str, str]] | Response:
         """Enqueue a cancel command for one job."""
         caller = principal()
+        get_quotas().check_commands(caller.acting_for(request_data.get("user_id")))
         key = headers["idempotency_key"]
         reservation = submission.Reservation(keys.idempotency(caller.token_name, key), body_digest()) if key else None
         try:

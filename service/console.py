@@ -1,9 +1,15 @@
 """The web console: server-rendered pages under /console, in the API's own Flask app.
 
-- Sign in once with a bearer token; the session is then an HttpOnly, SameSite=Strict cookie
+- Sign in once with a bearer token; the session is then an HttpOnly, SameSite=Strict, Secure
+  cookie (`UKCANCEL_CONSOLE_INSECURE_COOKIE=1` drops Secure, for plain-HTTP development only)
   signed with `UKCANCEL_CONSOLE_SECRET` (no default: without it every console page is a 404
   saying the console is off). The cookie holds the token's name and SHA-256, never the token,
-  and the token is looked up on every request, so revoking it ends its sessions at once.
+  and a random session id whose record in Redis (``ukcancel:console:session:{id}``) signing out
+  deletes: a copy of the cookie taken before sign-out is worth nothing after it. The record
+  expires after `UKCANCEL_CONSOLE_SESSION_SECONDS`. The token is looked up on every request,
+  so revoking it ends its sessions at once.
+- Pages cannot be framed (`Content-Security-Policy: frame-ancestors 'none'`, `X-Frame-Options:
+  DENY`) and are never cached (`Cache-Control: no-store`: they show tokens and users' data).
 - Every form carries a CSRF token (Flask-WTF's `generate_csrf` / `validate_csrf`); a POST
   without a valid one is refused with a page saying so.
 - The same isolation as the API: another user's command, batch or plan is a 404.
@@ -17,8 +23,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flask import (
@@ -41,17 +48,18 @@ from wtforms.validators import ValidationError as WtfValidationError
 
 from ukcancel import keys, lifecycle, plans
 from ukcancel.batch import EXPANDING, FAILED
-from ukcancel.command import QUEUED, TERMINAL
+from ukcancel.command import TERMINAL
 from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import live_workers
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.plans import COMPUTING, Plan
+from ukcancel.quota import QuotaExceeded
 from ukcancel.schemas import CancellationSchema
 from ukcancel.service.batches import batch_view, visible_batch
 from ukcancel.service.cancellations import visible_command
 from ukcancel.service.job_schemas import JobFilterSchema, PlanRequestSchema
 from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, selection_of, visible_plan
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.service.schemas import CancellationListQuerySchema
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
 from ukcancel.store import as_text
@@ -65,7 +73,8 @@ LIVE_WAIT_SECONDS = 20  # how long a live fragment holds the request while nothi
 FILTER_FIELDS = ("name", "submitted_after", "submitted_before", "products", "state", "job_ids")
 
 
-def install_console(app: Flask, secret: str | None) -> None:
+def install_console(app: Flask, secret: str | None, *, insecure_cookie: bool = False,
+                    session_seconds: int = 12 * 3600) -> None:
     """Register the console; with a secret, sign its session cookie with it (else the console is off)."""
     app.config.update(
         CONSOLE_ENABLED=bool(secret),
@@ -73,6 +82,9 @@ def install_console(app: Flask, secret: str | None) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_PATH="/console",
+        SESSION_COOKIE_SECURE=not insecure_cookie,
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=session_seconds),
+        CONSOLE_SESSION_SECONDS=session_seconds,
         WTF_CSRF_FIELD_NAME="csrf_token",
     )
     if secret:
@@ -85,6 +97,9 @@ def signed_in() -> Principal | None:
     held = session.get(SESSION_KEY)
     if not isinstance(held, dict):
         return None
+    session_id = str(held.get("sid", ""))
+    if not session_id or not get_runtime().connection.exists(keys.console_session(session_id)):
+        return None  # signed out (or expired) on the server: the cookie alone is not enough
     record = get_runtime().tokens.by_digest(str(held.get("digest", "")))
     if record is None or record.name != held.get("name"):
         return None  # revoked (or replaced) since the sign-in
@@ -145,9 +160,12 @@ def page_url() -> str:
 
 
 @blp.after_request
-def fragments_are_not_cached(response: Response) -> Response:
-    if is_fragment():
-        response.headers["Cache-Control"] = "no-store"
+def not_cached_not_framed(response: Response) -> Response:
+    """Every console answer: never stored by a cache (pages show tokens and users' data), never
+    shown inside another site's frame (a click in a frame could withdraw a command)."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    response.headers["X-Frame-Options"] = "DENY"
     return response
 
 
@@ -220,6 +238,11 @@ def not_permitted(exc: NotPermitted) -> tuple[str, int]:
     return render_template("console/error.html", code=403, message=str(exc)), 403
 
 
+@blp.errorhandler(QuotaExceeded)
+def quota_exceeded(exc: QuotaExceeded) -> tuple[str, int]:
+    return render_template("console/error.html", code=429, message=exc.detail), 429
+
+
 @blp.errorhandler(CSRFError)
 def csrf_error(exc: CSRFError) -> tuple[str, int]:
     message = f"The form was refused: {exc.description} Reload the page and try again."
@@ -236,17 +259,29 @@ def signin() -> Any:
         if record is None:
             error = "The bearer token is unknown or revoked."
         else:
+            end_server_session()
             session.clear()
-            session[SESSION_KEY] = {"name": record.name, "digest": digest(token), "at": time.time()}
-            target = request.args.get("next") or ""
-            if not re.fullmatch(r"/console(/[^\s]*)?", target) or target.startswith("//"):
-                target = url_for("console.jobs")
-            return redirect(target)
+            session_id = secrets.token_urlsafe(24)
+            from flask import current_app
+
+            get_runtime().connection.set(keys.console_session(session_id), record.name,
+                                         ex=int(current_app.config["CONSOLE_SESSION_SECONDS"]))
+            session.permanent = True
+            session[SESSION_KEY] = {"name": record.name, "digest": digest(token), "at": time.time(), "sid": session_id}
+            return redirect(safe_back(request.args.get("next")) or url_for("console.jobs"))
     return render_template("console/signin.html", error=error), 401 if error else 200
+
+
+def end_server_session() -> None:
+    """Delete this cookie's session record: the cookie (and any copy of it) is signed out for good."""
+    held = session.get(SESSION_KEY)
+    if isinstance(held, dict) and held.get("sid"):
+        get_runtime().connection.delete(keys.console_session(str(held["sid"])))
 
 
 @blp.route("/signout", methods=["POST"])
 def signout() -> Response:
+    end_server_session()
     session.clear()
     flash("Signed out.")
     return redirect(url_for("console.signin"))
@@ -304,6 +339,7 @@ def create_plan() -> Any:
         filters = {k: v for k, v in raw.items() if k != "job_ids"}
         return render_template("console/jobs.html", raw=filters, view=None, errors=problems(exc)), 422
     plan = Plan(user().acting_for(loaded.get("user_id")), selection_of(loaded), user().token_name)
+    get_quotas().check_plan(plan.user_id)
     try:
         plan = plans.start(get_runtime(), plan)
     except DispatchError:
@@ -382,8 +418,14 @@ def withdraw(command_id: str) -> Response:
         flash(f"Command {command_id} withdrawn: the UKSSDC will not be called.")
     else:
         flash(f"Command {command_id} is {outcome.state}; only a queued command can be withdrawn.")
-    return redirect(request.form.get("back") if str(request.form.get("back", "")).startswith("/console/")
-                    else url_for("console.command", command_id=command_id))
+    return redirect(safe_back(request.form.get("back")) or url_for("console.command", command_id=command_id))
+
+
+def safe_back(target: str | None) -> str | None:
+    """A console path to come back to, or None: no other site, no header injection (CR/LF)."""
+    if target and re.fullmatch(r"/console/[!#-~]*", target) and "//" not in target and "\\" not in target:
+        return target
+    return None
 
 
 # -- batches --------------------------------------------------------------------------------------------------------
@@ -423,10 +465,7 @@ def withdraw_batch(batch_id: str) -> Response:
     if found.state == EXPANDING:
         flash("The batch is still expanding; withdraw it once it is running.")
     else:
-        withdrawn = 0
-        for found_command in rt.registry.get_many(rt.batches.command_ids(batch_id)):
-            if found_command is not None and found_command.state == QUEUED:
-                withdrawn += lifecycle.withdraw(rt, found_command).moved
+        withdrawn = len(lifecycle.withdraw_batch(rt, batch_id))
         flash(f"{withdrawn} queued items withdrawn; started items finish as usual.")
     return redirect(url_for("console.batch", batch_id=batch_id))
 
@@ -480,6 +519,16 @@ def fleet() -> Any:
             flash(f"Fleet limits changed: {loaded['rate_per_second']:g} calls/s, {loaded['max_in_flight']} in flight.")
             return redirect(url_for("console.fleet"))
     return render_template("console/fleet.html", fleet=fleet_state(), errors=errors), 422 if errors else 200
+
+
+@blp.route("/admin/fleet/resume", methods=["POST"])
+def resume_fleet() -> Response:
+    """Lift a fleet pause (a UKSSDC Retry-After), as `ukcancel fleet --resume` does."""
+    require_admin()
+    left = get_runtime().gate.resume()
+    flash(f"Fleet pause lifted ({left:.0f} s were left): workers call the UKSSDC again."
+          if left else "The fleet was not paused.")
+    return redirect(url_for("console.fleet"))
 
 
 @blp.route("/admin/workers")

@@ -18,8 +18,9 @@ assets = Blueprint("docs_assets", __name__, static_folder=str(swagger_ui_path), 
 CONFIG = {
     "OPENAPI_SWAGGER_UI_PATH": PAGE_PATH,
     "OPENAPI_SWAGGER_UI_URL": ASSETS_PATH + "/",
-    # Keep the token between reloads of the page; it is sent only to this service.
-    "OPENAPI_SWAGGER_UI_CONFIG": {"persistAuthorization": True, "deepLinking": True},
+    # The token typed into "Authorize" lives only as long as the page: persistAuthorization would
+    # keep it in the browser's localStorage, readable by any script of this origin, for good.
+    "OPENAPI_SWAGGER_UI_CONFIG": {"persistAuthorization": False, "deepLinking": True},
 }
 
 

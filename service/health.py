@@ -28,7 +28,13 @@ class Ready(MethodView):
     @blp.response(200)
     @blp.alt_response(503, description="Redis unreachable or no live worker; the body says which.")
     def get(self) -> tuple[dict[str, Any], int]:
-        """Ready when Redis answers and at least one worker has sent a heartbeat recently."""
+        """Ready when Redis answers and at least one worker has sent a heartbeat recently.
+
+        A fleet pause (a UKSSDC Retry-After, at most UKCANCEL_RETRY_AFTER_MAX_SECONDS) is reported
+        as status "degraded" with `checks.fleet_paused_seconds` > 0, still 200: the API keeps
+        accepting, listing and withdrawing commands (a load balancer must not take it away), but
+        no UKSSDC call is made until the pause ends or `ukcancel fleet --resume` lifts it.
+        """
         runtime = get_runtime()
         checks: dict[str, Any] = {}
         try:
@@ -41,5 +47,10 @@ class Ready(MethodView):
         checks["workers"] = len(workers) if workers else "no live worker"
         breaker = runtime.gate.breaker_state()
         checks["ukssdc_breaker"] = breaker["state"]
-        ready = bool(workers)
-        return {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+        paused = runtime.gate.paused_for()
+        checks["fleet_paused_seconds"] = round(paused, 1)
+        if not workers:
+            return {"status": "unavailable", "checks": checks}, 503
+        if paused > 0:
+            return {"status": "degraded", "checks": checks}, 200
+        return {"status": "ok", "checks": checks}, 200

@@ -46,8 +46,10 @@ class JobIds(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[int]:
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",") if part.strip()]
-            if not parts or not all(part.isdigit() for part in parts):
+            if not parts or not all(part.isascii() and part.isdigit() for part in parts):
                 raise self.make_error("invalid")
+            if any(len(part.lstrip("0")) > len(str(MAX_JOB_ID)) for part in parts):
+                raise self.make_error("range")  # not converted: a 4,301-digit number is not a JobID
             value = [int(part) for part in parts]
         if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
             raise self.make_error("invalid")
@@ -77,18 +79,24 @@ class JobFilterSchema(Schema):
                   "the UKSSDC's DateSubmitted is read as UTC)."},
     )
     submitted_before = fields.AwareDateTime(
-        default_timezone=timezone.utc, metadata={"description": "Jobs submitted before this ISO 8601 time."}
+        default_timezone=timezone.utc,
+        metadata={"description": "Jobs submitted before this ISO 8601 time; not earlier than submitted_after (422). "
+                  "Equal to it: an empty range, no job."}
     )
     products = ProductNames(
+        allow_none=True,
         metadata={"description": "Only these products (long or short names; a list, or comma-separated in a "
-                  "query string); a job asking for none of them is left out."}
+                  "query string); a job asking for none of them is left out. null: no product filter. An "
+                  "unknown name is refused (422)."}
     )
     state = fields.String(
         validate=validate.OneOf(tuple(STATE_FILTERS)),
         metadata={"description": "Only products in this state: active (1 requested, 2 queued, 3 running, 5 waiting "
                   "for the position), finished (4 completed, -1..-3 failed or empty) or cancelled (-4)."},
     )
-    job_ids = JobIds(metadata={"description": "Only these JobIDs (a list, or comma-separated in a query string)."})
+    job_ids = JobIds(allow_none=True, metadata={
+        "description": f"Only these JobIDs (a list, or comma-separated in a query string), at most {MAX_SELECTED_IDS}, "
+                       f"each 1 to {MAX_JOB_ID}. null: no JobID filter."})
     user_id = fields.Email(
         load_default=None,
         metadata={"description": "Admin tokens: whose jobs (default: the token's user). Other tokens may name "
@@ -98,8 +106,8 @@ class JobFilterSchema(Schema):
     @validates_schema
     def dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
         after, before = data.get("submitted_after"), data.get("submitted_before")
-        if after is not None and before is not None and after >= before:
-            raise ValidationError("Must be later than submitted_after.", "submitted_before")
+        if after is not None and before is not None and after > before:
+            raise ValidationError("Must not be earlier than submitted_after.", "submitted_before")
 
 
 class JobsQuerySchema(JobFilterSchema):

@@ -34,7 +34,7 @@ from ukcancel.service.job_schemas import (
 )
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.token import Principal
 
 jobs_blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Your UKSSDC jobs and their product states")
@@ -149,6 +149,8 @@ def read_plan(plan_id: str, caller: Principal, wait: int = 0) -> Plan:
 
 def apply_plan(plan: Plan, caller: Principal) -> tuple[str, bool]:
     """(batch id, created); the API's errors as HTTP exceptions (409 not ready/expired/empty, 503)."""
+    if not plan.batch_id and plan.state == plans.READY:
+        get_quotas().check_batch(plan.user_id, len(plan.pairs))
     try:
         return plans.apply(get_runtime(), plan, caller.token_name)
     except (plans.PlanNotReady, plans.PlanExpired, plans.NothingToApply) as exc:
@@ -190,6 +192,7 @@ class Plans(MethodView):
         """Plan a cancellation: the active products of the jobs the selection matches, computed from fresh states."""
         caller = principal()
         user_id = caller.acting_for(request_data.get("user_id"))
+        get_quotas().check_plan(user_id)
         plan = Plan(user_id, selection_of(request_data), caller.token_name)
         try:
             plan = plans.start(get_runtime(), plan)

@@ -3,7 +3,9 @@
 One budget per token (`UKCANCEL_API_RATE_LIMIT`, e.g. "600 per minute") shared by every route and
 every API process, since the counters live in the same Redis as the records (fakeredis in
 embedded mode). Requests without a valid token are counted by client address, so a flood of bad
-tokens is limited too. Over the limit: 429 problem+json with `Retry-After`. The probes, the
+tokens is limited too. The console counts a signed-in session against its token's name, as the
+API does, and its anonymous requests (the sign-in page) by address in a bucket of their own: a
+flood of bad API tokens from behind the same reverse proxy locks no console user out. Over the limit: 429 problem+json with `Retry-After`. The probes, the
 OpenAPI document and its /docs page are never limited.
 
 Cost: one Redis round trip per request. Flask-Limiter's fixed window spends one on the hit and
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request, session
 from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import RedisStorage
@@ -25,7 +27,9 @@ from ukcancel.runtime import Runtime
 from ukcancel.service.auth import bearer_record
 from ukcancel.service.docs import is_docs_path
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})  # probes and scrapers carry no token
+# Probes and scrapers carry no user token. /metrics is cheap instead (its store gauges are cached,
+# `UKCANCEL_METRICS_CACHE_SECONDS`) and may require `UKCANCEL_METRICS_TOKEN`.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 
 # KEYS[1] counter   ARGV[1] window length (s)   ARGV[2] amount
 # limits' fixed-window increment (expiry set by the hit that opens the window), returning the
@@ -72,7 +76,17 @@ def _seen(key: str) -> tuple[int, float] | None:
 
 
 def rate_limit_key() -> str:
-    """The bucket of this request: its token's name, else its client address."""
+    """The bucket of this request: its token's name, else its client address.
+
+    Console requests carry no bearer token: a session counts against the name of the token it
+    signed in with (a session cookie cannot be made without the console's secret), and the
+    console's anonymous requests by address apart from the API's.
+    """
+    if request.path == "/console" or request.path.startswith("/console/"):
+        held = session.get("console")
+        if isinstance(held, dict) and isinstance(held.get("name"), str) and held.get("sid"):
+            return f"token:{held['name']}"
+        return f"console-addr:{get_remote_address()}"
     record = bearer_record()
     return f"token:{record.name}" if record is not None else f"addr:{get_remote_address()}"
 

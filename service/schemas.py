@@ -37,6 +37,7 @@ class ListCursor(fields.String):
     """The opaque `next_cursor` of a previous page; loads to a `Position`."""
 
     default_error_messages = {"cursor": "Not a cursor this service issued."}
+    JSON_SCHEMA = {"type": "string", "minLength": 1}  # an empty cursor is no cursor this service issued
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Position:
         try:
@@ -113,3 +114,8 @@ class ProblemSchema(Schema):
         fields.Nested(FieldErrorSchema),
         metadata={"description": "Invalid requests (400, 422): one entry per offending field."},
     )
+    limit = fields.String(metadata={"description": "A 429 over a per-user quota: which one (queued_commands, "
+                                                   "batches_per_hour, plans_per_hour, long_polls)."})
+    setting = fields.String(metadata={"description": "A 429 over a quota: the setting that sets it."})
+    allowed = fields.Integer(metadata={"description": "A 429 over a quota: the limit."})
+    current = fields.Integer(metadata={"description": "A 429 over a quota: the user's count now."})

@@ -26,7 +26,17 @@ from typing import Any
 import redis
 
 from ukcancel import keys
-from ukcancel.command import ABORTED, COMPLETED, STATES, TERMINAL, CancelCommand
+from ukcancel.command import (
+    ABORTED,
+    COMPLETED,
+    QUEUED,
+    STATES,
+    TERMINAL,
+    TRANSITION_LUA,
+    WITHDRAWAL_FIELDS,
+    CancelCommand,
+    CommandRegistry,
+)
 from ukcancel.events import EventListener
 from ukcancel.outcome import result_status, withdrawn_tuple
 from ukcancel.store import as_text, as_text_dict
@@ -41,6 +51,43 @@ EXPANDED = "expanded"
 ITEM_CHUNK = 1000
 
 Clock = Callable[[], float]
+
+# KEYS[1] the batch's item list (`keys.batch_items`)   KEYS[2] the batch user's waiting line (`keys.fair_queue`)
+# KEYS[3] the results stream   KEYS[4] the callback outbox
+# ARGV[1] key prefix of a command record (`keys.command("")`)   ARGV[2..] the arguments of
+# `transition` (`ukcancel.command.TRANSITION_LUA`) for a withdrawal, the command id left empty
+# Every item still queued moves queued -> aborted through the one transition every command takes
+# (its results entry, its callback in the outbox and its news included); items in any other state
+# are left alone. Then one pass rebuilds the user's line without them (an LREM per item would be
+# O(items x line)). Command records are derived from ARGV[1] (a single Redis node, not a cluster).
+# Returns the ids it aborted.
+_WITHDRAW_QUEUED = TRANSITION_LUA + """
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+local args = {unpack(ARGV, 2)}
+local aborted, gone = {}, {}
+for _, id in ipairs(ids) do
+  args[1] = id
+  local key = ARGV[1] .. id
+  if redis.call('HGET', key, 'state') == 'queued' and transition(key, KEYS[3], KEYS[4], args)[1] == 1 then
+    aborted[#aborted + 1] = id
+    gone[id] = true
+  end
+end
+if #aborted > 0 then
+  local line = redis.call('LRANGE', KEYS[2], 0, -1)
+  local kept = {}
+  for _, id in ipairs(line) do
+    if not gone[id] then kept[#kept + 1] = id end
+  end
+  if #kept < #line then
+    redis.call('DEL', KEYS[2])
+    for i = 1, #kept, 1000 do
+      redis.call('RPUSH', KEYS[2], unpack(kept, i, math.min(i + 999, #kept)))
+    end
+  end
+end
+return aborted
+"""
 
 
 def new_batch_id() -> str:
@@ -139,6 +186,7 @@ class BatchRegistry:
         self.clock = clock
         self.expansion_timeout = expansion_timeout
         self.events = events if events is not None else EventListener(connection)
+        self._withdraw_queued = connection.register_script(_WITHDRAW_QUEUED)
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, batch: Batch, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> Batch:
@@ -192,6 +240,23 @@ class BatchRegistry:
         pipe.zrem(keys.EXPANDING_BATCHES, batch_id)
         pipe.publish(keys.batch_events(batch_id), FAILED)
         pipe.execute()
+
+    def withdraw_queued(self, batch_id: str, registry: CommandRegistry) -> list[str]:
+        """Withdraw every item of the batch still queued, in one script; the ids it aborted.
+
+        Each moves queued -> aborted by `registry`'s own transition (as `CommandRegistry.withdraw`
+        moves one: its results entry and callback come with it) and leaves its user's line; items
+        already started or ended are left as they are. 10,000 items take well under a second.
+        """
+        batch = self.get(batch_id)
+        if batch is None:
+            return []
+        args = registry.transition_args("", ABORTED, (QUEUED,), fields=WITHDRAWAL_FIELDS)
+        aborted = self._withdraw_queued(
+            keys=[keys.batch_items(batch_id), keys.fair_queue(batch.user_id), keys.RESULTS_STREAM, keys.CALLBACK_OUTBOX],
+            args=[keys.command(""), *args],
+        )
+        return [as_text(command_id) for command_id in aborted]
 
     # -- an expansion's progress (kept on the record so a retried task carries on) --------
     def expansion_progress(self, batch_id: str) -> dict[str, Any]:

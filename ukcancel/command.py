@@ -35,6 +35,7 @@ ACTIVE_STATES = (QUEUED, RUNNING, RETRYING)  # in order, for a transition's allo
 
 Clock = Callable[[], float]
 RESULTS_MAXLEN = 100_000  # ~ entries kept in ``ukcancel:results``
+WITHDRAWAL_FIELDS = {"last_error": "withdrawn by the client"}  # what a withdrawal writes
 
 # How often (per index, per process) an insert also trims index entries older than the TTL, and
 # how many indexes a process remembers having trimmed.
@@ -184,13 +185,13 @@ class CancelCommand:
 
 
 # The one transition every script that moves a command runs (`_TRANSITION` here, the lease-checked
-# steps of `ukcancel.queue`): a Lua function prepended to those scripts, so a check, its write and
-# what a terminal state must bring with it happen in one atomic step.
+# steps of `ukcancel.queue`, a batch's withdrawal in `ukcancel.batch`): a Lua function prepended to
+# those scripts, so a check, its write and what a terminal state must bring with it happen in one
+# atomic step.
 #   key: the command hash   results: the results stream   outbox: the callback outbox
-#   a: the ARGV index where its arguments start:
-#   a+0 command id   a+1 target state   a+2 comma-separated states it may move from
-#   a+3 now (epoch s, to the microsecond)   a+4 1 to count an attempt   a+5 TTL seconds when terminal
-#   a+6 MAXLEN (~) of the results stream   a+7 number of field/value pairs, then the pairs
+#   a: {command id, target state, comma-separated states it may move from, now (epoch s, to the
+#       microsecond), 1 to count an attempt, TTL seconds when terminal, MAXLEN (~) of the results
+#       stream, field/value pairs to write ('' deletes)...} (see `CommandRegistry.transition_args`)
 # Publishes the new state on the command's channel, and on the batch's channel when the command
 # becomes terminal and belongs to a batch. Becoming terminal also appends the command's one
 # results-stream entry and, when it has a callback URL, marks the callback pending and puts it in
@@ -198,22 +199,21 @@ class CancelCommand:
 # Returns {1, state} when moved, {0, current state} when refused, {-1, ""} when there is no record.
 TRANSITION_LUA = """
 local function transition(key, results, outbox, a)
-  local id, target, now = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+  local id, target, now = a[1], a[2], a[4]
   local current = redis.call('HGET', key, 'state')
   if not current then return {-1, ''} end
   -- Terminal is final whatever the caller allows: no duplicate delivery or race reopens it.
   if current == 'completed' or current == 'aborted' then return {0, current} end
   local allowed = false
-  for s in string.gmatch(ARGV[a + 2], '[^,]+') do
+  for s in string.gmatch(a[3], '[^,]+') do
     if s == current then allowed = true end
   end
   if not allowed then return {0, current} end
   redis.call('HSET', key, 'state', target, 'updated_at', now)
-  if ARGV[a + 4] == '1' then redis.call('HINCRBY', key, 'attempts', 1) end
-  local first = a + 8
-  for i = first, first + 2 * tonumber(ARGV[a + 7]) - 1, 2 do
-    if ARGV[i + 1] == '' then redis.call('HDEL', key, ARGV[i])
-    else redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  if a[5] == '1' then redis.call('HINCRBY', key, 'attempts', 1) end
+  for i = 8, #a, 2 do
+    if a[i + 1] == '' then redis.call('HDEL', key, a[i])
+    else redis.call('HSET', key, a[i], a[i + 1]) end
   end
   -- "<code><microseconds since created_at>", as `encode_history` writes it
   local codes = {queued = 'q', running = 'r', retrying = 't', completed = 'c', aborted = 'a'}
@@ -225,11 +225,11 @@ local function transition(key, results, outbox, a)
   if (not history) or history == '' then history = entry else history = history .. ',' .. entry end
   redis.call('HSET', key, 'history', history)
   if target == 'completed' or target == 'aborted' then
-    redis.call('EXPIRE', key, tonumber(ARGV[a + 5]))
+    redis.call('EXPIRE', key, tonumber(a[6]))
     local f = redis.call('HMGET', key, 'user_id', 'job_id', 'result', 'last_error', 'callback_url', 'batch_id')
     local fields = {'command_id', id, 'user_id', f[1], 'job_id', f[2], 'state', target, 'result', f[3] or 'null'}
     if f[4] then table.insert(fields, 'error'); table.insert(fields, f[4]) end
-    redis.call('XADD', results, 'MAXLEN', '~', ARGV[a + 6], '*', unpack(fields))
+    redis.call('XADD', results, 'MAXLEN', '~', a[7], '*', unpack(fields))
     if f[5] then
       redis.call('HSET', key, 'callback',
         '{"status":"pending","attempts":0,"http_status":null,"error":null,"at":' .. now .. '}')
@@ -243,8 +243,8 @@ end
 """
 
 # KEYS[1] command hash   KEYS[2] results stream   KEYS[3] callback outbox
-# ARGV: the arguments of `transition` (see TRANSITION_LUA), from ARGV[1].
-_TRANSITION = TRANSITION_LUA + "return transition(KEYS[1], KEYS[2], KEYS[3], 1)"
+# ARGV: the arguments of `transition` (see TRANSITION_LUA).
+_TRANSITION = TRANSITION_LUA + "return transition(KEYS[1], KEYS[2], KEYS[3], ARGV)"
 
 # KEYS[1] command hash   KEYS[2] lease holders
 # ARGV[1] command id   ARGV[2] holder ('' for none: the caller holds no lease)   ARGV[3] 1 to count an
@@ -386,7 +386,7 @@ class CommandRegistry:
         count_attempt: bool = False,
         fields: dict[str, Any] | None = None,
     ) -> list[Any]:
-        """The ARGV of `TRANSITION_LUA` (see there), for this registry's clock and TTL."""
+        """The arguments of `TRANSITION_LUA` (see there), for this registry's clock and TTL."""
         pairs: list[Any] = []
         for name, value in (fields or {}).items():
             pairs.extend([name, _encode_field(value)])
@@ -398,7 +398,6 @@ class CommandRegistry:
             "1" if count_attempt else "0",
             self.ttl_seconds,
             RESULTS_MAXLEN,
-            len(pairs) // 2,
             *pairs,
         ]
 
@@ -444,7 +443,7 @@ class CommandRegistry:
 
     def withdraw(self, command_id: str) -> Transition:
         """queued -> aborted; refused once a worker has started it."""
-        return self.transition(command_id, ABORTED, (QUEUED,), fields={"last_error": "withdrawn by the client"})
+        return self.transition(command_id, ABORTED, (QUEUED,), fields=WITHDRAWAL_FIELDS)
 
     def record_callback(self, command_id: str, outcome: dict[str, Any], retry_at: float | None = None) -> bool:
         """Store the callback's delivery outcome (written after the command ended); with `retry_at`

@@ -369,6 +369,12 @@ class FleetGate:
     def in_flight(self) -> int:
         return int(self.connection.zcount(keys.FLEET_INFLIGHT, repr(self.clock()), "+inf"))
 
+    def resume(self) -> float:
+        """Lift a fleet pause at once (an operator overruling a Retry-After); the seconds it had left."""
+        left = self.paused_for()
+        self.connection.delete(keys.FLEET_PAUSED_UNTIL)
+        return left
+
 
 # -- the workers' heartbeats (``ukcancel:workers``) ------------------------------------------------
 def record_heartbeat(connection: redis.Redis, name: str, now: float | None = None) -> None:

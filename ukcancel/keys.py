@@ -94,6 +94,8 @@ Plans (`ukcancel.plans.PlanRegistry`): what a selection would cancel, computed f
                                           once, by the first apply). Expires `result_ttl_seconds` after
                                           creation.
     ``ukcancel:plans:waiting:{user_id}``  set, plan ids waiting for that user's refresh to end.
+    ``ukcancel:user:{user_id}:plans``     sorted set, plan ids scored by created_at, kept an hour:
+                                          the plans-per-hour quota (`ukcancel.quota`).
     ``ukcancel:events:plan:{id}``         pub/sub channel, the plan's state once computed (long poll).
 
 Tokens (`ukcancel.token.TokenRegistry`)
@@ -107,6 +109,21 @@ same transaction as the command, expiring `result_ttl_seconds` after it.
                                           the token named {token} (scoped per token).
     ``ukcancel:stream:entry:{entry_id}``  string, "command id|": the command made from that entry
                                           of ``ukcancel:commands``, so a redelivery makes no second.
+
+Quotas (`ukcancel.quota.Quotas`; the other quotas read the keys above)
+    ``ukcancel:polls:{user_id}``          string with expiry, long polls the user holds now.
+
+The web console (`ukcancel.service.console`)
+    ``ukcancel:console:session:{id}``     string with expiry (`console_session_seconds`), the token
+                                          name of a signed-in console session; the session cookie
+                                          names the id. Sign-out deletes it, which ends every copy
+                                          of that cookie.
+
+Metrics (`ukcancel.metrics.StoreCollector`)
+    ``ukcancel:metrics:commands``         string with expiry (`metrics_cache_seconds`), JSON list of
+                                          [state, result status, count]: the commands-by-state
+                                          tally every API process answers /metrics from.
+    ``ukcancel:metrics:lock``             string with expiry, held by the one process counting it.
 
 HTTP API rate limit (`ukcancel.service.rate_limit`)
     ``LIMITS:LIMITER/ukcancel-api/...``   Flask-Limiter's fixed-window counters, one per token name
@@ -147,11 +164,15 @@ Streams (`ukcancel.stream`)
                                           (JSON text, or a comma list), optional user_id,
                                           callback_url, request_id. An entry is deleted once
                                           handled, so tokens do not stay at rest.
+    ``ukcancel:commands:from:{pipeline}``  stream, as ``ukcancel:commands`` for one pipeline named in
+                                          `UKCANCEL_PIPELINE_STREAMS` (so an ACL can confine it).
     ``ukcancel:commands:accepted``        stream, capped at ~100,000: entry_id, command_id,
                                           request_id (when given).
     ``ukcancel:deadletter``               stream: the rejected entry's fields (token cut to its
-                                          prefix), reason (JSON validation messages), entry_id.
-                                          Not trimmed by the service.
+                                          prefix, other secrets redacted, at most 16 fields of 512
+                                          characters), reason (JSON validation messages), entry_id
+                                          (``<pipeline>/<id>`` for a pipeline stream's entry).
+                                          Capped at ~`deadletter_maxlen` (100,000).
     ``ukcancel:results``                  stream, capped at ~100,000: command_id, user_id, job_id,
                                           state, result (JSON), error (when there is one); one
                                           entry per terminal command, appended by the script that
@@ -234,6 +255,14 @@ def plans_waiting(user_id: str) -> str:
     return f"{PREFIX}:plans:waiting:{user_id}"
 
 
+def user_plans(user_id: str) -> str:
+    return f"{PREFIX}:user:{user_id}:plans"
+
+
+def user_polls(user_id: str) -> str:
+    return f"{PREFIX}:polls:{user_id}"
+
+
 def plan_events(plan_id: str) -> str:
     return f"{PREFIX}:events:plan:{plan_id}"
 
@@ -256,6 +285,13 @@ def stream_entry(entry_id: str) -> str:
 API_LIMITER_PREFIX = "ukcancel-api"
 
 
+def console_session(session_id: str) -> str:
+    return f"{PREFIX}:console:session:{session_id}"
+
+
+METRICS_COMMANDS = f"{PREFIX}:metrics:commands"
+METRICS_LOCK = f"{PREFIX}:metrics:lock"
+
 FLEET_CONFIG = f"{PREFIX}:fleet:config"
 FLEET_INFLIGHT = f"{PREFIX}:fleet:inflight"
 FLEET_PAUSED_UNTIL = f"{PREFIX}:fleet:paused_until"
@@ -275,6 +311,10 @@ LEGACY_FAIR_CLAIMS = f"{PREFIX}:fair:claims"
 COMMAND_STREAM = f"{PREFIX}:commands"
 COMMAND_STREAM_GROUP = PREFIX
 ACCEPTED_STREAM = f"{PREFIX}:commands:accepted"
+
+
+def pipeline_stream(pipeline: str) -> str:
+    return f"{PREFIX}:commands:from:{pipeline}"
 DEADLETTER_STREAM = f"{PREFIX}:deadletter"
 RESULTS_STREAM = f"{PREFIX}:results"
 CALLBACK_OUTBOX = f"{PREFIX}:callbacks:due"

@@ -45,3 +45,8 @@ def withdraw(runtime: Runtime, command: CancelCommand) -> Transition:
     if outcome.moved:
         runtime.queue.remove_waiting(command)
     return outcome
+
+
+def withdraw_batch(runtime: Runtime, batch_id: str) -> list[str]:
+    """Withdraw every item of a batch that no worker has started, in one step; the ids withdrawn."""
+    return runtime.batches.withdraw_queued(batch_id, runtime.registry)

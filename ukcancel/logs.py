@@ -41,9 +41,13 @@ SECRETS = re.compile(
 )
 
 
+# The password of a URL's user information (scheme://user:password@host): the user stays.
+URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]*):[^@\s/]*@")
+
+
 def redact(text: str) -> str:
-    """`text` with every token, bearer credential and callback secret replaced by a marker."""
-    return SECRETS.sub("[redacted]", text)
+    """`text` with every token, bearer credential, callback secret and URL password replaced by a marker."""
+    return URL_PASSWORD.sub(r"\1:[redacted]@", SECRETS.sub("[redacted]", text))
 
 
 def current() -> dict[str, str]:

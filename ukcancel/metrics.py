@@ -14,13 +14,23 @@ PROMETHEUS_MULTIPROC_DIR) on that port, one scrape target per worker. Sharing on
 the API and the workers of a host also works (the API's /metrics then adds them up), but not
 across containers or pods, so the shipped layouts use worker endpoints.
 
-No label carries a user: `/metrics` is open, and a UKSSDC UserID is an e-mail address. The queue
+A scrape costs O(1) in records: the store's gauges are computed at most once per
+`UKCANCEL_METRICS_CACHE_SECONDS` (15 s) by each process, and their costly part, the commands by
+state (a SCAN over every record), at most once per period for the whole fleet: the first process
+to need it takes a short lock, counts, and leaves the tally in ``ukcancel:metrics:commands`` for
+the others. Between computations every scrape answers the figures as they were (at most that
+old). `UKCANCEL_METRICS_TOKEN` makes `/metrics` require `Authorization: Bearer <that token>`.
+
+No label carries a user: `/metrics` may be open, and a UKSSDC UserID is an e-mail address. The queue
 is shown as totals (commands waiting, users waiting, the longest line); per-user figures are for
 admin tokens through the API (`GET /v1/cancellations?state=queued`).
 """
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -107,13 +117,35 @@ def count_result(result: list[Any]) -> None:
 
 
 class StoreCollector(Collector):
-    """Gauges read from Redis at scrape time: commands by state, queue depth, the fleet's state."""
+    """Gauges read from Redis: commands by state, queue depth, the fleet's state.
 
-    def __init__(self, runtime: Runtime) -> None:
+    Computed at most once per `cache_seconds` (the answer in between is the last one), so the
+    scrape rate does not multiply the store's work; `clock` is injectable for tests.
+    """
+
+    def __init__(self, runtime: Runtime, cache_seconds: float | None = None,
+                 clock: Any = time.monotonic) -> None:
         self.runtime = runtime
+        self.cache_seconds = runtime.settings.metrics_cache_seconds if cache_seconds is None else cache_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._families: list[Metric] = []
+        self._computed_at: float | None = None
+        self.computations = 0  # how often the gauges were computed (for tests and curiosity)
 
     def collect(self) -> Iterator[Metric]:
+        """The figures over records and users (cached), then the fleet's own (a few O(1) reads, live)."""
+        with self._lock:
+            now = self.clock()
+            if self._computed_at is None or now - self._computed_at >= self.cache_seconds:
+                self._families = list(self._compute())
+                self._computed_at = now
+                self.computations += 1
+            families = list(self._families)
+        yield from families
+        yield from self._fleet()
 
+    def _compute(self) -> Iterator[Metric]:
         yield self._commands_by_state()
         lines = [waiting for waiting in self.runtime.queue.depth().values() if waiting]
         yield GaugeMetricFamily(
@@ -123,12 +155,13 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "ukcancel_queue_longest_line", "Commands waiting in the longest user's line.", value=max(lines, default=0)
         )
+        yield from self._schedule()
+
+    def _fleet(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "ukcancel_live_workers", "Workers that sent a heartbeat recently (as /readyz counts them).",
             value=len(self.runtime.gate.live_workers()),
         )
-        yield from self._schedule()
-
         gate = self.runtime.gate
         breaker = gate.breaker_state()
         state = GaugeMetricFamily(
@@ -174,10 +207,41 @@ class StoreCollector(Collector):
     def _commands_by_state(self) -> GaugeMetricFamily:
         """Commands held in Redis by state, and completed ones also by result status.
 
-        A SCAN over the records: O(records) per scrape, which at the retention of a week of a
-        facility's cancellations is a few thousand pipelined reads.
+        The tally is shared by every process through ``ukcancel:metrics:commands`` for
+        `cache_seconds`; one process at a time (``ukcancel:metrics:lock``) counts it anew.
         """
         connection = self.runtime.connection
+        tally = self._shared_tally(connection)
+        family = GaugeMetricFamily(
+            "ukcancel_commands",
+            "Cancel commands held in Redis by state and, once completed, by result status (-1, 0, 1, 2).",
+            labels=["state", "status"],
+        )
+        for state in STATES:
+            statuses = sorted(status for (s, status) in tally if s == state) or [""]
+            for status in statuses:
+                family.add_metric([state, status], tally[(state, status)])
+        return family
+
+    def _shared_tally(self, connection: Any) -> Tally[tuple[str, str]]:
+        cached = connection.get(keys.METRICS_COMMANDS)
+        if cached is None and (self.cache_seconds <= 0 or connection.set(
+                keys.METRICS_LOCK, "1", nx=True, ex=max(5, int(self.cache_seconds) + 1))):
+            tally = self._count_commands(connection)
+            if self.cache_seconds > 0:
+                connection.set(keys.METRICS_COMMANDS, json.dumps([[s, r, n] for (s, r), n in tally.items()]),
+                               px=max(1, int(self.cache_seconds * 1000)))
+                connection.delete(keys.METRICS_LOCK)
+            return tally
+        if cached is None:  # another process is counting: this one answers its last figures
+            last = getattr(self, "_last_tally", None)
+            return last if last is not None else self._count_commands(connection)
+        tally = Tally({(s, r): int(n) for s, r, n in json.loads(cached)})
+        self._last_tally = tally
+        return tally
+
+    def _count_commands(self, connection: Any) -> Tally[tuple[str, str]]:
+        """A SCAN over the records: O(records), done once per cache period for the whole fleet."""
         tally: Tally[tuple[str, str]] = Tally()
         batch: list[bytes] = []
 
@@ -197,16 +261,8 @@ class StoreCollector(Collector):
                 batch = []
         if batch:
             read(batch)
-        family = GaugeMetricFamily(
-            "ukcancel_commands",
-            "Cancel commands held in Redis by state and, once completed, by result status (-1, 0, 1, 2).",
-            labels=["state", "status"],
-        )
-        for state in STATES:
-            statuses = sorted(status for (s, status) in tally if s == state) or [""]
-            for status in statuses:
-                family.add_metric([state, status], tally[(state, status)])
-        return family
+        self._last_tally = tally
+        return tally
 
 
 
@@ -237,7 +293,7 @@ def scrape_registry(runtime: Runtime) -> CollectorRegistry:
     return registry
 
 
-def serve_process_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> None:
+def serve_process_metrics(settings: Settings, port: int, address: str = "127.0.0.1") -> None:
     """A worker's scrape target: `process_registry` over HTTP on `port`, in a daemon thread of this process.
 
     Only the processes' counters: the store's gauges come from the API's /metrics, once, not once per worker.

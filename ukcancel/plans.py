@@ -157,6 +157,10 @@ class PlanRegistry:
         pipe.expire(key, self.ttl_seconds)
         pipe.sadd(keys.plans_waiting(plan.user_id), plan.id)
         pipe.expire(keys.plans_waiting(plan.user_id), self.ttl_seconds)
+        made = keys.user_plans(plan.user_id)  # the plans-per-hour quota (`ukcancel.quota`)
+        pipe.zadd(made, {plan.id: plan.created_at})
+        pipe.zremrangebyscore(made, "-inf", plan.created_at - 3600)
+        pipe.expire(made, 3600)
         pipe.execute()
         return plan
 

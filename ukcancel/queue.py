@@ -143,7 +143,7 @@ return 1
 _STEP = TRANSITION_LUA + """
 local id = ARGV[4]
 if redis.call('HGET', KEYS[2], id) ~= ARGV[1] then return {-2, ''} end
-local reply = transition(KEYS[4], KEYS[5], KEYS[6], 4)
+local reply = transition(KEYS[4], KEYS[5], KEYS[6], {unpack(ARGV, 4)})
 if ARGV[2] ~= 'start' then
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)

@@ -25,7 +25,11 @@ MAX_JOB_ID = 2**31 - 1
 
 
 class JobId(fields.Integer):
-    """A UKSSDC JobID: a JSON integer > 0. Booleans, floats and strings are refused, not coerced."""
+    """A UKSSDC JobID: a JSON integer > 0. Booleans, fractions and strings are refused, not coerced.
+
+    An integral number written with a fraction (``890.0``) is the integer 890, as JSON Schema's
+    "integer" (which the OpenAPI document states) counts it; ``890.5`` is refused.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, validate=validate.Range(min=1, max=MAX_JOB_ID), **kwargs)
@@ -33,6 +37,8 @@ class JobId(fields.Integer):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if isinstance(value, bool):
             raise self.make_error("invalid")
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)
         return super()._deserialize(value, attr, data, **kwargs)
 
 
@@ -122,8 +128,23 @@ class CallbackUrl(fields.Url):
         if urlsplit(value).username is not None:
             raise self.make_error("credentials")
         policy = SubmissionContext.get({"callback_allowed_hosts": ()})
-        if not callback.host_allowed(value, policy["callback_allowed_hosts"]):
+        allowed = policy["callback_allowed_hosts"]
+        if not callback.host_allowed(value, allowed) or not default_port_or_listed(value, allowed):
             raise self.make_error("host", host=urlsplit(value).netloc)
+
+
+def default_port_or_listed(url: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """A bare host on the allow list allows its scheme's default port only (80, 443); any other
+    port must be listed as host:port. True when the URL keeps to that."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if port is None or port == default:
+        return True
+    return f"{(parts.hostname or '').lower()}:{port}" in {host.lower() for host in allowed_hosts}
 
 
 class CancellationRequestSchema(Schema):
@@ -155,8 +176,9 @@ class CancellationRequestSchema(Schema):
         metadata={
             "description": "Optional http(s) URL the service POSTs the command to once it has ended, signed "
             "with the submitting token's callback secret (Standard Webhooks: webhook-id, webhook-timestamp, "
-            "webhook-signature). Its host must be one the "
-            "facility allows."
+            "webhook-signature). Its host must be on the facility's UKCANCEL_CALLBACK_ALLOWED_HOSTS (422 "
+            "otherwise): a bare host there allows its scheme's default port only (80, 443), any other port "
+            "must be listed as host:port. No user name or password."
         },
     )
 

@@ -15,6 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PRODUCTION_BASE_URL = "https://www.swift.ac.uk/user_objects"
+# Bounds of a UKSSDC reply (`ukcancel.worker.ukssdc`), shared with the client's own defaults.
+DEFAULT_RETRY_AFTER_MAX_SECONDS = 900.0
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -59,6 +62,32 @@ def _port(raw: str) -> int:
     if not 1 <= value <= 65535:
         raise ValueError("must be a TCP port, 1-65535")
     return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+def _address(raw: str) -> str:
+    import ipaddress
+
+    ipaddress.ip_address(raw)  # ValueError names it
+    return raw
+
+
+def _pipeline_names(raw: str) -> tuple[str, ...]:
+    import re
+
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+            raise ValueError("must be a comma-separated list of pipeline names (a-z, 0-9, _ and -)")
+    return names
 
 
 def _log_format(raw: str) -> str:
@@ -164,6 +193,12 @@ class Settings:
     ukssdc_api_version: str = "1.12"
     ukssdc_connect_timeout_seconds: float = 5.0
     ukssdc_timeout_seconds: float = 30.0
+    # The whole UKSSDC call, wall clock (not per socket read); unset: connect + read timeout,
+    # which is also the most allowed (the fleet's permit lease covers that long).
+    ukssdc_deadline_seconds: float | None = None
+    ukssdc_max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    # The longest Retry-After honoured; a longer (or unreadable) one pauses nobody.
+    retry_after_max_seconds: float = DEFAULT_RETRY_AFTER_MAX_SECONDS
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     retry_max_delay_seconds: float = 300.0
@@ -195,10 +230,30 @@ class Settings:
     # The web console (`ukcancel.service.console`): the key its session cookies are signed with.
     # No default: without it the console is off.
     console_secret: str | None = field(default=None, repr=False)
+    # Plain-HTTP development only: the console's cookie without the Secure flag.
+    console_insecure_cookie: bool = False
+    # How long a console sign-in lasts (its server-side session expires then; sign-out ends it).
+    console_session_seconds: int = 12 * 3600
+    # Per-user quotas (`ukcancel.quota`): commands waiting in the user's line, batches and plans
+    # created in the last hour, long polls held at once. Over one: 429 naming the limit.
+    quota_queued_commands: int = 20_000
+    quota_batches_per_hour: int = 100
+    quota_plans_per_hour: int = 600
+    quota_long_polls: int = 10
+    # /metrics: a bearer token a scraper must send (unset: open), and how long the store's
+    # gauges are reused between scrapes (one computation per period, whatever the scrape rate).
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_cache_seconds: float = 15.0
+    # The dead-letter stream keeps about this many entries (oldest trimmed).
+    deadletter_maxlen: int = 100_000
+    # Pipelines with a command stream of their own (`ukcancel:commands:from:{name}`), for ACLs.
+    pipeline_streams: tuple[str, ...] = ()
     # Log lines of every process: "text" or "json" (one object per line, `ukcancel.logs`).
     log_format: str = "text"
     # A worker's own scrape target (`ukcancel.metrics.serve_process_metrics`); unset: none.
     worker_metrics_port: int | None = None
+    # ... and the address it listens on: loopback unless set (a pod sets 0.0.0.0 for its scraper).
+    worker_metrics_address: str = "127.0.0.1"
     # Client settings: where the `ukcancel cancel/batch/status` commands find the service.
     api_url: str = "http://127.0.0.1:8000"
     token: str | None = None
@@ -217,6 +272,9 @@ class Settings:
             ("UKCANCEL_UKSSDC_API_VERSION", "ukssdc_api_version", str),
             ("UKCANCEL_UKSSDC_CONNECT_TIMEOUT_SECONDS", "ukssdc_connect_timeout_seconds", _positive_float),
             ("UKCANCEL_UKSSDC_TIMEOUT_SECONDS", "ukssdc_timeout_seconds", _positive_float),
+            ("UKCANCEL_UKSSDC_DEADLINE_SECONDS", "ukssdc_deadline_seconds", _positive_float),
+            ("UKCANCEL_UKSSDC_MAX_REPLY_BYTES", "ukssdc_max_reply_bytes", _positive_int),
+            ("UKCANCEL_RETRY_AFTER_MAX_SECONDS", "retry_after_max_seconds", _positive_float),
             ("UKCANCEL_MAX_ATTEMPTS", "max_attempts", _positive_int),
             ("UKCANCEL_RETRY_BASE_SECONDS", "retry_base_seconds", _positive_float),
             ("UKCANCEL_RETRY_MAX_DELAY_SECONDS", "retry_max_delay_seconds", _positive_float),
@@ -242,6 +300,17 @@ class Settings:
             ("UKCANCEL_CONSOLE_SECRET", "console_secret", _secret),
             ("PROMETHEUS_MULTIPROC_DIR", "metrics_multiproc_dir", _directory),
             ("UKCANCEL_WORKER_METRICS_PORT", "worker_metrics_port", _port),
+            ("UKCANCEL_WORKER_METRICS_ADDRESS", "worker_metrics_address", _address),
+            ("UKCANCEL_CONSOLE_INSECURE_COOKIE", "console_insecure_cookie", _flag),
+            ("UKCANCEL_CONSOLE_SESSION_SECONDS", "console_session_seconds", _positive_int),
+            ("UKCANCEL_QUOTA_QUEUED_COMMANDS", "quota_queued_commands", _positive_int),
+            ("UKCANCEL_QUOTA_BATCHES_PER_HOUR", "quota_batches_per_hour", _positive_int),
+            ("UKCANCEL_QUOTA_PLANS_PER_HOUR", "quota_plans_per_hour", _positive_int),
+            ("UKCANCEL_QUOTA_LONG_POLLS", "quota_long_polls", _positive_int),
+            ("UKCANCEL_METRICS_TOKEN", "metrics_token", _secret),
+            ("UKCANCEL_METRICS_CACHE_SECONDS", "metrics_cache_seconds", _non_negative_float),
+            ("UKCANCEL_DEADLETTER_MAXLEN", "deadletter_maxlen", _positive_int),
+            ("UKCANCEL_PIPELINE_STREAMS", "pipeline_streams", _pipeline_names),
             ("UKCANCEL_LOG_FORMAT", "log_format", _log_format),
             ("UKCANCEL_API_URL", "api_url", _http_url),
             ("UKCANCEL_TOKEN", "token", str),
@@ -272,6 +341,11 @@ class Settings:
             )
         if settings.retry_base_seconds > settings.retry_max_delay_seconds:
             raise SettingsError("UKCANCEL_RETRY_BASE_SECONDS must not exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS")
+        if (settings.ukssdc_deadline_seconds or 0) > settings.ukssdc_connect_timeout_seconds + settings.ukssdc_timeout_seconds:
+            # The fleet's permit lease covers connect + read timeout; a longer call would outlive it.
+            raise SettingsError(
+                "UKCANCEL_UKSSDC_DEADLINE_SECONDS must not exceed the UKSSDC connect timeout plus read timeout"
+            )
         if settings.reconcile_seconds * 2 > settings.lease_seconds:
             # A lease must outlive a few renewals and reconciler ticks, or live work is taken over.
             raise SettingsError("UKCANCEL_LEASE_SECONDS must be at least twice UKCANCEL_RECONCILE_SECONDS")
@@ -281,6 +355,11 @@ class Settings:
                 "UKCANCEL_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed UKCANCEL_RETRY_MAX_DELAY_SECONDS"
             )
         return settings
+
+    @property
+    def ukssdc_call_deadline_seconds(self) -> float:
+        """The wall-clock bound of one UKSSDC call (`UKCANCEL_UKSSDC_DEADLINE_SECONDS`)."""
+        return self.ukssdc_deadline_seconds or self.ukssdc_connect_timeout_seconds + self.ukssdc_timeout_seconds
 
     @property
     def embedded(self) -> bool:

@@ -164,7 +164,21 @@ class TokenRegistry:
         pipe.delete(keys.token(token_digest))
         pipe.hdel(keys.TOKENS, record.name)
         pipe.execute()
+        self._forget_idempotency_keys(record.name)
         return record
+
+    def _forget_idempotency_keys(self, name: str) -> None:
+        """Drop the Idempotency-Key reservations made under `name`: a later token given the same name
+        starts with a fresh scope instead of replaying the revoked token's commands. (Its callback
+        secret is fresh anyway: every token gets its own.)"""
+        batch: list[bytes] = []
+        for key in self.connection.scan_iter(match=keys.idempotency(name, "*"), count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                self.connection.delete(*batch)
+                batch = []
+        if batch:
+            self.connection.delete(*batch)
 
 
 def _record(data: dict[str, str]) -> TokenRecord:

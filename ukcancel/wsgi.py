@@ -3,6 +3,7 @@
 from ukcancel import logs
 from ukcancel.assemble import create_api
 from ukcancel.layout import ensure_layout_at_start
+from ukcancel.service import gunicorn_errors
 from ukcancel.settings import Settings
 
 settings = Settings.from_env()
@@ -11,3 +12,4 @@ app = create_api(settings)
 # The key layout of this release (`ukcancel.layout`): migrated once across the fleet, or the
 # process refuses to start (LayoutTooNew names both versions).
 ensure_layout_at_start(app.extensions["ukcancel"].connection)
+gunicorn_errors.install()  # gunicorn's own 400/414/431 answers as problems, like the application's

@@ -60,6 +60,9 @@ class ServiceTask(Task):
             settings.ukssdc_api_version,
             settings.ukssdc_connect_timeout_seconds,
             settings.ukssdc_timeout_seconds,
+            deadline=settings.ukssdc_call_deadline_seconds,
+            max_reply_bytes=settings.ukssdc_max_reply_bytes,
+            retry_after_max=settings.retry_after_max_seconds,
         )
 
     @functools.cached_property

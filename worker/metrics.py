@@ -27,8 +27,8 @@ class MetricsEndpoint(bootsteps.StartStopStep):
         if worker.pool_cls.__module__.endswith("prefork") and not settings.metrics_multiproc_dir:
             log.warning("prefork pool without PROMETHEUS_MULTIPROC_DIR: the pool's counters will not be served")
         try:
-            metrics.serve_process_metrics(settings, settings.worker_metrics_port)
+            metrics.serve_process_metrics(settings, settings.worker_metrics_port, settings.worker_metrics_address)
         except OSError as exc:
             log.error("worker metrics not served on port %s: %s", settings.worker_metrics_port, exc)
             return
-        log.info("worker metrics on port %s", settings.worker_metrics_port)
+        log.info("worker metrics on %s port %s", settings.worker_metrics_address, settings.worker_metrics_port)

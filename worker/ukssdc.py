@@ -19,6 +19,8 @@ import requests
 from ukcancel import metrics
 from ukcancel.outcome import CancelReply, UnintelligibleReply, parse_cancel_reply, parse_json_reply
 from ukcancel.retry import TRANSIENT_STATUSES, CallFailure
+from ukcancel.settings import DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRY_AFTER_MAX_SECONDS
+from ukcancel.worker.bounded_http import BoundedHttp, DeadlineExceeded, ResponseTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +50,47 @@ class ServerError:
     message: str
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
+# Longer than any Retry-After worth reading as digits: past this it is refused without conversion.
+_MAX_DIGITS = 12
+
+
+def parse_retry_after(
+    value: str | None, now: float | None = None, maximum: float = DEFAULT_RETRY_AFTER_MAX_SECONDS
+) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date).
+
+    None when absent, unreadable or absurd: more than `maximum` seconds (a huge number, a date far
+    ahead). The reply is then an ordinary transient failure that pauses nobody: one peer's answer
+    must not stop the fleet for longer than the operator allows.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if value.isdigit() and value.isascii():
+        if len(value) > _MAX_DIGITS:
+            return None
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+        if when is None:
+            return None
+        try:
+            seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+        except (OverflowError, OSError, ValueError):
+            return None
+    return seconds if seconds <= maximum else None
 
 
 class UkssdcClient:
-    """POSTs JSON to the UKSSDC endpoints and reads their replies."""
+    """POSTs JSON to the UKSSDC endpoints and reads their replies.
+
+    Every call is bounded (`ukcancel.worker.bounded_http`): `deadline` seconds for the whole
+    exchange and `max_reply_bytes` of reply, past either a transient failure; a Retry-After over
+    `retry_after_max` seconds is ignored (see `parse_retry_after`).
+    """
 
     _warned: set[str] = set()  # deprecation warning types already logged by this process
 
@@ -76,11 +101,18 @@ class UkssdcClient:
         connect_timeout: float,
         read_timeout: float,
         session: requests.Session | None = None,
+        *,
+        deadline: float | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        retry_after_max: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_version = api_version
         self.timeout = (connect_timeout, read_timeout)
-        self.session = session or requests.Session()
+        self.deadline = deadline if deadline is not None else connect_timeout + read_timeout
+        self.max_reply_bytes = max_reply_bytes
+        self.retry_after_max = retry_after_max
+        self.http = BoundedHttp(session)
 
     def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """The reply's JSON object (OK may be 0); raises `UkssdcFailure` when there is no answer."""
@@ -101,7 +133,20 @@ class UkssdcClient:
         payload = {**body, "api_name": "xrt_prods", "api_version": self.api_version}
         url = f"{self.base_url}/{endpoint}"
         try:
-            reply = self.session.post(url, json=payload, timeout=self.timeout, allow_redirects=False)
+            reply = self.http.request(
+                "POST", url, json=payload, deadline_seconds=self.deadline, max_bytes=self.max_reply_bytes,
+                connect_timeout=self.timeout[0], read_timeout=self.timeout[1],
+            )
+        except DeadlineExceeded:
+            raise TransientFailure(
+                f"no complete reply within the {self.deadline:g} s deadline from {url}",
+                maybe_processed=True, kind="deadline",
+            ) from None
+        except ResponseTooLarge:
+            raise TransientFailure(
+                f"reply from {url} over the {self.max_reply_bytes}-byte cap; not read further",
+                maybe_processed=True, kind="too_large",
+            ) from None
         except requests.exceptions.ConnectTimeout as exc:
             raise TransientFailure(f"connect timeout to {url}: {exc}", kind="connect_timeout") from None
         except requests.exceptions.ReadTimeout:
@@ -119,9 +164,15 @@ class UkssdcClient:
 
         if reply.status_code != 200:
             failure_class = TransientFailure if reply.status_code in TRANSIENT_STATUSES else PermanentFailure
+            header = reply.headers.get("Retry-After")
+            retry_after = parse_retry_after(header, maximum=self.retry_after_max)
+            ignored = ""
+            if header and retry_after is None:
+                ignored = f" (Retry-After {_brief(header, 40)!r} ignored: not a delay of at most {self.retry_after_max:g} s)"
+                log.warning("UKSSDC reply HTTP %s from %s%s", reply.status_code, url, ignored)
             raise failure_class(
-                f"HTTP {reply.status_code} {reply.reason} from {url}",
-                retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+                f"HTTP {reply.status_code} {_brief(reply.reason, 80)} from {url}{ignored}",
+                retry_after=retry_after,
                 kind=f"http_{reply.status_code}",
                 status_code=reply.status_code,
             )
@@ -190,6 +241,6 @@ def _is_connect_failure(exc: requests.exceptions.ConnectionError) -> bool:
     return any(marker in text for marker in ("NewConnectionError", "NameResolutionError", "ConnectTimeout"))
 
 
-def _brief(exc: Exception) -> str:
+def _brief(exc: object, limit: int = 200) -> str:
     text = str(exc)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

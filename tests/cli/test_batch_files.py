@@ -49,6 +49,10 @@ def commands_stored(api: Served) -> int:
         ("blank-line.csv", "job_id,products\n1001,lc\n\n12x,lc\n-3,all\n",
          ['item 1 (line 4), job_id = "12x": Not a valid integer.', "item 2 (line 5), job_id = -3: Must be greater"]),
         ("header.csv", "job_id,job_id\n1001,1002\n", ["the CSV header must be job_id,products"]),
+        # Hostile sizes: a clear message and exit 2, not a traceback.
+        ("huge-id.csv", "job_id,products\n" + "9" * 5000 + ",lc\n", ["item 0 (line 2), job_id = ", "Not a valid integer."]),
+        ("huge-id.json", "[[" + "9" * 5000 + ', "lc"]]', ["not valid JSON", "4300"]),
+        ("huge-cell.csv", "job_id,products\n1001," + "l" * (128 * 1024 + 10) + "\n", ["line 2: field larger than field limit"]),
     ],
 )
 def test_a_malformed_batch_file_names_each_bad_item_and_submits_nothing(

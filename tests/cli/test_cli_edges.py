@@ -330,3 +330,12 @@ def test_ctrl_c_while_waiting_stops_the_wait_not_the_command(served_without_work
     command_id = FULL_ID.search(result.stderr).group(0)  # type: ignore[union-attr]
     assert f"stopped waiting; it goes on in the service: `ukcancel status {command_id}`" in result.stderr
     assert served_without_worker.runtime.registry.get(command_id).state == "queued"
+
+
+def test_a_wait_during_a_fleet_pause_says_so_and_how_to_lift_it(served_without_worker: Served, ukcancel: CliRun) -> None:
+    from ukcancel.fleet import record_heartbeat
+
+    record_heartbeat(served_without_worker.runtime.connection, "w1@host")  # a live worker, but the fleet waits
+    served_without_worker.runtime.gate.pause(600)
+    result = ukcancel(served_without_worker, "cancel", "1001", "--wait", "--timeout", "1")
+    assert "fleet paused for" in result.stderr and "ukcancel fleet --resume" in result.stderr

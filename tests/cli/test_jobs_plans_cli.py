@@ -36,7 +36,7 @@ def test_jobs_json_is_the_services_view(served: Served, ukcancel: CliRun) -> Non
 def test_a_bad_filter_is_a_usage_error_naming_the_option(served: Served, ukcancel: CliRun) -> None:
     result = ukcancel(served, "jobs", "--submitted-after", "2026-11-21", "--submitted-before", "2026-11-20")
     assert result.exit_code == 2
-    assert "--submitted-before: Must be later than submitted_after." in result.stderr
+    assert "--submitted-before: Must not be earlier than submitted_after." in result.stderr
     assert ukcancel(served, "jobs", "--state", "running").exit_code == 2  # click refuses it before sending
 
 

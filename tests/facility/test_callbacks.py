@@ -83,7 +83,7 @@ def test_callback_is_signed_retried_and_recorded(
     redis_url: str, simulator: SimulatorServer, receiver: Receiver, worker_factory: Any,
     make_worker_env: Callable[..., dict[str, str]],
 ) -> None:
-    facility = build_facility(Settings(redis_url=redis_url, callback_allowed_hosts=("127.0.0.1",)))
+    facility = build_facility(Settings(redis_url=redis_url, callback_allowed_hosts=(f"127.0.0.1:{receiver.port}",)))
     worker_factory(make_worker_env(redis_url, simulator, UKCANCEL_CALLBACK_ALLOWED_HOSTS="127.0.0.1",
                                    UKCANCEL_CALLBACK_MAX_ATTEMPTS="5"))
     receiver.statuses = [500, 503]  # fails twice, then 200
@@ -136,7 +136,7 @@ def test_a_host_no_longer_allowed_is_refused_without_a_request(
     make_worker_env: Callable[..., dict[str, str]],
 ) -> None:
     # The API accepted the URL; by the time the worker delivers, the allow list no longer has it.
-    facility = build_facility(Settings(redis_url=redis_url, callback_allowed_hosts=("127.0.0.1",)))
+    facility = build_facility(Settings(redis_url=redis_url, callback_allowed_hosts=(f"127.0.0.1:{receiver.port}",)))
     worker_factory(make_worker_env(redis_url, simulator, UKCANCEL_CALLBACK_ALLOWED_HOSTS="hooks.example.org"))
     command_id = facility.submit("alice", {"job_id": 1001, "products": ["lc"], "callback_url": receiver.url()})
 
@@ -175,8 +175,21 @@ def test_an_allowed_host_may_name_its_port(make_facility: Callable[..., Facility
     assert other_port.status_code == 422
 
 
+def test_a_bare_allowed_host_allows_only_its_default_port(make_facility: Callable[..., Facility]) -> None:
+    facility = make_facility(callback_allowed_hosts=("hooks.example.org",))
+
+    def submitted(url: str) -> int:
+        return facility.call("POST", "/v1/cancellations", "alice", {"job_id": 1001, "callback_url": url}).status_code
+
+    assert submitted("https://hooks.example.org/done") == 202
+    assert submitted("https://hooks.example.org:443/done") == 202
+    assert submitted("http://hooks.example.org:80/done") == 202
+    for url in ("https://hooks.example.org:8443/done", "http://hooks.example.org:6379/", "https://hooks.example.org:80/x"):
+        assert submitted(url) == 422, url
+
+
 def test_a_withdrawn_command_schedules_its_callback(make_facility: Callable[..., Facility]) -> None:
-    facility = make_facility(callback_allowed_hosts=("127.0.0.1",))
+    facility = make_facility(callback_allowed_hosts=("127.0.0.1:9",))
     command_id = facility.submit("alice", {"job_id": 1001, "callback_url": "http://127.0.0.1:9/hook"})
     assert facility.call("GET", f"/v1/cancellations/{command_id}", "alice").get_json()["callback"] is None
     withdrawn = facility.call("DELETE", f"/v1/cancellations/{command_id}", "alice").get_json()
@@ -188,7 +201,7 @@ def test_a_withdrawn_command_schedules_its_callback(make_facility: Callable[...,
 @pytest.fixture
 def finished(make_facility: Callable[..., Facility], receiver: Receiver) -> tuple[Facility, str]:
     """A withdrawn (terminal) command of alice's with a callback to the receiver; max 3 attempts."""
-    facility = make_facility(callback_allowed_hosts=("127.0.0.1",), callback_max_attempts=3,
+    facility = make_facility(callback_allowed_hosts=(f"127.0.0.1:{receiver.port}", "127.0.0.1:9"), callback_max_attempts=3,
                              retry_base_seconds=0.01, retry_max_delay_seconds=0.1)
     command_id = facility.submit("alice", {"job_id": 1001, "callback_url": receiver.url()})
     facility.runtime.registry.withdraw(command_id)

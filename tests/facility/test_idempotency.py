@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from facility_api import PROBLEM, Facility, build_facility
+from facility_api import ALICE, PROBLEM, Facility, build_facility
 from kombu.exceptions import OperationalError
 from werkzeug.serving import make_server
 
@@ -170,3 +170,18 @@ def test_concurrent_posts_with_one_key_create_exactly_one_command(served_on_redi
     assert facility.command_ids() == {answers[0][1]}
     assert facility.runtime.connection.zcard(keys.user_commands("astro@example.org")) == 1
     assert facility.runtime.queue.depth() == {"astro@example.org": 1}
+
+
+def test_a_token_reusing_a_revoked_name_starts_a_fresh_idempotency_scope_and_secret(
+    facility_on_redis: Facility,
+) -> None:
+    facility = facility_on_redis
+    key = {"Idempotency-Key": "nightly-run-1"}
+    first = facility.submit("alice", {"job_id": 1001}, key)
+    old_secret = facility.records["alice"].callback_secret
+    facility.runtime.tokens.revoke("alice")
+    token, record = facility.runtime.tokens.create(ALICE, name="alice")
+    facility.tokens["alice"], facility.records["alice"] = token, record
+    assert record.callback_secret != old_secret
+    again = facility.call("POST", "/v1/cancellations", "alice", {"job_id": 1001}, key)
+    assert again.status_code == 202 and again.get_json()["id"] != first  # not the revoked token's command

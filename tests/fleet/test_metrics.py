@@ -37,7 +37,7 @@ def wait_terminal(runtime: Runtime, ids: list[str], timeout: float = 20) -> None
 
 def test_metrics_are_open_and_count_calls_results_retries_states_and_queues(simulator: SimulatorServer) -> None:
     settings = Settings(ukssdc_base_url=simulator.base_url, retry_base_seconds=0.05, retry_max_delay_seconds=0.2,
-                        fleet_rate_per_second=50)
+                        fleet_rate_per_second=50, metrics_cache_seconds=0)  # every scrape counts anew
     runtime = create_runtime(settings)
     client = create_api(runtime=runtime).test_client()
     before = samples(client.get("/metrics").get_data(as_text=True))
@@ -80,7 +80,7 @@ def test_metrics_are_open_and_count_calls_results_retries_states_and_queues(simu
         gate = FleetGate(runtime.connection, settings)
         permit = gate.acquire(1.0)  # permits are paced 1/rate apart
         assert isinstance(permit, Permit)
-        gate.release(permit, transient_failure=True)
+        gate.release(permit, "failed")
     later = samples(client.get("/metrics").get_data(as_text=True))
     assert value(later, "ukcancel_fleet_breaker_state", state="open") == 1
     assert value(later, "ukcancel_fleet_rate_limit_per_second") == 7

@@ -137,6 +137,9 @@ BAD_VALUES = {
     "_fleet_rate": ["0", "-1", "0.0009", "1e-9", "inf", "nan", "fast"],
     "_sentinels": ["sentinel-a", "sentinel-a:port", "sentinel-a:0", "sentinel-a:70000", ":26379"],
     "_non_negative_int": ["-1", "1.5", "many"],
+    "_flag": ["maybe", "2", "enabled"],
+    "_address": ["localhost", "0.0.0.0.0", "::g"],
+    "_pipeline_names": ["Nightly", "a b", "x/y", "-lead"],
 }
 CASES = [
     (variable, raw)

@@ -31,6 +31,7 @@ from ukcancel.service.batch_schemas import ITEM_FIELDS, MAX_ITEMS, BatchItemRequ
 
 CSV_HEADER = ("job_id", "products")
 INTEGER = re.compile(r"^[+-]?[0-9]+$")
+MAX_INTEGER_CHARS = 20  # longer than any JobID, shorter than anything costly to convert
 # A file with thousands of bad lines is reported by its first ones; the count says how many more.
 MAX_REPORTED_ERRORS = 20
 ITEM_SCHEMA = BatchItemRequestSchema(only=ITEM_FIELDS)
@@ -124,6 +125,13 @@ def csv_document(text: str) -> tuple[dict[str, Any], list[int]]:
     A bad header or a row with too many cells is refused here; the cells' values by the schema.
     """
     rows = csv.reader(text.splitlines())
+    try:
+        return _csv_items(rows)
+    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit (128 KiB)
+        raise file_error(f"line {rows.line_num}: {exc}") from None
+
+
+def _csv_items(rows: Any) -> tuple[dict[str, Any], list[int]]:
     header = [cell.strip().lower() for cell in next(rows, [])]
     if "job_id" not in header or not set(header) <= set(CSV_HEADER) or len(set(header)) != len(header):
         raise file_error(f"the CSV header must be {','.join(CSV_HEADER)} (products optional), not "
@@ -144,8 +152,11 @@ def csv_document(text: str) -> tuple[dict[str, Any], list[int]]:
 
 
 def csv_job_id(cell: str) -> int | str:
-    """An integer cell as a number; anything else stays text, for the schema to refuse by line."""
-    return int(cell) if INTEGER.match(cell) else cell
+    """An integer cell as a number; anything else stays text, for the schema to refuse by line.
+
+    A number far longer than a JobID (Python refuses to convert one over 4,300 digits) stays text.
+    """
+    return int(cell) if INTEGER.match(cell) and len(cell) <= MAX_INTEGER_CHARS else cell
 
 
 def csv_products(cell: str) -> str | list[str]:
@@ -158,8 +169,8 @@ def json_document(text: str) -> dict[str, Any]:
     """``{"items": [...]}`` from JSON text: a list of items, or an object holding one."""
     try:
         document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise file_error(f"not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also a number of over 4,300 digits
+        raise file_error(f"not valid JSON: {str(exc)[:200]}") from None
     if isinstance(document, list):
         return {"items": document}
     if isinstance(document, dict):

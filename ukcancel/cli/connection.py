@@ -107,6 +107,15 @@ def warn_if_no_worker(client: Client) -> None:
     if readiness.get("status") == "ok":
         return
     checks = readiness.get("checks") or {}
+    if readiness.get("status") == "degraded":
+        paused = checks.get("fleet_paused_seconds", "?")
+        click.echo(
+            f"warning: {client.base_url}/readyz reports the fleet paused for {paused} s more (a UKSSDC "
+            "Retry-After): no UKSSDC call is made until it ends or an administrator runs "
+            "`ukcancel fleet --resume`. Waiting anyway; --timeout bounds the wait.",
+            err=True,
+        )
+        return
     failing = "; ".join(f"{name}: {value}" for name, value in checks.items() if name in ("redis", "workers"))
     click.echo(
         f"warning: {client.base_url}/readyz reports the service is not ready ({failing or 'no detail'}); "

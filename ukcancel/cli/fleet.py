@@ -16,12 +16,15 @@ from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
                    f"at least {MIN_FLEET_RATE_PER_SECOND}).")
 @click.option("--in-flight", type=click.IntRange(min=1, max=1000), default=None,
               help="UKSSDC calls the whole fleet may have open at once.")
+@click.option("--resume", is_flag=True,
+              help="Lift a fleet pause (a UKSSDC Retry-After) now: workers call the UKSSDC again at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def fleet(rate: float | None, in_flight: int | None, as_json: bool) -> None:
+def fleet(rate: float | None, in_flight: int | None, resume: bool, as_json: bool) -> None:
     """Show the fleet's rate limit, in-flight cap, breaker and pause; --rate/--in-flight change them.
 
     A change is stored in Redis and taken up by every worker at its next UKSSDC call, without a
-    restart; it outlives the settings UKCANCEL_FLEET_RATE_PER_SECOND / _MAX_IN_FLIGHT.
+    restart; it outlives the settings UKCANCEL_FLEET_RATE_PER_SECOND / _MAX_IN_FLIGHT. --resume
+    lifts a pause the UKSSDC asked for with Retry-After (at most UKCANCEL_RETRY_AFTER_MAX_SECONDS).
     """
     settings = load_settings()
     if settings.embedded:
@@ -30,6 +33,7 @@ def fleet(rate: float | None, in_flight: int | None, as_json: bool) -> None:
     from ukcancel.store import connect_redis
 
     gate = FleetGate(connect_redis(settings), settings)
+    lifted = gate.resume() if resume else None
     limits = gate.configure(rate, in_flight) if rate is not None or in_flight is not None else gate.limits()
     breaker = gate.breaker_state()
     state = {
@@ -41,9 +45,13 @@ def fleet(rate: float | None, in_flight: int | None, as_json: bool) -> None:
         "breaker_failures": breaker["failures"],
         "breaker_retry_in_seconds": round(float(breaker["retry_in"]), 1),
     }
+    if lifted is not None:
+        state["resumed_seconds"] = round(lifted, 1)
     if as_json:
         click.echo(json.dumps(state))
         return
+    if lifted is not None:
+        click.echo(f"resumed:         pause lifted ({lifted:.1f} s were left)" if lifted else "resumed:         no pause to lift")
     click.echo(f"rate limit:      {limits.rate_per_second:g} calls/s (fleet-wide)")
     click.echo(f"in-flight cap:   {limits.max_in_flight} (now {state['in_flight']})")
     click.echo(f"paused:          {state['paused_seconds']:g} s left" if state["paused_seconds"] else "paused:          no")

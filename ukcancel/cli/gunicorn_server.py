@@ -26,5 +26,7 @@ def run_gunicorn(host: str, port: int, workers: int) -> None:
     # gevent: a long poll (?wait=60) holds a greenlet, not a thread (benchmark 7: 1,000 at once).
     ApiServer(
         {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gevent", "worker_connections": 2000,
-         "timeout": 90, "accesslog": "-"}
+         "timeout": 90, "accesslog": "-",
+         # gunicorn's maximum: a GET /v1/jobs with 1,000 short job_ids fits (README "Security").
+         "limit_request_line": 8190}
     ).run()

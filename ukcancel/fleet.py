@@ -54,10 +54,12 @@ LIVE_WORKER_SECONDS = 3 * HEARTBEAT_SECONDS
 
 # KEYS[1] run-time config   KEYS[2] in flight (permit id -> lease expiry)   KEYS[3] paused until
 # KEYS[4] breaker   KEYS[5] probe (the permit id of the one half-open probe)
-# KEYS[6] calls (permit id -> when granted, moved on to when its call was sent)   KEYS[7] next due
+# KEYS[6] calls (permit id -> when granted, moved on to when its call was sent)
+# KEYS[7] when the last permit was due on the pacing schedule
 # ARGV[1] now   ARGV[2] permit id, or '' to only look   ARGV[3] lease seconds of a permit
 # ARGV[4] rate per second unless configured   ARGV[5] max in flight unless configured
-# ARGV[6] guard seconds   ARGV[7] breaker cooldown seconds
+# ARGV[6] guard seconds   ARGV[7] breaker cooldown seconds   ARGV[8] how long the log of calls is kept
+# (the longest window of any accepted rate: a rate lowered later still sees the calls before it)
 # The whole gate in one step, in this order: the fleet pause; the breaker (open: wait out the cool
 # down; half-open: only one probe at a time); a free in-flight slot; the rate. The rate allows
 # k = max(1, floor(rate)) calls in any window of k / rate seconds (lengthened by the guard), so
@@ -74,8 +76,9 @@ local probe = 0
 if redis.call('HGET', KEYS[4], 'state') == 'open' then
   local reopen = tonumber(redis.call('HGET', KEYS[4], 'opened_at') or '0') + tonumber(ARGV[7])
   if now < reopen then return {0, tostring(reopen - now), 'breaker-open'} end
-  local held = redis.call('PTTL', KEYS[5])
-  if held > 0 then return {0, tostring(math.max(0.05, math.min(1, held / 1000))), 'probe'} end
+  -- The probe key holds "<permit id>|<until>": its time, not Redis's expiry, says whether it is held.
+  local held = tonumber(string.match(redis.call('GET', KEYS[5]) or '', '|(.+)$') or '0')
+  if held > now then return {0, tostring(math.max(0.05, math.min(1, held - now))), 'probe'} end
   probe = 1
 end
 local rate = tonumber(redis.call('HGET', KEYS[1], 'rate_per_second') or ARGV[4])
@@ -92,18 +95,18 @@ if count >= limit then
   local blocking = redis.call('ZRANGE', KEYS[6], count - limit, count - limit, 'WITHSCORES')
   wait = tonumber(blocking[2]) + window - now
 end
--- A schedule made at a slower rate is not kept after the rate went up: due now at the latest
--- (the window still holds the limit).
-local due = math.min(tonumber(redis.call('GET', KEYS[7]) or '0'), now + interval / 2)
+-- KEYS[7] holds when the last permit was due; the next is one interval later at the rate in force
+-- now, so a schedule made at another rate is not kept after the rate changed.
+local due = tonumber(redis.call('GET', KEYS[7]) or '0') + interval
 wait = math.max(wait, due - interval / 2 - now)
 if wait > 0 then return {0, tostring(wait), 'rate'} end
 if looking then return {0, '0', 'ready'} end
 local lease_ms = math.ceil(tonumber(ARGV[3]) * 1000)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('ZADD', KEYS[6], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[6], math.ceil(window * 1000) + 1000)
-redis.call('SET', KEYS[7], tostring(math.max(due, now) + interval), 'PX', math.ceil(window * 1000) + 1000)
-if probe == 1 then redis.call('SET', KEYS[5], ARGV[2], 'PX', lease_ms) end
+redis.call('PEXPIRE', KEYS[6], math.ceil(tonumber(ARGV[8]) * 1000))
+redis.call('SET', KEYS[7], tostring(math.max(due, now)), 'PX', math.ceil(window * 1000) + 1000)
+if probe == 1 then redis.call('SET', KEYS[5], ARGV[2] .. '|' .. (now + tonumber(ARGV[3])), 'PX', lease_ms) end
 return {1, probe}
 """
 
@@ -133,7 +136,7 @@ elseif ARGV[2] == 'ok' then
 elseif ARGV[2] == 'unused' then
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+if string.match(redis.call('GET', KEYS[4]) or '', '^([^|]*)') == ARGV[1] then redis.call('DEL', KEYS[4]) end
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
@@ -149,6 +152,9 @@ return 1
 """
 
 OK, FAILED, SENT, UNUSED = "ok", "failed", "sent", "unused"
+# The longest window of any accepted rate (one call in 1 / MIN_FLEET_RATE_PER_SECOND seconds), plus a
+# second: how long the log of calls outlives the last one.
+CALL_LOG_SECONDS = 1 / MIN_FLEET_RATE_PER_SECOND + 1.0
 REASONS = {
     "paused": PAUSED_REASON,
     "breaker-open": "circuit breaker open",
@@ -279,6 +285,7 @@ class FleetGate:
             args=[
                 repr(self.clock()), permit_id, repr(self.lease_seconds), repr(limits_default[0]), limits_default[1],
                 repr(self.settings.fleet_guard_seconds), repr(self.settings.breaker_cooldown_seconds),
+                repr(CALL_LOG_SECONDS + self.settings.fleet_guard_seconds),
             ],
         )
         if reply[0] == 1:

@@ -135,11 +135,13 @@ Fleet toward the UKSSDC (`ukcancel.fleet.FleetGate`; heartbeats: `ukcancel.fleet
     ``ukcancel:fleet:paused_until``       string, epoch seconds before which no call is made
                                           (a 429/503 Retry-After pauses the whole fleet).
     ``ukcancel:fleet:breaker``            hash: state, failures, opened_at; the circuit breaker.
-    ``ukcancel:fleet:probe``              string with expiry, held by the one half-open probe.
+    ``ukcancel:fleet:probe``              string "<permit id>|<until, epoch s>", held by the one half-open
+                                          probe (its time decides; the key also expires then).
     ``ukcancel:fleet:calls``              sorted set, permit id -> when it was granted (moved to when
                                           its call was sent): the sliding window of the rate limit.
-    ``ukcancel:fleet:next_due``           string with expiry, epoch seconds the next permit is due:
-                                          the pacing schedule that spreads calls over the window.
+    ``ukcancel:fleet:next_due``           string with expiry, epoch seconds the last permit was due on the
+                                          pacing schedule that spreads calls over the window (the next
+                                          is due one interval later, at the rate in force then).
     ``ukcancel:workers``                  sorted set, worker host names scored by last heartbeat.
 
 High availability and upgrades (`ukcancel.store`, `ukcancel.failover`, `ukcancel.layout`)

@@ -114,6 +114,12 @@ Fleet toward the UKSSDC (`ukcancel.fleet.FleetGate`; heartbeats: `ukcancel.fleet
                                           the pacing schedule that spreads calls over the window.
     ``ukcancel:workers``                  sorted set, worker host names scored by last heartbeat.
 
+Presence of every process (`ukcancel.presence`)
+    ``ukcancel:processes``                sorted set, process name (``role@host:pid``) scored by its
+                                          last heartbeat; API, workers and stream consumers alike.
+    ``ukcancel:processes:info``           hash, process name -> JSON: role, version, and the settings
+                                          that must agree across processes (secrets as a SHA-256).
+
 Streams (`ukcancel.stream`)
     ``ukcancel:commands``                 stream that pipelines XADD commands to (consumer group
                                           ``ukcancel``): token, job_id (JSON number), products
@@ -235,6 +241,8 @@ FLEET_PROBE = f"{PREFIX}:fleet:probe"
 FLEET_CALLS = f"{PREFIX}:fleet:calls"
 FLEET_NEXT_DUE = f"{PREFIX}:fleet:next_due"
 WORKERS = f"{PREFIX}:workers"
+PROCESSES = f"{PREFIX}:processes"
+PROCESSES_INFO = f"{PREFIX}:processes:info"
 
 COMMAND_STREAM = f"{PREFIX}:commands"
 COMMAND_STREAM_GROUP = PREFIX

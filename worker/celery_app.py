@@ -23,6 +23,7 @@ from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError
 
+from ukcancel import presence
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
@@ -59,11 +60,13 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         connection = worker.app.runtime.connection
         name = f"{worker.hostname or socket.gethostname()}"
+        settings = worker.app.runtime.settings
 
         def beat() -> None:
             while not self._stop.is_set():
                 try:
                     record_heartbeat(connection, name)
+                    presence.publish(connection, f"worker:{name}", presence.WORKER, settings)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
                 self._stop.wait(HEARTBEAT_SECONDS)
@@ -75,6 +78,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._stop.set()
         try:
             forget_worker(worker.app.runtime.connection, worker.hostname)
+            presence.forget(worker.app.runtime.connection, f"worker:{worker.hostname}")
         except redis.RedisError:  # shutting down without Redis: the entry ages out of the live window
             pass
 

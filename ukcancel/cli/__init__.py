@@ -143,13 +143,14 @@ def simulator(host: str, port: int, jobs_path: str | None, latency_ms: float) ->
 
 
 def _attach_subcommands() -> None:
-    from ukcancel.cli import commands, fleet, jobs, stream, tokens
+    from ukcancel.cli import commands, fleet, jobs, run, stream, tokens
 
     main.add_command(tokens.token)
     main.add_command(fleet.fleet)
     for command in (commands.cancel, commands.batch, commands.status, commands.list_commands, commands.withdraw):
         main.add_command(command)
     main.add_command(stream.stream_consumer)
+    main.add_command(run.run)
     main.add_command(jobs.jobs)
     main.add_command(jobs.plan)
 

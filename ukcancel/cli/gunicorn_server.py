@@ -23,6 +23,7 @@ class ApiServer(BaseApplication):
 
 
 def run_gunicorn(host: str, port: int, workers: int) -> None:
+    # No gunicorn access log: the app logs one line per request itself (`ukcancel.service.request_log`).
     # gevent: a long poll (?wait=60) holds a greenlet, not a thread (benchmark 7: 1,000 at once).
     ApiServer(
         {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gevent", "worker_connections": 2000,

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import click
 
@@ -61,7 +62,8 @@ def _readiness(url: str) -> dict | None:
 
 @click.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface the API listens on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="The API's port.")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="The API's port [default: the port of UKCANCEL_API_URL, where the client commands look: 8000].")
 @click.option("--api-workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes of the API.")
 @click.option("--workers", "worker_count", default=1, show_default=True, type=click.IntRange(1, 32),
@@ -70,12 +72,14 @@ def _readiness(url: str) -> dict | None:
               help="The Celery workers' pool.")
 @click.option("--simulator", "with_simulator", is_flag=True,
               help="Also run the UKSSDC simulator and send every UKSSDC call to it (a trial: the UKSSDC is never called).")
-def run(host: str, port: int, api_workers: int, worker_count: int, pool: str, with_simulator: bool) -> None:
+def run(host: str, port: int | None, api_workers: int, worker_count: int, pool: str, with_simulator: bool) -> None:
     """Run the API, the workers and the stream consumer together (needs REDIS_URL); stop them together."""
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("`ukcancel run` needs REDIS_URL (e.g. redis://127.0.0.1:6379/0); without Redis, "
                                "`ukcancel serve --simulator` runs everything in one process with nothing kept")
+    if port is None:
+        port = urlsplit(settings.api_url).port or 8000
     environment = dict(os.environ)
     parts: list[Part] = []
     if with_simulator:
@@ -100,12 +104,24 @@ def run(host: str, port: int, api_workers: int, worker_count: int, pool: str, wi
     for part in parts:
         # Own process group: a Ctrl-C at the terminal reaches this process only, which stops the
         # parts in order (a worker's warm shutdown) rather than all at once.
-        part.process = subprocess.Popen(part.argv, env=environment, start_new_session=True)
+        part.process = subprocess.Popen(part.argv, env=environment, start_new_session=True,
+                                        preexec_fn=_stop_with_parent)
         click.echo(f"started {part.label} (pid {part.process.pid})")
     api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     exit_code = _watch(parts, stopping, f"{api_url}/readyz", api_url)
     _stop(parts)
     sys.exit(exit_code)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when `ukcancel run` dies, even by SIGKILL (Linux), so
+    no part outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a part may outlive a killed `ukcancel run`
+        pass
 
 
 def _watch(parts: list[Part], stopping: threading.Event, readyz: str, api_url: str) -> int:
@@ -115,7 +131,7 @@ def _watch(parts: list[Part], stopping: threading.Event, readyz: str, api_url: s
         for part in parts:
             assert part.process is not None
             code = part.process.poll()
-            if code is not None:
+            if code is not None and not stopping.is_set():
                 click.echo(f"Error: the {part.label} exited (status {code}); stopping the other parts.", err=True)
                 return 1
         if not announced:

@@ -48,3 +48,10 @@ def test_anything_else_is_a_type_error(served: Any) -> None:
     for job in (True, "1001", 10.5, object()):
         with pytest.raises(TypeError):
             client.cancel_products(job)
+
+
+def test_the_readme_example_as_printed(served: Any, swifttools_request: Any) -> None:
+    myReq = swifttools_request(served.simulator, ASTRO, 1001, "LightCurve", "StandardPos")  # noqa: N806
+    cancelStatus = Client(served.url, served.token).cancel_products(myReq, ('LightCurve', 'StandardPos'))  # noqa: N806
+    assert str(cancelStatus) == ("(1, {'LightCurve': {'code': 0, 'text': 'Job cancelled OK'}, "
+                                 "'StandardPos': {'code': 0, 'text': 'Job cancelled OK'}})")

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ukcancel.cli.commands import TIME_FORMATS, ProductsParam, batch_rows, check_timeout, wait_for_batch, wait_options
 from ukcancel.cli.connection import connect, field_messages, service_errors, service_options
-from ukcancel.cli.show import EXIT_TIMED_OUT, finish_batch, table_console
+from ukcancel.cli.show import EXIT_TIMED_OUT, finish_batch, print_table
 from ukcancel.client import Client
 from ukcancel.jobs import STATE_FILTERS
 
@@ -70,7 +70,7 @@ def show_jobs(view: dict[str, Any]) -> None:
         table.add_row(str(job["job_id"]), job["name"], job.get("submitted") or "",
                       "\n".join(state_cell(p) for p in job["products"]) or "-",
                       "" if job.get("age_seconds") is None else f"{job['age_seconds']:.0f}")
-    table_console().print(table)
+    print_table(table)
 
 
 @click.command("jobs")
@@ -107,15 +107,14 @@ def show_plan(plan: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for pair in plan["pairs"]:
         table.add_row(str(pair["job_id"]), pair["name"], ", ".join(pair["products"]))
-    console = table_console()
-    console.print(table)
+    print_table(table)
     if plan["left_out"]:
         left = Table(title="Left out", show_lines=False)
         for column in ("job", "name", "why"):
             left.add_column(column, overflow="fold")
         for job in plan["left_out"]:
             left.add_row(str(job["job_id"]), job["name"], job["reason"])
-        console.print(left)
+        print_table(left)
 
 
 @click.group("plan", invoke_without_command=True, subcommand_metavar="[apply ID]")

@@ -76,14 +76,14 @@ def token_list(as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from ukcancel.cli.show import table_console
+    from ukcancel.cli.show import print_table
 
     table = Table(title="Tokens", show_lines=False)
     for column in ("name", "user_id", "role", "prefix", "created (UTC)"):
         table.add_column(column, no_wrap=column in ("name", "prefix"))
     for row in rows:
         table.add_row(row["name"], row["user_id"], row["role"], f"{row['prefix']}...", row["created_at"])
-    table_console().print(table)
+    print_table(table)
     if not rows:
         click.echo("no tokens yet: `ukcancel token create --user EMAIL` issues one", err=True)
 

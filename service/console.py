@@ -118,6 +118,12 @@ def require_admin() -> None:
         raise NotFound("No such page.")  # as the API: what a user may not see does not exist for them
 
 
+@blp.app_template_filter("counted")
+def counted(count: int, noun: str) -> str:
+    """"1 item", "2 items" (the console's counts)."""
+    return f"{count:,} {noun if count == 1 else noun + 's'}"
+
+
 @blp.app_context_processor
 def helpers() -> dict[str, Any]:
     return {"csrf_token": generate_csrf, "when": when, "ago": ago, "console_user": g.get("console_user"),

@@ -347,3 +347,11 @@ def test_ctrl_c_while_waiting_stops_the_wait_not_the_command(served_without_work
     command_id = FULL_ID.search(result.stderr).group(0)  # type: ignore[union-attr]
     assert f"stopped waiting; it goes on in the service: `ukcancel status {command_id}`" in result.stderr
     assert served_without_worker.runtime.registry.get(command_id).state == "queued"
+
+
+def test_one_of_a_thing_is_counted_in_the_singular(served: Served, ukcancel: CliRun) -> None:
+    batch_id = client_of(served).submit_batch([(1001, ["LightCurve"])])
+    result = ukcancel(served, "status", batch_id, "--wait")
+    assert f"batch {batch_id}: completed, 1 item, 100% done" in result.stdout
+    listing = ukcancel(served, "list", "--limit", "1")
+    assert "1 command" in listing.stderr and "1 commands" not in listing.stderr

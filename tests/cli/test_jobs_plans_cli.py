@@ -45,7 +45,7 @@ def test_plan_prints_what_would_be_cancelled_and_apply_waits_for_the_batch(serve
     assert planned.exit_code == 0, planned.output
     assert "1002" in planned.stdout and "LightCurve, Spectrum, AstromPos" in planned.stdout
     assert "submitted before 2026-11-19T00:00:00Z" in planned.stdout  # 1003, left out
-    assert "5 products of 2 jobs would be cancelled (1 jobs left out)" in planned.stderr
+    assert "5 products of 2 jobs would be cancelled (1 job left out)" in planned.stderr  # "1 job", not "1 jobs"
     plan_id = planned.stderr.split("ukcancel plan apply ")[1].split()[0]
     assert served.simulator.state.product_state(1001, "lc") == 3  # a plan cancels nothing
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ukcancel.cli.commands import TIME_FORMATS, ProductsParam, batch_rows, check_timeout, wait_for_batch, wait_options
 from ukcancel.cli.connection import connect, field_messages, service_errors, service_options
-from ukcancel.cli.show import EXIT_TIMED_OUT, finish_batch, print_table
+from ukcancel.cli.show import EXIT_TIMED_OUT, counted, finish_batch, print_table
 from ukcancel.client import Client
 from ukcancel.jobs import STATE_FILTERS
 
@@ -93,7 +93,7 @@ def jobs(state: str | None, wait: int, as_json: bool, api_url: str | None, token
     if view.get("error"):
         raise click.ClickException(f"the UKSSDC would not list the jobs: {view['error']}")
     age = view.get("age_seconds")
-    note = f"{len(view['jobs'])} of {view.get('total', len(view['jobs']))} jobs"
+    note = f"{len(view['jobs'])} of {counted(view.get('total', len(view['jobs'])), 'job')}"
     if age is not None:
         note += f"; states read up to {age:.0f} s ago"
     if view.get("refreshing"):
@@ -148,8 +148,8 @@ def plan(ctx: click.Context, timeout: float, as_json: bool, api_url: str | None,
         ctx.exit(EXIT_TIMED_OUT)
     if not as_json:
         counts = shown["counts"]
-        click.echo(f"{counts['products']} products of {counts['jobs']} jobs would be cancelled "
-                   f"({counts['left_out']} jobs left out); plan expires {shown['expires_at']}", err=True)
+        click.echo(f"{counted(counts['products'], 'product')} of {counted(counts['jobs'], 'job')} would be cancelled "
+                   f"({counted(counts['left_out'], 'job')} left out); plan expires {shown['expires_at']}", err=True)
         if counts["jobs"]:
             click.echo(f"apply it with: ukcancel plan apply {plan_id}", err=True)
 
@@ -166,7 +166,7 @@ def apply(ctx: click.Context, plan_id: str, wait: bool, timeout: float | None, a
     """Cancel exactly what plan ID lists, as one batch (applying it again names the same batch)."""
     check_timeout(wait, timeout)
     parent = ctx.obj or {}
-    client: Client = connect(api_url or parent.get("api_url"), token or parent.get("token"))
+    client: Client = connect(api_url or parent.get("api_url"), token if token is not None else parent.get("token"))
     with service_errors(client):
         batch_id = client.apply_plan(plan_id)
         if not wait:

@@ -27,6 +27,11 @@ STATUS_MEANINGS = (("1", "cancelled"), ("2", "partly cancelled"), ("0", "not can
 ID_WIDTH = 32  # ids are printed whole, never folded or cut
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """"1 item", "2 items", "1,000 items"."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def to_a_terminal() -> bool:
     """Tables are drawn for a terminal (or a width given in COLUMNS); a pipe or a file gets plain
     tab-separated lines (`print_table`)."""
@@ -175,7 +180,7 @@ def batch_summary_lines(view: dict[str, Any]) -> list[str]:
     eta = view.get("eta_seconds")
     done = view.get("done_fraction")
     lines = [
-        f"batch {view['id']}: {view['state']}, {view['total']} items"
+        f"batch {view['id']}: {view['state']}, {counted(view['total'], 'item')}"
         + (f", {done:.0%} done" if isinstance(done, (int, float)) else ""),
         f"  by state:  {by_state}",
         f"  by result: {by_result}",
@@ -228,7 +233,7 @@ def finish_batch(view: dict[str, Any], rows: list[dict[str, Any]] | None, as_jso
             show_table(rows, title=f"Items of batch {view['id']}")
         failed_items = sum((view.get("results") or {}).get(s, 0) for s in ("-1", "0", "2"))
         if rows is None and failed_items:
-            click.echo(f"{failed_items} items not fully cancelled: `ukcancel status {view['id']} --failed-only` "
+            click.echo(f"{counted(failed_items, 'item')} not fully cancelled: `ukcancel status {view['id']} --failed-only` "
                        "lists them", err=True)
     done = batch_done(view)
     if waited and not done:

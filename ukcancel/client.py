@@ -322,6 +322,13 @@ class Client:
             if plan["state"] != "computing" or (deadline is not None and time.monotonic() >= deadline):
                 return plan
 
+    def list_plans(self, user_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """`GET /v1/plans`: the caller's plans (an admin may name a user), newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if user_id is not None:
+            params["user_id"] = user_id
+        return self.document(self.request("GET", "/v1/plans", params=params), "items")["items"]
+
     def apply_plan(self, plan_id: str) -> str:
         """`POST /v1/plans/{id}/apply`: the id of the batch made of exactly the plan's pairs (the same
         batch however often it is applied)."""

@@ -82,6 +82,9 @@ Plans (`ukcancel.plans.PlanRegistry`): what a selection would cancel, computed f
                                           name, reason}), computed_at, expires_at, error, batch_id (set
                                           once, by the first apply). Expires `result_ttl_seconds` after
                                           creation.
+    ``ukcancel:plans:user:{user_id}``     sorted set, that user's plan ids scored by creation time
+                                          (`GET /v1/plans`, a plan named by the start of its id);
+                                          entries older than the records' TTL are dropped on add.
     ``ukcancel:plans:waiting:{user_id}``  set, plan ids waiting for that user's refresh to end.
     ``ukcancel:events:plan:{id}``         pub/sub channel, the plan's state once computed (long poll).
 
@@ -205,6 +208,10 @@ def jobs_events(user_id: str) -> str:
 
 def plan(plan_id: str) -> str:
     return f"{PREFIX}:plan:{plan_id}"
+
+
+def user_plans(user_id: str) -> str:
+    return f"{PREFIX}:plans:user:{user_id}"
 
 
 def plans_waiting(user_id: str) -> str:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ukcancel.cli.commands import TIME_FORMATS, ProductsParam, batch_rows, check_timeout, wait_for_batch, wait_options
 from ukcancel.cli.connection import connect, field_messages, service_errors, service_options
+from ukcancel.cli.ids import resolve_plan
 from ukcancel.cli.show import EXIT_TIMED_OUT, counted, finish_batch, print_table
 from ukcancel.client import Client
 from ukcancel.jobs import STATE_FILTERS
@@ -163,11 +164,15 @@ def plan(ctx: click.Context, timeout: float, as_json: bool, api_url: str | None,
 @click.pass_context
 def apply(ctx: click.Context, plan_id: str, wait: bool, timeout: float | None, as_json: bool,
           api_url: str | None, token: str | None) -> None:
-    """Cancel exactly what plan ID lists, as one batch (applying it again names the same batch)."""
+    """Cancel exactly what plan ID lists, as one batch (applying it again names the same batch).
+
+    ID is the plan's id or a unique start of it (as `ukcancel plan` prints it).
+    """
     check_timeout(wait, timeout)
     parent = ctx.obj or {}
     client: Client = connect(api_url or parent.get("api_url"), token if token is not None else parent.get("token"))
     with service_errors(client):
+        plan_id = resolve_plan(client, plan_id)
         batch_id = client.apply_plan(plan_id)
         if not wait:
             if as_json:

@@ -35,6 +35,7 @@ class Part:
     label: str
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] | None = None
 
 
 def _free_port() -> int:
@@ -89,7 +90,11 @@ def run(host: str, port: int | None, api_workers: int, worker_count: int, pool: 
     parts.append(Part("api", _ukcancel("serve", "--host", host, "--port", str(port), "--workers", str(api_workers))))
     hostname = socket.gethostname()
     for index in range(1, worker_count + 1):
-        parts.append(Part(f"worker {index}", _ukcancel("worker", f"--pool={pool}", "-n", f"worker{index}@{hostname}")))
+        # Each worker its own scrape port (the setting's port, then the next ones), as the systemd units do.
+        ports = {"UKCANCEL_WORKER_METRICS_PORT": str(settings.worker_metrics_port + index - 1)} \
+            if settings.worker_metrics_port else None
+        parts.append(Part(f"worker {index}", _ukcancel("worker", f"--pool={pool}", "-n", f"worker{index}@{hostname}"),
+                          extra_env=ports))
     parts.append(Part("stream consumer", _ukcancel("stream-consumer", "--name", f"consumer-{hostname}")))
 
     stopping = threading.Event()
@@ -104,7 +109,7 @@ def run(host: str, port: int | None, api_workers: int, worker_count: int, pool: 
     for part in parts:
         # Own process group: a Ctrl-C at the terminal reaches this process only, which stops the
         # parts in order (a worker's warm shutdown) rather than all at once.
-        part.process = subprocess.Popen(part.argv, env=environment, start_new_session=True,
+        part.process = subprocess.Popen(part.argv, env={**environment, **(part.extra_env or {})}, start_new_session=True,
                                         preexec_fn=_stop_with_parent)
         click.echo(f"started {part.label} (pid {part.process.pid})")
     api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

@@ -10,7 +10,6 @@ from swifttools.ukssdc.xrt_prods import XRTProductRequest
 
 from ukcancel.client import Client
 
-
 # The official client compares API versions with a deprecated standard-library class; not our concern.
 ASTRO = "astro@example.org"  # the served runtime's user (tests/cli/conftest.py)
 

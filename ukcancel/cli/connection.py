@@ -8,7 +8,6 @@ usage error, exit 2), an unreachable service or another server at that URL (exit
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any

@@ -24,10 +24,9 @@ def fleet(rate: float | None, in_flight: int | None, as_json: bool) -> None:
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("fleet needs REDIS_URL: an embedded store lives only inside one process")
+    from ukcancel import presence
     from ukcancel.fleet import FleetGate
     from ukcancel.store import connect_redis
-
-    from ukcancel import presence
 
     connection = connect_redis(settings)
     gate = FleetGate(connection, settings)

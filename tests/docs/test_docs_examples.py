@@ -18,6 +18,14 @@ from processes import clean_environment, free_port, kill_group, start_in_own_gro
 
 UKCANCEL = str(Path(sys.executable).with_name("ukcancel"))
 TRIAL = {"trial", "trial.py"}
+# What some examples must print: the stream examples read from the entry's id, so the accepted
+# entry and the result are found even though both were written before the read began.
+EXPECTED = {
+    "stream-redis-cli": ("ukcancel:commands:accepted", "command_id", "run-42", "ukcancel:results", "result"),
+    "stream-python": ("completed [",),
+    "http-round-trip": ("completed [",),
+    "python-client": ("1.0\n",),  # wait_batch's progress reaches the whole batch
+}
 
 
 def test_every_example_is_found_and_the_trial_is_among_them() -> None:
@@ -60,5 +68,7 @@ def test_every_runnable_example_runs_as_written(running: dict[str, str], tmp_pat
             argv = [sys.executable, str(script)]
         result = subprocess.run(argv, env=running, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{example.page} {name}:\n{result.stdout}\n{result.stderr}"
+        for expected in EXPECTED.get(name, ()):
+            assert expected in result.stdout, f"{example.page} {name}: no {expected!r} in\n{result.stdout}"
         ran.append(name)
     assert len(ran) >= 4

@@ -23,7 +23,6 @@ from celery.worker.consumer import Consumer
 from kombu import Queue
 from kombu.exceptions import KombuError
 
-from ukcancel import presence
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
@@ -58,6 +57,8 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker: Any) -> None:
+        from ukcancel import presence  # the process's version and shared settings, with the heartbeat
+
         connection = worker.app.runtime.connection
         name = f"{worker.hostname or socket.gethostname()}"
         settings = worker.app.runtime.settings
@@ -77,6 +78,8 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def stop(self, worker: Any) -> None:
         self._stop.set()
         try:
+            from ukcancel import presence
+
             forget_worker(worker.app.runtime.connection, worker.hostname)
             presence.forget(worker.app.runtime.connection, f"worker:{worker.hostname}")
         except redis.RedisError:  # shutting down without Redis: the entry ages out of the live window

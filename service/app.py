@@ -8,7 +8,7 @@ import redis
 from flask import Flask
 from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailable
 
-from ukcancel import __version__
+from ukcancel import __version__, presence
 from ukcancel.quota import QuotaExceeded
 from ukcancel.runtime import Runtime
 from ukcancel.service import batches, cancellations, console, docs, health, jobs, metrics, request_log
@@ -43,6 +43,9 @@ def create_app(runtime: Runtime) -> Flask:
     )
     app.json.sort_keys = False  # keep the tuple's products in the order the UKSSDC lists them
     attach_runtime(app, runtime)
+    # This API process's presence (version, settings that must agree), at most every heartbeat.
+    app.extensions["ukcancel_presence"] = beat = presence.Publisher(runtime.connection, presence.API, runtime.settings)
+    app.before_request(lambda: beat.beat())
     metrics.count_requests(app)
     request_log.install(app)
     install_rate_limit(app, runtime)

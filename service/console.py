@@ -46,7 +46,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import Conflict, HTTPException, NotFound, ServiceUnavailable
 from wtforms.validators import ValidationError as WtfValidationError
 
-from ukcancel import keys, lifecycle, plans
+from ukcancel import keys, lifecycle, plans, presence
 from ukcancel.batch import EXPANDING, FAILED
 from ukcancel.command import TERMINAL
 from ukcancel.dispatch import DispatchError
@@ -68,7 +68,7 @@ from ukcancel.token import NotPermitted, Principal, TokenError, digest
 blp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
 
 SESSION_KEY = "console"
-PUBLIC_ENDPOINTS = {"console.signin", "console.static"}
+PUBLIC_ENDPOINTS = {"console.signin", "console.static", "console.no_such_page"}
 LIVE_WAIT_SECONDS = 20  # how long a live fragment holds the request while nothing changes
 FILTER_FIELDS = ("name", "submitted_after", "submitted_before", "products", "state", "job_ids")
 
@@ -132,6 +132,12 @@ def user() -> Principal:
 def require_admin() -> None:
     if not user().admin:
         raise NotFound("No such page.")  # as the API: what a user may not see does not exist for them
+
+
+@blp.app_template_filter("counted")
+def counted(count: int, noun: str) -> str:
+    """"1 item", "2 items" (the console's counts)."""
+    return f"{count:,} {noun if count == 1 else noun + 's'}"
 
 
 @blp.app_context_processor
@@ -268,7 +274,8 @@ def signin() -> Any:
                                          ex=int(current_app.config["CONSOLE_SESSION_SECONDS"]))
             session.permanent = True
             session[SESSION_KEY] = {"name": record.name, "digest": digest(token), "at": time.time(), "sid": session_id}
-            return redirect(safe_back(request.args.get("next")) or url_for("console.jobs"))
+            landing = url_for("console.home" if record.admin else "console.jobs")
+            return redirect(safe_back(request.args.get("next")) or landing)
     return render_template("console/signin.html", error=error), 401 if error else 200
 
 
@@ -288,8 +295,20 @@ def signout() -> Response:
 
 
 @blp.route("/")
-def home() -> Response:
-    return redirect(url_for("console.jobs"))
+def home() -> Any:
+    """A user's home is their jobs; an admin's is a page that says what the console offers them
+    (an admin token usually names no UKSSDC user of its own, so it has no jobs to list)."""
+    if not user().admin:
+        return redirect(url_for("console.jobs"))
+    connection = get_runtime().connection
+    return render_template("console/admin_home.html", fleet=presence.report(connection), state=fleet_state(),
+                           waiting=sum(get_runtime().queue.depth().values()))
+
+
+@blp.route("/<path:anything>")
+def no_such_page(anything: str) -> Any:
+    """A mistyped console address: the console's own 404 page, not the API's JSON problem."""
+    raise NotFound(f"There is no console page at /console/{anything}.")
 
 
 # -- jobs and plans ----------------------------------------------------------------------------------------------
@@ -306,9 +325,12 @@ def jobs_query() -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
 def jobs() -> tuple[str, int]:
     raw, loaded, errors = jobs_query()
     view = None
-    if loaded is not None:
+    # An admin names the user whose jobs to show; without one there is nothing to ask the UKSSDC.
+    choose_user = loaded is not None and user().admin and not loaded.get("user_id")
+    if loaded is not None and not choose_user:
         view = jobs_view_or_error(loaded)
-    return render_template("console/jobs.html", raw=raw, view=view, errors=errors), 422 if errors else 200
+    return render_template("console/jobs.html", raw=raw, view=view, errors=errors, choose_user=choose_user), \
+        422 if errors else 200
 
 
 def jobs_view_or_error(loaded: dict[str, Any], wait: int = 0) -> dict[str, Any]:
@@ -538,7 +560,7 @@ def workers() -> str:
     live_now = set(live_workers(connection))
     rows = [{"name": as_text(name), "heartbeat": score, "live": as_text(name) in live_now}
             for name, score in connection.zrevrange(keys.WORKERS, 0, -1, withscores=True)]
-    return render_template("console/workers.html", rows=rows)
+    return render_template("console/workers.html", rows=rows, fleet=presence.report(connection))
 
 
 @blp.route("/admin/queues")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ukcancel import __version__
+from ukcancel import __version__, presence
 from ukcancel.fleet import live_workers
 from ukcancel.service.runtime import get_runtime
 
@@ -34,6 +35,8 @@ class Ready(MethodView):
         as status "degraded" with `checks.fleet_paused_seconds` > 0, still 200: the API keeps
         accepting, listing and withdrawing commands (a load balancer must not take it away), but
         no UKSSDC call is made until the pause ends or `ukcancel fleet --resume` lifts it.
+        The body also shows the live stream consumers and any setting (or version) that differs
+        between live processes, under `problems`; those are reported, not a reason for 503.
         """
         runtime = get_runtime()
         checks: dict[str, Any] = {}
@@ -49,8 +52,13 @@ class Ready(MethodView):
         checks["ukssdc_breaker"] = breaker["state"]
         paused = runtime.gate.paused_for()
         checks["fleet_paused_seconds"] = round(paused, 1)
-        if not workers:
-            return {"status": "unavailable", "checks": checks}, 503
-        if paused > 0:
-            return {"status": "degraded", "checks": checks}, 200
-        return {"status": "ok", "checks": checks}, 200
+        current_app.extensions["ukcancel_presence"].beat(force=True)  # this process is in the comparison
+        fleet = presence.report(runtime.connection)
+        checks["stream_consumers"] = fleet["counts"][presence.STREAM_CONSUMER] or "no live stream consumer"
+        checks["settings"] = "agree" if not fleet["disagreements"] else fleet["disagreements"]
+        status = "unavailable" if not workers else "degraded" if paused > 0 else "ok"
+        body: dict[str, Any] = {"status": status, "checks": checks}
+        if fleet["problems"]:
+            body["problems"] = fleet["problems"]
+        return body, 503 if not workers else 200
+

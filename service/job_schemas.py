@@ -167,6 +167,28 @@ class PlanQuerySchema(Schema):
     )
 
 
+class PlanListQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    user_id = fields.Email(metadata={"description": "Admin tokens only: that user's plans (default: your own)."})
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
+                           metadata={"description": "At most this many plans, newest first (1-200, default 50)."})
+
+
+class PlanSummarySchema(Schema):
+    id = fields.String()
+    user_id = fields.String()
+    state = fields.String(validate=validate.OneOf(PLAN_STATES))
+    created_at = EpochTime()
+    expires_at = EpochTime(allow_none=True)
+    batch_id = fields.String(allow_none=True)
+
+
+class PlanListSchema(Schema):
+    items = fields.List(fields.Nested(PlanSummarySchema))
+
+
 class PairSchema(Schema):
     job_id = fields.Integer()
     name = fields.String()

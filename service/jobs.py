@@ -28,6 +28,8 @@ from ukcancel.service.job_schemas import (
     JobsSchema,
     PlanAcceptedSchema,
     PlanAppliedSchema,
+    PlanListQuerySchema,
+    PlanListSchema,
     PlanQuerySchema,
     PlanRequestSchema,
     PlanSchema,
@@ -199,6 +201,20 @@ class Plans(MethodView):
         except DispatchError:
             raise ServiceUnavailable(BROKER_DOWN) from None
         return {"id": plan.id, "state": plan.state}, 202, {"Location": url_for("plans.PlanResource", plan_id=plan.id)}
+
+
+    @plans_blp.arguments(PlanListQuerySchema(), location="query", unknown=RAISE)
+    @plans_blp.response(200, PlanListSchema)
+    @problems(plans_blp, 401, 422, 429, described={
+        403: "user_id names another user and the token is not an admin's.",
+    })
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Your plans, newest first (while their records are kept): how `ukcancel plan apply` finds a plan by the start of its id."""
+        user_id = principal().acting_for(query.get("user_id"))
+        items = [{"id": p.id, "user_id": p.user_id, "state": p.state, "created_at": p.created_at,
+                  "expires_at": p.expires_at, "batch_id": p.batch_id}
+                 for p in get_runtime().plans.recent(user_id, query["limit"])]
+        return {"items": items}
 
 
 @plans_blp.route("/<plan_id>")

@@ -177,12 +177,16 @@ class Client:
                 return command
 
     def cancel_products(
-        self, job_id: int, what: str | Sequence[str] = "all", wait: bool = True, **submit_options: Any
+        self, job: Any, what: str | Sequence[str] = "all", wait: bool = True, **submit_options: Any
     ) -> tuple[int, dict[str, Any]] | str:
         """Like `XRTProductRequest.cancelProducts(what)`: the `(status, detail)` tuple, through the queue.
 
-        With `wait=False` the command id is returned at once, to `wait()` for later.
+        `job` is a JobID, or a `swifttools` `XRTProductRequest` (any object with a `JobID`): its
+        JobID is taken, and for `what="all"` its `productList` when it has one, as
+        `cancelProducts()` does. With `wait=False` the command id is returned at once, to
+        `wait()` for later.
         """
+        job_id, what = job_and_products(job, what)
         command_id = self.submit(job_id, what, **submit_options)
         if not wait:
             return command_id
@@ -318,10 +322,40 @@ class Client:
             if plan["state"] != "computing" or (deadline is not None and time.monotonic() >= deadline):
                 return plan
 
+    def list_plans(self, user_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """`GET /v1/plans`: the caller's plans (an admin may name a user), newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if user_id is not None:
+            params["user_id"] = user_id
+        return self.document(self.request("GET", "/v1/plans", params=params), "items")["items"]
+
     def apply_plan(self, plan_id: str) -> str:
         """`POST /v1/plans/{id}/apply`: the id of the batch made of exactly the plan's pairs (the same
         batch however often it is applied)."""
         return self.document(self.request("POST", f"/v1/plans/{plan_id}/apply"), "id")["id"]
+
+
+def job_and_products(job: Any, what: str | Sequence[str]) -> tuple[int, str | Sequence[str]]:
+    """The JobID and products to cancel, from a JobID or a submitted `XRTProductRequest`.
+
+    A request that was never submitted raises swifttools' own RuntimeError (its `JobID` does).
+    """
+    if isinstance(job, bool):
+        raise TypeError("job must be a JobID or an XRTProductRequest, not a bool")
+    if isinstance(job, int):
+        return job, what
+    if not hasattr(type(job), "JobID") and not hasattr(job, "JobID"):
+        raise TypeError(f"job must be a JobID or an XRTProductRequest, not {type(job).__name__}")
+    job_id = job.JobID
+    if isinstance(job_id, str) and job_id.strip().isdigit():
+        job_id = int(job_id)
+    if not isinstance(job_id, int) or isinstance(job_id, bool):
+        raise TypeError(f"the request's JobID {job_id!r} is not a JobID")
+    if isinstance(what, str) and what == "all":
+        known = list(getattr(job, "productList", None) or [])
+        if known:
+            return job_id, known
+    return job_id, what
 
 
 def _selection_params(filters: Mapping[str, Any], lists: bool = False) -> dict[str, Any]:

@@ -94,8 +94,10 @@ Plans (`ukcancel.plans.PlanRegistry`): what a selection would cancel, computed f
                                           once, by the first apply). Expires `result_ttl_seconds` after
                                           creation.
     ``ukcancel:plans:waiting:{user_id}``  set, plan ids waiting for that user's refresh to end.
-    ``ukcancel:user:{user_id}:plans``     sorted set, plan ids scored by created_at, kept an hour:
-                                          the plans-per-hour quota (`ukcancel.quota`).
+    ``ukcancel:user:{user_id}:plans``     sorted set, that user's plan ids scored by created_at: `GET
+                                          /v1/plans` (a plan named by the start of its id) and the
+                                          plans-per-hour quota (`ukcancel.quota`); entries older than
+                                          the records' TTL (an hour at least) are dropped on add.
     ``ukcancel:events:plan:{id}``         pub/sub channel, the plan's state once computed (long poll).
 
 Tokens (`ukcancel.token.TokenRegistry`)
@@ -159,6 +161,11 @@ High availability and upgrades (`ukcancel.store`, `ukcancel.failover`, `ukcancel
     ``ukcancel:fair:claims``              hash of 0.1.0 (layout 1), Celery task id -> command id; the
                                           migration turns each unfinished one into an expired lease and
                                           deletes the hash. Never written since 0.2.0.
+Presence of every process (`ukcancel.presence`)
+    ``ukcancel:processes``                sorted set, process name (``role@host:pid``) scored by its
+                                          last heartbeat; API, workers and stream consumers alike.
+    ``ukcancel:processes:info``           hash, process name -> JSON: role, version, and the settings
+                                          that must agree across processes (secrets as a SHA-256).
 
 Streams (`ukcancel.stream`)
     ``ukcancel:commands``                 stream that pipelines XADD commands to (consumer group
@@ -302,6 +309,8 @@ FLEET_PROBE = f"{PREFIX}:fleet:probe"
 FLEET_CALLS = f"{PREFIX}:fleet:calls"
 FLEET_NEXT_DUE = f"{PREFIX}:fleet:next_due"
 WORKERS = f"{PREFIX}:workers"
+PROCESSES = f"{PREFIX}:processes"
+PROCESSES_INFO = f"{PREFIX}:processes:info"
 
 REPLICA_PROBE = f"{PREFIX}:replicas:probe"
 MASTER_RUN_ID = f"{PREFIX}:master:run_id"

@@ -157,12 +157,20 @@ class PlanRegistry:
         pipe.expire(key, self.ttl_seconds)
         pipe.sadd(keys.plans_waiting(plan.user_id), plan.id)
         pipe.expire(keys.plans_waiting(plan.user_id), self.ttl_seconds)
-        made = keys.user_plans(plan.user_id)  # the plans-per-hour quota (`ukcancel.quota`)
-        pipe.zadd(made, {plan.id: plan.created_at})
-        pipe.zremrangebyscore(made, "-inf", plan.created_at - 3600)
-        pipe.expire(made, 3600)
+        index = keys.user_plans(plan.user_id)  # GET /v1/plans, and the plans-per-hour quota (`ukcancel.quota`)
+        pipe.zadd(index, {plan.id: plan.created_at})
+        pipe.zremrangebyscore(index, "-inf", plan.created_at - max(self.ttl_seconds, 3600))
+        pipe.expire(index, max(self.ttl_seconds, 3600))
         pipe.execute()
         return plan
+
+    def recent(self, user_id: str, limit: int) -> list[Plan]:
+        """The user's plans, newest first (those whose record is still kept)."""
+        ids = [as_text(i) for i in self.connection.zrevrange(keys.user_plans(user_id), 0, limit - 1)]
+        pipe = self.connection.pipeline(transaction=False)
+        for plan_id in ids:
+            pipe.hgetall(keys.plan(plan_id))
+        return [Plan.from_hash(raw) for raw in pipe.execute() if raw]
 
     def get(self, plan_id: str) -> Plan | None:
         raw = self.connection.hgetall(keys.plan(plan_id))

@@ -24,6 +24,28 @@ class SettingsError(ValueError):
     """A setting in the environment has a value the service cannot run with."""
 
 
+# Settings whose value is a secret: an error names the variable, never the value.
+SECRET_VARIABLES = frozenset({"UKCANCEL_CONSOLE_SECRET", "UKCANCEL_TOKEN"})
+# Settings whose value is a URL that may carry a password: shown with the password masked.
+URL_VARIABLES = frozenset({"REDIS_URL", "CELERY_BROKER_URL"})
+
+
+def shown_value(variable: str, raw: str) -> str:
+    """How an invalid value is quoted in an error: secrets not at all, URLs without their password."""
+    if variable in SECRET_VARIABLES:
+        return f"(a value of {len(raw)} characters, not shown)"
+    if variable in URL_VARIABLES:
+        parts = urlsplit(raw)
+        try:
+            password = parts.password
+        except ValueError:
+            password = None
+        if password:
+            netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+            return repr(parts._replace(netloc=netloc).geturl())
+    return repr(raw)
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
@@ -331,7 +353,7 @@ class Settings:
             try:
                 values[name] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise SettingsError(f"{variable}={raw!r} is invalid: {exc}") from None
+                raise SettingsError(f"{variable}={shown_value(variable, raw)} is invalid: {exc}") from None
         settings = cls(**values)
         if bool(settings.redis_sentinels) != bool(settings.redis_sentinel_master):
             raise SettingsError("UKCANCEL_REDIS_SENTINELS and UKCANCEL_REDIS_SENTINEL_MASTER must be set together")

@@ -64,7 +64,7 @@ from typing import Any
 import redis
 from marshmallow import ValidationError
 
-from ukcancel import keys, logs
+from ukcancel import keys, logs, presence
 from ukcancel.quota import QuotaExceeded, Quotas
 from ukcancel.runtime import Runtime
 from ukcancel.schemas import CancellationRequestSchema, submission_policy
@@ -228,7 +228,8 @@ class CommandStreamConsumer:
         self.runtime = runtime
         self.connection: redis.Redis = runtime.connection
         self.name = name or default_consumer_name()
-        self.block_ms = block_ms
+        # A read never blocks longer than a heartbeat, so a waiting consumer still shows as live.
+        self.block_ms = min(block_ms, int(presence.HEARTBEAT_SECONDS * 1000))
         self.min_idle_ms = min_idle_ms
         self.count = count
         self.max_deliveries = max_deliveries
@@ -262,16 +263,23 @@ class CommandStreamConsumer:
     def run(self, stop: threading.Event) -> None:
         """Handle entries until `stop` is set; Redis outages are waited out, not fatal."""
         delay = 0.5
+        beat = presence.Publisher(self.connection, presence.STREAM_CONSUMER, self.runtime.settings,
+                                  name=f"{presence.STREAM_CONSUMER}:{self.name}")
         while not stop.is_set():
             try:
                 self.ensure_group()
                 while not stop.is_set():
+                    beat.beat()
                     self.step()
                     delay = 0.5
             except redis.RedisError as exc:
                 log.warning("command stream: Redis error, retrying in %.1f s: %s", delay, exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
+        try:
+            presence.forget(self.connection, beat.name)
+        except redis.RedisError:  # the entry ages out of the live window
+            pass
 
     @contextlib.contextmanager
     def running(self) -> Iterator[CommandStreamConsumer]:

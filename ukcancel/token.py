@@ -141,6 +141,27 @@ class TokenRegistry:
         records = [self.by_name(as_text(name)) for name in self.connection.hkeys(keys.TOKENS)]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
 
+    def rotate_secret(self, name: str) -> TokenRecord:
+        """Give the token named `name` a new callback secret (the old one signs nothing from now on)
+        and return its record with the new secret, to be shown once."""
+        token_digest = self.connection.hget(keys.TOKENS, name)
+        if token_digest is None:
+            raise TokenError(f"no token is named {name!r} (`ukcancel token list` shows the names)")
+        key = keys.token(as_text(token_digest))
+        secret = secrets.token_hex(32)
+        # Only while the token exists: a token revoked meanwhile is not brought back as a bare hash.
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.exists(key)
+        pipe.hset(key, "callback_secret", secret)
+        exists, _ = pipe.execute()
+        if not exists:
+            self.connection.delete(key)
+            raise TokenError(f"no token is named {name!r} (revoked meanwhile?)")
+        record = self.by_name(name)
+        if record is None:
+            raise TokenError(f"no token is named {name!r} (revoked meanwhile?)")
+        return record
+
     def revoke(self, name_or_prefix: str) -> TokenRecord:
         """Revoke the token with this name, the only token whose prefix starts with it, or the
         token itself, whole (a leaked one pasted in: found by its digest, like a request)."""

@@ -27,6 +27,7 @@ from celery import Celery, bootsteps
 from celery.worker.consumer import Consumer
 from kombu import Queue
 
+from ukcancel import presence
 from ukcancel.callback import CallbackOutbox
 from ukcancel.dispatch import DispatchError
 from ukcancel.failover import MasterWatch
@@ -73,6 +74,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         # restarted from its append-only file has lost no permit: no watch.
         watch = MasterWatch(connection, runtime.gate, runtime.settings.fleet_guard_seconds)
         sentinel = runtime.settings.sentinel
+        settings = runtime.settings
 
         def beat() -> None:
             while not self._stop.is_set():
@@ -80,6 +82,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
                     if sentinel:
                         watch.check()
                     record_heartbeat(connection, name)
+                    presence.publish(connection, f"worker:{name}", presence.WORKER, settings)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
                 self._stop.wait(HEARTBEAT_SECONDS)
@@ -91,6 +94,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         self._stop.set()
         try:
             forget_worker(worker.app.runtime.connection, worker.hostname)
+            presence.forget(worker.app.runtime.connection, f"worker:{worker.hostname}")
         except redis.RedisError:  # shutting down without Redis: the entry ages out of the live window
             pass
 

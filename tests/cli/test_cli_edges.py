@@ -73,6 +73,23 @@ def test_tables_sent_to_a_pipe_keep_whole_ids(served_without_worker: Served, ukc
     assert sorted(FULL_ID.findall(listing.stdout)) == sorted([*command_ids, batch_id, batch_id])
     items = ukcancel(api, "status", batch_id, "--items", env={"COLUMNS": None})
     assert set(FULL_ID.findall(items.stdout)) == {batch_id, *command_ids}
+    # Plain tab-separated lines for scripts: a "# title" line, a header line, one line per row.
+    lines = items.stdout.splitlines()
+    lines = lines[lines.index(f"# Items of batch {batch_id}"):]  # after the batch's summary lines
+    assert lines[1].split("\t") == ["#", "job", "products", "state", "status", "outcome", "command"]
+    assert all(len(line.split("\t")) == 7 for line in lines[1:]) and "│" not in items.stdout
+
+
+def test_tables_fit_the_terminal_one_line_per_row(served: Served, ukcancel: CliRun) -> None:
+    """At 100 columns a batch's items, each with a long outcome, take one line each, within 100."""
+    batch_id = client_of(served).submit_batch([(1001, "all"), (1002, "all")])
+    client_of(served).wait_batch(batch_id)
+    items = ukcancel(served, "status", batch_id, "--items", env={"COLUMNS": "100"})
+    table = [line for line in items.stdout.splitlines() if line.startswith("│")]
+    assert len(table) == 2, items.stdout  # one line per item
+    assert all(len(line) <= 100 for line in items.stdout.splitlines()), items.stdout
+    assert all(command_id in items.stdout for command_id in served.runtime.batches.command_ids(batch_id))
+    assert "…" in items.stdout  # the long outcomes are cut in the terminal, whole in a pipe or --json
 
 
 @pytest.mark.parametrize(
@@ -339,3 +356,11 @@ def test_a_wait_during_a_fleet_pause_says_so_and_how_to_lift_it(served_without_w
     served_without_worker.runtime.gate.pause(600)
     result = ukcancel(served_without_worker, "cancel", "1001", "--wait", "--timeout", "1")
     assert "fleet paused for" in result.stderr and "ukcancel fleet --resume" in result.stderr
+
+
+def test_one_of_a_thing_is_counted_in_the_singular(served: Served, ukcancel: CliRun) -> None:
+    batch_id = client_of(served).submit_batch([(1001, ["LightCurve"])])
+    result = ukcancel(served, "status", batch_id, "--wait")
+    assert f"batch {batch_id}: completed, 1 item, 100% done" in result.stdout
+    listing = ukcancel(served, "list", "--limit", "1")
+    assert "1 command" in listing.stderr and "1 commands" not in listing.stderr

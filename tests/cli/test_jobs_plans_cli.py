@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from ukcancel.client import Client, ServiceError
 
 Served = Any  # the `served` fixture of tests/cli/conftest.py
@@ -45,11 +47,11 @@ def test_plan_prints_what_would_be_cancelled_and_apply_waits_for_the_batch(serve
     assert planned.exit_code == 0, planned.output
     assert "1002" in planned.stdout and "LightCurve, Spectrum, AstromPos" in planned.stdout
     assert "submitted before 2026-11-19T00:00:00Z" in planned.stdout  # 1003, left out
-    assert "5 products of 2 jobs would be cancelled (1 jobs left out)" in planned.stderr
+    assert "5 products of 2 jobs would be cancelled (1 job left out)" in planned.stderr  # "1 job", not "1 jobs"
     plan_id = planned.stderr.split("ukcancel plan apply ")[1].split()[0]
     assert served.simulator.state.product_state(1001, "lc") == 3  # a plan cancels nothing
 
-    applied = ukcancel(served, "plan", "apply", plan_id, "--wait")
+    applied = ukcancel(served, "plan", "apply", plan_id[:4], "--wait")  # a short id, as for commands and batches
     assert applied.exit_code == 0, applied.output
     assert "Job cancelled OK" in applied.stdout
     assert served.simulator.state.product_state(1001, "lc") == -4
@@ -62,6 +64,23 @@ def test_plan_prints_what_would_be_cancelled_and_apply_waits_for_the_batch(serve
 def test_applying_someone_elses_or_no_plan_is_exit_1(served: Served, ukcancel: CliRun) -> None:
     result = ukcancel(served, "plan", "apply", "0" * 32)
     assert result.exit_code == 1 and "HTTP 404" in result.stderr
+
+
+def test_a_plan_is_named_by_a_unique_start_of_its_id_among_the_callers_plans(served: Served, ukcancel: CliRun) -> None:
+    other_token, _ = served.runtime.tokens.create("other@example.org", name="other")
+    theirs = Client(served.url, other_token).create_plan(job_ids=[1004])
+    mine = [Client(served.url, served.token).create_plan(job_ids=[1001]) for _ in range(2)]
+    listed = Client(served.url, served.token).list_plans()
+    assert [p["id"] for p in listed] == mine[::-1]  # newest first, only the caller's
+    unknown = ukcancel(served, "plan", "apply", theirs[:6])
+    assert unknown.exit_code == 2 and f"none of your plans has an id starting with '{theirs[:6]}'" in unknown.stderr
+    assert ukcancel(served, "plan", "apply", "").exit_code == 2
+    if mine[0][0] == mine[1][0]:
+        ambiguous = ukcancel(served, "plan", "apply", mine[0][0])
+        assert ambiguous.exit_code == 2 and "is ambiguous" in ambiguous.stderr
+    with pytest.raises(ServiceError) as refused:
+        Client(served.url, served.token).list_plans(user_id="other@example.org")
+    assert refused.value.status == 403
 
 
 def test_the_client_plans_and_applies(served: Served) -> None:

@@ -41,7 +41,8 @@ class Console:
     def signed_in(self, name: str) -> FlaskClient:
         client = self.browser()
         response = client.post("/console/signin", data={"token": self.tokens[name], "csrf_token": self.csrf(client)})
-        assert response.status_code == 302 and response.headers["Location"] == "/console/jobs"
+        home = "/console/" if name == "ops" else "/console/jobs"  # an admin lands on the administration page
+        assert response.status_code == 302 and response.headers["Location"] == home
         return client
 
     def post(self, client: FlaskClient, path: str, data: dict[str, Any], page: str = "/console/jobs") -> Any:
@@ -213,3 +214,40 @@ def test_a_user_naming_another_user_gets_a_403_page(console: Console) -> None:
         response = alice.get(path)
         assert response.status_code == 403 and "<header>" in text(response), path
     assert console.refreshes == []  # nothing was asked for bob's jobs
+
+
+def test_an_admin_lands_on_a_page_that_explains_rather_than_errors(console: Console) -> None:
+    ops = console.signed_in("ops")
+    home = ops.get("/console/")
+    assert home.status_code == 200
+    page = text(home)
+    assert "signed in as <strong>ops@example.org</strong> with an admin token" in page
+    assert "no live stream consumer" in page  # nothing runs in this test: the summary says so
+    assert "errors\" role=\"alert\"" not in page.split("admin-summary")[0]
+    jobs = ops.get("/console/jobs")
+    assert jobs.status_code == 200
+    assert "Enter the UKSSDC user" in text(jobs) and "would not list the jobs" not in text(jobs)
+    assert console.refreshes == []  # the UKSSDC was not asked for the admin's own (non-existent) jobs
+    # A user still lands on their jobs.
+    assert console.signed_in("alice").get("/console/").headers["Location"] == "/console/jobs"
+
+
+def test_a_mistyped_console_address_is_an_html_404_page(console: Console) -> None:
+    for client in (console.browser(), console.signed_in("alice")):
+        response = client.get("/console/jobz")
+        assert response.status_code == 404
+        assert response.mimetype == "text/html"
+        assert "There is no console page at /console/jobz." in text(response)
+    assert console.browser().get("/console/static/console.js").status_code == 200
+
+
+def test_the_workers_page_shows_processes_and_disagreements(console: Console) -> None:
+    from ukcancel import presence
+
+    connection = console.runtime.connection
+    presence.publish(connection, "worker:w1@a", presence.WORKER, Settings(callback_allowed_hosts=("hooks.example.org",)))
+    presence.publish(connection, "api@a:1", presence.API, Settings())
+    page = text(console.signed_in("ops").get("/console/admin/workers"))
+    assert "worker:w1@a" in page and "api@a:1" in page
+    assert "UKCANCEL_CALLBACK_ALLOWED_HOSTS differs between processes" in page
+    assert "no live stream consumer" in page

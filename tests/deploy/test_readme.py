@@ -1,53 +1,46 @@
-"""The README's promises that can drift from the code: the settings table and the CI command.
-
-The settings are documented in the README's table, and the limits of the security page
-(docs/operators/security.md, "Limits an operator can set") in that page's table: together they
-list every setting, each once, with its default.
-"""
+"""The README is the short front page: what it is, the two commands (the second is what CI runs),
+an example, a picture, a benchmark summary and links into the documentation, each of which
+exists. Everything else lives in docs/ (tests/docs checks the site and its settings table)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ukcancel.settings import Settings
-
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-SECURITY = (ROOT / "docs" / "operators" / "security.md").read_text()
 
 
-def table_rows(text: str, heading: str) -> list[tuple[str, str]]:
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", section, flags=re.MULTILINE)
-    return [(name, default.strip()) for name, default in rows]
-
-
-def settings_table() -> dict[str, str]:
-    rows = table_rows(README, "## Settings") + table_rows(SECURITY, "## Limits an operator can set")
-    names = [name for name, _ in rows]
-    assert len(names) == len(set(names)), "a setting documented twice"
-    return dict(rows)
-
-
-def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
-    documented = settings_table()
-    assert sorted(documented) == sorted(variable for variable, _, _ in Settings.ENVIRONMENT)
-
-
-def test_the_readme_table_shows_each_default() -> None:
-    documented = settings_table()
-    defaults = Settings()
-    for variable, field_name, _ in Settings.ENVIRONMENT:
-        value = getattr(defaults, field_name)
-        cell = documented[variable]
-        if value in (None, ()):
-            assert cell.startswith(("unset", "empty", "`REDIS_URL`")), (variable, cell)
-        else:
-            assert cell.startswith(f"`{value}`"), (variable, cell, value)
-
-
-def test_ci_runs_the_readme_test_command() -> None:
+def test_the_two_commands_come_first_and_ci_runs_the_second() -> None:
     commands = re.findall(r"^python3 -m venv .*$", README, flags=re.MULTILINE)
-    assert len(commands) >= 2 and "ukcancel demo" in commands[0] and "pytest" in commands[1]
+    assert len(commands) == 2 and commands[0].endswith("ukcancel demo") and commands[1].endswith("pytest")
+    assert commands[0] == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/ukcancel demo"
+    assert commands[1] == "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest"
+    assert README.index(commands[0]) < README.index("```\n>>>")  # before anything else in a code block
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_is_a_front_page() -> None:
+    assert len(README.splitlines()) <= 80
+    headings = re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
+    assert headings == ["Benchmarks", "Documentation"]
+
+
+def test_every_link_and_picture_of_the_readme_exists() -> None:
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [t for t in targets if not t.startswith(("http://", "https://"))]
+    assert any(t.endswith(".png") for t in local), "a picture"
+    assert "docs/developers/benchmarks.md" in local
+    for section in ("users", "pipelines", "operators", "developers"):
+        assert any(t.startswith(f"docs/{section}/") for t in local), section
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert missing == []
+
+
+def test_the_benchmark_summary_quotes_the_benchmarks_page() -> None:
+    summary = README.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "developers" / "benchmarks.md").read_text()
+    commit = re.search(r"commit (\w{7,40})", summary).group(1)
+    assert f"commit {commit}" in page
+    for figure in re.findall(r"\b\d[\d,]*\.\d+\b|\b\d{1,3}(?:,\d{3})+\b", summary):
+        assert figure in page, figure

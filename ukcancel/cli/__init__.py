@@ -6,6 +6,7 @@ its own module in this package and is attached at the bottom.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -16,7 +17,25 @@ from ukcancel.settings import Settings
 LOCAL_USER = "astro@example.org"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Ukcancel(click.Group):
+    """The command group; a Redis or service connection that fails ends a command in one line
+    (exit 1), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        import redis
+
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as exc:
+            from ukcancel.cli.connection import short_reason
+            from ukcancel.settings import shown_value
+
+            where = os.environ.get("REDIS_URL", "").strip()
+            shown = shown_value("REDIS_URL", where) if where else "REDIS_URL"
+            raise click.ClickException(f"cannot reach Redis at {shown}: {short_reason(exc)}") from None
+
+
+@click.group(cls=Ukcancel, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ukssdc-cancel")
 def main() -> None:
     """Cancel UKSSDC XRT product jobs through a queue."""
@@ -148,13 +167,14 @@ def simulator(host: str, port: int, jobs_path: str | None, latency_ms: float) ->
 
 
 def _attach_subcommands() -> None:
-    from ukcancel.cli import commands, fleet, jobs, stream, tokens
+    from ukcancel.cli import commands, fleet, jobs, run, stream, tokens
 
     main.add_command(tokens.token)
     main.add_command(fleet.fleet)
     for command in (commands.cancel, commands.batch, commands.status, commands.list_commands, commands.withdraw):
         main.add_command(command)
     main.add_command(stream.stream_consumer)
+    main.add_command(run.run)
     main.add_command(jobs.jobs)
     main.add_command(jobs.plan)
 

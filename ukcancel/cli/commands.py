@@ -29,7 +29,7 @@ from ukcancel import products as product_names
 from ukcancel.cli.batch_file import read_batch_file
 from ukcancel.cli.connection import connect, field_messages, service_errors, service_options, warn_if_no_worker
 from ukcancel.cli.ids import COMMAND, resolve
-from ukcancel.cli.show import finish_batch, finish_command, not_fully_cancelled, show_listing
+from ukcancel.cli.show import counted, finish_batch, finish_command, not_fully_cancelled, show_listing
 from ukcancel.client import Client, ServiceError
 from ukcancel.command import STATES, TERMINAL
 from ukcancel.schemas import MAX_JOB_ID
@@ -281,7 +281,7 @@ def list_commands(state: str | None, job_id: int | None, created_after: datetime
     if next_cursor:
         click.echo(f"{len(commands)} shown; more with --cursor {next_cursor} (or --all)", err=True)
     else:
-        click.echo(f"{len(commands)} commands", err=True)
+        click.echo(counted(len(commands), "command"), err=True)
 
 
 def collect_commands(client: Client, filters: dict[str, Any], cursor: str | None,
@@ -344,7 +344,8 @@ def emit_withdrawn_batch(view: dict[str, Any], withdrawn: int, as_json: bool) ->
         return
     counts = view["counts"]
     started = sum(counts.get(state, 0) for state in ("running", "retrying"))
-    click.echo(f"batch {view['id']}: withdrew {withdrawn} queued items; {started} started items finish as usual, "
+    click.echo(f"batch {view['id']}: withdrew {counted(withdrawn, 'queued item')}; {counted(started, 'started item')} "
+               "finish as usual, "
                f"{counts.get('completed', 0)} had ended")
 
 

@@ -7,6 +7,7 @@ usage error, exit 2), an unreachable service or another server at that URL (exit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,9 +47,28 @@ def service_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def short_reason(exc: BaseException) -> str:
+    """The cause of a connection failure in a few words ("Connection refused", "timed out"), not
+    the chain of pools and retries a transport library wraps it in."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip().rstrip(".")
+    if "timed out" in text.lower():
+        return "timed out"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def connect(api_url: str | None, token: str | None) -> Client:
     settings = load_settings()
-    token = token or settings.token
+    if token is not None and not token.strip():
+        # An empty --token (say, an unset shell variable) must not quietly become UKCANCEL_TOKEN.
+        raise click.BadParameter("is empty; give a token, or leave --token out to use UKCANCEL_TOKEN",
+                                 param_hint="--token")
+    if api_url is not None and not api_url.strip():
+        raise click.BadParameter("is empty; give the service's URL, or leave it out to use UKCANCEL_API_URL",
+                                 param_hint="--api-url")
+    token = token if token is not None else settings.token
     if not token:
         raise click.UsageError("no token: pass --token or set UKCANCEL_TOKEN (see `ukcancel token create`)")
     return Client(api_url or settings.api_url, token, connect_attempts=2)
@@ -78,7 +98,7 @@ def service_errors(client: Client, blame: Blame | None = None) -> Iterator[None]
         detail = exc.problem.get("detail") or exc.problem.get("title") or "no detail"
         raise click.ClickException(f"the service refused (HTTP {exc.status}): {detail}") from None
     except requests.RequestException as exc:
-        raise click.ClickException(f"cannot reach the service at {client.base_url}: {exc}") from None
+        raise click.ClickException(f"cannot reach the service at {client.base_url}: {short_reason(exc)}") from None
 
 
 def field_messages(errors: list[dict[str, Any]], name_item: Callable[[int], str] | None = None,

@@ -29,10 +29,12 @@ def fleet(rate: float | None, in_flight: int | None, resume: bool, as_json: bool
     settings = load_settings()
     if settings.embedded:
         raise click.UsageError("fleet needs REDIS_URL: an embedded store lives only inside one process")
+    from ukcancel import presence
     from ukcancel.fleet import FleetGate
     from ukcancel.store import connect_redis
 
-    gate = FleetGate(connect_redis(settings), settings)
+    connection = connect_redis(settings)
+    gate = FleetGate(connection, settings)
     lifted = gate.resume() if resume else None
     limits = gate.configure(rate, in_flight) if rate is not None or in_flight is not None else gate.limits()
     breaker = gate.breaker_state()
@@ -44,6 +46,7 @@ def fleet(rate: float | None, in_flight: int | None, resume: bool, as_json: bool
         "breaker": breaker["state"],
         "breaker_failures": breaker["failures"],
         "breaker_retry_in_seconds": round(float(breaker["retry_in"]), 1),
+        "processes": presence.report(connection),
     }
     if lifted is not None:
         state["resumed_seconds"] = round(lifted, 1)
@@ -57,3 +60,11 @@ def fleet(rate: float | None, in_flight: int | None, resume: bool, as_json: bool
     click.echo(f"paused:          {state['paused_seconds']:g} s left" if state["paused_seconds"] else "paused:          no")
     retry = f", probe in {state['breaker_retry_in_seconds']:g} s" if breaker["state"] == "open" else ""
     click.echo(f"circuit breaker: {breaker['state']} ({breaker['failures']} consecutive failures{retry})")
+    processes = state["processes"]
+    counts = processes["counts"]
+    click.echo(f"processes:       {counts['api']} API, {counts['worker']} worker, "
+               f"{counts['stream-consumer']} stream consumer" + ("" if counts["stream-consumer"] == 1 else "s"))
+    for process in processes["processes"]:
+        click.echo(f"  {process['role']:<16}{process['name']}  (version {process['version']})")
+    for problem in processes["problems"]:
+        click.echo(f"WARNING: {problem}")

@@ -52,6 +52,26 @@ def resolve(client: Client, text: str) -> Target:
                              "give more characters", param_hint="ID")
 
 
+def resolve_plan(client: Client, text: str) -> str:
+    """The plan `text` names: its full id, or the start of one of the caller's plans
+    (`GET /v1/plans`); a usage error (exit 2) when none or several match."""
+    wanted = text.strip().lower()
+    if FULL_ID.match(wanted):
+        return wanted
+    if not wanted:
+        raise click.BadParameter("give a plan id, or the start of one", param_hint="ID")
+    matches = sorted(plan["id"] for plan in client.list_plans() if plan["id"].startswith(wanted))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        shape = "" if HEX.match(wanted) else " (ids are 32 hexadecimal characters)"
+        raise click.BadParameter(f"none of your plans has an id starting with {text!r}{shape}", param_hint="ID")
+    listed = ", ".join(matches[:SHOWN_MATCHES])
+    more = f" and {len(matches) - SHOWN_MATCHES} more" if len(matches) > SHOWN_MATCHES else ""
+    raise click.BadParameter(f"{text!r} is ambiguous: it starts {len(matches)} plan ids ({listed}{more}); "
+                             "give more characters", param_hint="ID")
+
+
 def by_full_id(client: Client, identifier: str) -> Target:
     """A full id: a command if there is one, else a batch; else an error (exit 1)."""
     for kind, fetch in ((COMMAND, client.get), (BATCH, lambda i: client.get_batch(i, limit=1))):

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from ukcancel.cli.commands import TIME_FORMATS, ProductsParam, batch_rows, check_timeout, wait_for_batch, wait_options
 from ukcancel.cli.connection import connect, field_messages, service_errors, service_options
-from ukcancel.cli.show import EXIT_TIMED_OUT, finish_batch, table_console
+from ukcancel.cli.ids import resolve_plan
+from ukcancel.cli.show import EXIT_TIMED_OUT, counted, finish_batch, print_table
 from ukcancel.client import Client
 from ukcancel.jobs import STATE_FILTERS
 
@@ -70,7 +71,7 @@ def show_jobs(view: dict[str, Any]) -> None:
         table.add_row(str(job["job_id"]), job["name"], job.get("submitted") or "",
                       "\n".join(state_cell(p) for p in job["products"]) or "-",
                       "" if job.get("age_seconds") is None else f"{job['age_seconds']:.0f}")
-    table_console().print(table)
+    print_table(table)
 
 
 @click.command("jobs")
@@ -93,7 +94,7 @@ def jobs(state: str | None, wait: int, as_json: bool, api_url: str | None, token
     if view.get("error"):
         raise click.ClickException(f"the UKSSDC would not list the jobs: {view['error']}")
     age = view.get("age_seconds")
-    note = f"{len(view['jobs'])} of {view.get('total', len(view['jobs']))} jobs"
+    note = f"{len(view['jobs'])} of {counted(view.get('total', len(view['jobs'])), 'job')}"
     if age is not None:
         note += f"; states read up to {age:.0f} s ago"
     if view.get("refreshing"):
@@ -107,15 +108,14 @@ def show_plan(plan: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for pair in plan["pairs"]:
         table.add_row(str(pair["job_id"]), pair["name"], ", ".join(pair["products"]))
-    console = table_console()
-    console.print(table)
+    print_table(table)
     if plan["left_out"]:
         left = Table(title="Left out", show_lines=False)
         for column in ("job", "name", "why"):
             left.add_column(column, overflow="fold")
         for job in plan["left_out"]:
             left.add_row(str(job["job_id"]), job["name"], job["reason"])
-        console.print(left)
+        print_table(left)
 
 
 @click.group("plan", invoke_without_command=True, subcommand_metavar="[apply ID]")
@@ -149,8 +149,8 @@ def plan(ctx: click.Context, timeout: float, as_json: bool, api_url: str | None,
         ctx.exit(EXIT_TIMED_OUT)
     if not as_json:
         counts = shown["counts"]
-        click.echo(f"{counts['products']} products of {counts['jobs']} jobs would be cancelled "
-                   f"({counts['left_out']} jobs left out); plan expires {shown['expires_at']}", err=True)
+        click.echo(f"{counted(counts['products'], 'product')} of {counted(counts['jobs'], 'job')} would be cancelled "
+                   f"({counted(counts['left_out'], 'job')} left out); plan expires {shown['expires_at']}", err=True)
         if counts["jobs"]:
             click.echo(f"apply it with: ukcancel plan apply {plan_id}", err=True)
 
@@ -164,11 +164,15 @@ def plan(ctx: click.Context, timeout: float, as_json: bool, api_url: str | None,
 @click.pass_context
 def apply(ctx: click.Context, plan_id: str, wait: bool, timeout: float | None, as_json: bool,
           api_url: str | None, token: str | None) -> None:
-    """Cancel exactly what plan ID lists, as one batch (applying it again names the same batch)."""
+    """Cancel exactly what plan ID lists, as one batch (applying it again names the same batch).
+
+    ID is the plan's id or a unique start of it (as `ukcancel plan` prints it).
+    """
     check_timeout(wait, timeout)
     parent = ctx.obj or {}
-    client: Client = connect(api_url or parent.get("api_url"), token or parent.get("token"))
+    client: Client = connect(api_url or parent.get("api_url"), token if token is not None else parent.get("token"))
     with service_errors(client):
+        plan_id = resolve_plan(client, plan_id)
         batch_id = client.apply_plan(plan_id)
         if not wait:
             if as_json:

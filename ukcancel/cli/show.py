@@ -25,15 +25,61 @@ FAILED_STATUSES = (-1, 0)
 # Result statuses in the order a summary lists them, with what each means.
 STATUS_MEANINGS = (("1", "cancelled"), ("2", "partly cancelled"), ("0", "not cancelled"), ("-1", "error or withdrawn"))
 ID_WIDTH = 32  # ids are printed whole, never folded or cut
-# Tables written to a pipe or a file: as wide as they need (no terminal to fit), so that grep and
-# scripts see whole lines and whole ids; Rich would otherwise assume 80 columns.
-PIPE_WIDTH = 400
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """"1 item", "2 items", "1,000 items"."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def to_a_terminal() -> bool:
+    """Tables are drawn for a terminal (or a width given in COLUMNS); a pipe or a file gets plain
+    tab-separated lines (`print_table`)."""
+    return sys.stdout.isatty() or "COLUMNS" in os.environ
 
 
 def table_console() -> Console:
-    """A console for stdout tables: the terminal's width, COLUMNS if set, else `PIPE_WIDTH`."""
-    fits_a_terminal = sys.stdout.isatty() or "COLUMNS" in os.environ
-    return Console(width=None if fits_a_terminal else PIPE_WIDTH)
+    return Console()
+
+
+def _plain(cell: Any) -> str:
+    from rich.text import Text
+
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return " ".join(text.replace("\t", " ").splitlines())
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout. In a terminal: one line per row at the terminal's width (long cells end
+    in "...", ids stay whole; --json or a pipe shows everything). Piped: a "# title" line, a header
+    line and one line per row, tab-separated, every cell whole."""
+    if to_a_terminal():
+        for column in table.columns:  # a cell of several lines would make a row of several lines
+            column._cells = ["; ".join(c.splitlines()) if isinstance(c, str) else c for c in column._cells]
+        widths = [max([len(_plain(column.header)), *(len(_plain(c)) for c in column._cells)]) for column in table.columns]
+        # Every column as wide as its widest cell, except the widest text column (an outcome, a
+        # product list), which takes what is left and ends in "..." when that is not enough.
+        flexible = max((i for i, c in enumerate(table.columns) if c.min_width != ID_WIDTH),
+                       key=lambda i: widths[i], default=None)
+        console = table_console()
+        # Each column has a space either side and a rule after it, plus the first rule.
+        room = console.width - 3 * len(table.columns) - 1
+        for index, column in enumerate(table.columns):
+            column.no_wrap = True
+            column.ratio = None
+            column.overflow = "ellipsis"
+            if index != flexible:
+                column.width = widths[index]
+        if flexible is not None:
+            others = sum(w for i, w in enumerate(widths) if i != flexible)
+            table.columns[flexible].width = max(8, min(widths[flexible], room - others))
+        console.print(table)
+        return
+    if table.title:
+        click.echo(f"# {_plain(table.title)}")
+    click.echo("\t".join(_plain(column.header) for column in table.columns))
+    for cells in zip(*(column._cells for column in table.columns)):
+        click.echo("\t".join(_plain(cell) for cell in cells))
 
 
 # -- rows: a command, or a batch item, as one line -----------------------------------------------------
@@ -89,7 +135,7 @@ def show_table(rows: list[dict[str, Any]], title: str = "Cancellations") -> None
             outcome_text(row.get("result"), row.get("state")),
             str(row.get("command_id") or ""),
         )
-    table_console().print(table)
+    print_table(table)
 
 
 def show_listing(commands: list[dict[str, Any]]) -> None:
@@ -113,7 +159,7 @@ def show_listing(commands: list[dict[str, Any]]) -> None:
             outcome_text(row["result"], row["state"]),
             str(command.get("batch_id") or ""),
         )
-    table_console().print(table)
+    print_table(table)
 
 
 def created_text(value: Any) -> str:
@@ -134,7 +180,7 @@ def batch_summary_lines(view: dict[str, Any]) -> list[str]:
     eta = view.get("eta_seconds")
     done = view.get("done_fraction")
     lines = [
-        f"batch {view['id']}: {view['state']}, {view['total']} items"
+        f"batch {view['id']}: {view['state']}, {counted(view['total'], 'item')}"
         + (f", {done:.0%} done" if isinstance(done, (int, float)) else ""),
         f"  by state:  {by_state}",
         f"  by result: {by_result}",
@@ -187,7 +233,7 @@ def finish_batch(view: dict[str, Any], rows: list[dict[str, Any]] | None, as_jso
             show_table(rows, title=f"Items of batch {view['id']}")
         failed_items = sum((view.get("results") or {}).get(s, 0) for s in ("-1", "0", "2"))
         if rows is None and failed_items:
-            click.echo(f"{failed_items} items not fully cancelled: `ukcancel status {view['id']} --failed-only` "
+            click.echo(f"{counted(failed_items, 'item')} not fully cancelled: `ukcancel status {view['id']} --failed-only` "
                        "lists them", err=True)
     done = batch_done(view)
     if waited and not done:

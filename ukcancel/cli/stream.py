@@ -17,8 +17,9 @@ from ukcancel.cli.config import load_settings
                    "restarted consumer finishes its own unacknowledged entries at once.")
 @click.option("--min-idle-seconds", default=60.0, show_default=True, type=click.FloatRange(0, 86400),
               help="Take over entries another consumer has left unacknowledged this long (it died).")
-@click.option("--block-seconds", default=2.0, show_default=True, type=click.FloatRange(0.01, 30),
-              help="How long one read waits for new entries.")
+@click.option("--block-seconds", default=2.0, show_default=True, type=click.FloatRange(0.01, 5),
+              help="How long one read waits for new entries (at most 5 s, so a waiting consumer still "
+                   "sends its heartbeat).")
 def stream_consumer(name: str | None, min_idle_seconds: float, block_seconds: float) -> None:
     """Read ukcancel:commands (group "ukcancel") and enqueue each valid entry (needs REDIS_URL)."""
     settings = load_settings()

@@ -30,7 +30,10 @@ def _token_registry() -> Any:
 @click.option("--user", "user_id", required=True, help="The UKSSDC registered e-mail the token acts for.")
 @click.option("--name", default=None, help="A label for listings and revocation (default: derived).")
 @click.option("--admin", is_flag=True, help="May act for any user_id and read everything.")
-def token_create(user_id: str, name: str | None, admin: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print name, user_id, token and callback_secret as JSON.")
+@click.option("--env", "as_env", is_flag=True,
+              help='Print `export UKCANCEL_TOKEN=... UKCANCEL_CALLBACK_SECRET=...` for `eval "$(...)"`.')
+def token_create(user_id: str, name: str | None, admin: bool, as_json: bool, as_env: bool) -> None:
     """Create a token and print it once."""
     from marshmallow import ValidationError, validate
 
@@ -44,14 +47,22 @@ def token_create(user_id: str, name: str | None, admin: bool) -> None:
         secret, record = _token_registry().create(user_id, name=name, admin=admin)
     except TokenError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"name:            {record.name}")
-    click.echo(f"user_id:         {record.user_id}{'  (admin)' if admin else ''}")
     from ukcancel.callback import webhook_secret
 
     # The Standard Webhooks form receivers verify callbacks with (see ukcancel.callback).
-    click.echo(f"callback secret: {webhook_secret(record.callback_secret)}")
-    click.echo(f"token:           {secret}")
-    click.echo("The token is shown only now; only its SHA-256 digest is stored.", err=True)
+    callback_secret = webhook_secret(record.callback_secret)
+    if as_json:
+        click.echo(json.dumps({"name": record.name, "user_id": record.user_id, "admin": admin, "token": secret,
+                               "callback_secret": callback_secret}))
+    elif as_env:
+        click.echo(f"export UKCANCEL_TOKEN={secret} UKCANCEL_CALLBACK_SECRET={callback_secret}")
+    else:
+        click.echo(f"name:            {record.name}")
+        click.echo(f"user_id:         {record.user_id}{'  (admin)' if admin else ''}")
+        click.echo(f"callback secret: {callback_secret}")
+        click.echo(f"token:           {secret}")
+    click.echo("The token is shown only now; only its SHA-256 digest is stored. "
+               "`ukcancel token rotate-secret NAME` issues a new callback secret.", err=True)
 
 
 @token.command("list")
@@ -65,14 +76,14 @@ def token_list(as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from ukcancel.cli.show import table_console
+    from ukcancel.cli.show import print_table
 
     table = Table(title="Tokens", show_lines=False)
     for column in ("name", "user_id", "role", "prefix", "created (UTC)"):
         table.add_column(column, no_wrap=column in ("name", "prefix"))
     for row in rows:
         table.add_row(row["name"], row["user_id"], row["role"], f"{row['prefix']}...", row["created_at"])
-    table_console().print(table)
+    print_table(table)
     if not rows:
         click.echo("no tokens yet: `ukcancel token create --user EMAIL` issues one", err=True)
 
@@ -99,3 +110,24 @@ def token_revoke(name_or_token: str) -> None:
     except TokenError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"revoked {record.name} ({record.user_id})")
+
+
+@token.command("rotate-secret")
+@click.argument("name")
+def token_rotate_secret(name: str) -> None:
+    """Issue a new callback secret for the token NAME and show it once (the old one stops signing).
+
+    The token itself is unchanged. Callbacks sent from now on are signed with the new secret;
+    give it to the token's holder.
+    """
+    from ukcancel.callback import webhook_secret
+    from ukcancel.token import TokenError
+
+    try:
+        record = _token_registry().rotate_secret(name.strip())
+    except TokenError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"name:            {record.name}")
+    click.echo(f"user_id:         {record.user_id}")
+    click.echo(f"callback secret: {webhook_secret(record.callback_secret)}")
+    click.echo("The callback secret is shown only now.", err=True)

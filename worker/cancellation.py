@@ -149,18 +149,17 @@ class CancellationRun:
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """One UKSSDC call under a permit (the one taken with the command, else a new one).
 
-        The run's first call counts the command's attempt once it has been made (whatever its
-        outcome), so an attempt is counted only when a request was sent.
+        The run's first call counts the command's attempt as it goes out, under its permit: an
+        attempt is counted only for a run that sends the UKSSDC a request (a run deferred before
+        its first, or one whose lease was taken over, counts none).
         """
         reserved, self._permit = self._permit, None
         max_wait = self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR
         with self.gate.permit(max_wait, reserved=reserved, rand=self.rand):
-            try:
-                return fn(*args)
-            finally:
-                if self._counting is not None:
-                    command_id, self._counting = self._counting, None
-                    self.registry.record_progress(command_id, holder=self.holder, count_attempt=True)
+            if self._counting is not None:
+                command_id, self._counting = self._counting, None
+                self.registry.record_progress(command_id, holder=self.holder, count_attempt=True)
+            return fn(*args)
 
     # -- one command -----------------------------------------------------------------------------
     def _perform(self, command: CancelCommand, claim: Claim) -> RunResult:

@@ -571,7 +571,7 @@ class DispatchModel(RuleBasedStateMachine):
 
 DispatchModel.TestCase.settings = settings(
     max_examples=EXAMPLES,
-    stateful_step_count=40,
+    stateful_step_count=int(os.environ.get("UKCANCEL_MODEL_STEPS", "40")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     phases=[Phase.explicit, Phase.reuse, Phase.generate] if os.environ.get("UKCANCEL_MODEL_NO_SHRINK") else tuple(Phase),

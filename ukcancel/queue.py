@@ -20,7 +20,26 @@ is not queued behind commands other turns claimed before a wait).
 Turns are not sent one per command. `enqueue` sends a few (one per command, up to the lanes not
 already running); a turn that ran a command sends its successor while work remains; and the reconciler
 (`ukcancel.reconciler`) sends what is missing. So withdrawn work leaves no line of empty turns
-behind it, and a lost turn (broker restart, a purged queue, a killed worker) is replaced.
+behind it, and a lost turn (broker restart, a purged queue, a killed worker) is replaced. A turn
+that finds no permit ends without a successor: the reconciler sends one when a permit is near.
+
+What must always hold, and what makes it hold (docs/developers/dispatch.md has the whole table,
+and tests/unit/test_dispatch_model.py checks each after every step of random interleavings):
+
+- I1 every accepted command ends once faults stop: leases lapse and are taken over, the due list
+  keeps retries, and the reconciler sends the turns Redis says are missing;
+- I2 one results entry per terminal command, its callback pending until settled: the transition
+  script that ends a command writes both (`ukcancel.command.TRANSITION_LUA`);
+- I3 states never go back: every transition is that script; entering and leaving `running` are
+  the lease-checked steps here (`start`, `retry_later`, `finish`), so a run whose lease was taken
+  over changes nothing and a refused step is never half-done;
+- I4 no window over the fleet limit: the gate's one script (`ukcancel.fleet`);
+- I5 a waiting fleet does not spin: no successor without a permit, turns waiting for one cover
+  their lane (``ukcancel:turns:waiting``), and the reconciler holds the lanes while the gate says
+  no permit is near;
+- I6 an accepted command exists: the broker carries only anonymous turns (`DispatchError` delays
+  a turn, never the command);
+- I7 an attempt is counted only when a request is sent: by the run's first call, under its lease.
 """
 
 from __future__ import annotations

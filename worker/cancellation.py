@@ -110,8 +110,10 @@ class CancellationRun:
             metrics.EMPTY_TURNS.inc()
             return RunResult(None, None)
         max_wait = self.settings.fleet_max_wait_seconds
-        with self.queue.waiting_for_permit(self.holder, max_wait):
-            outcome = self.gate.acquire(max_wait, wanted=self.queue.runnable_now)
+        outcome = self.gate.acquire(0)  # a permit free now needs no waiting (the usual case under load)
+        if isinstance(outcome, Wait) and outcome.seconds <= max_wait:
+            with self.queue.waiting_for_permit(self.holder, max_wait):  # it covers its lane while it waits
+                outcome = self.gate.acquire(max_wait, wanted=self.queue.runnable_now)
         if isinstance(outcome, Wait):
             # No permit in time, or the work went away: nothing was claimed. The turn ends without
             # a successor; the reconciler sends one once the gate says a permit is near, so a

@@ -39,7 +39,7 @@ and tests/unit/test_dispatch_model.py checks each after every step of random int
   no permit is near;
 - I6 an accepted command exists: the broker carries only anonymous turns (`DispatchError` delays
   a turn, never the command);
-- I7 an attempt is counted only when a request is sent: by the run's first call, under its lease.
+- I7 an attempt is counted only when a request was sent: after the run's first call, under its lease.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 # Once a run has begun calling the UKSSDC it waits this much longer for each further permit,
 # so a command finishes rather than going to the back of the line mid-way.
 IN_RUN_WAIT_FACTOR = 5
+# A command that found no permit for a further call is due again after the gate's wait, but no later
+# than this: one turn a minute while the fleet waits, and a raised rate or a lifted pause is seen.
+PERMIT_RECHECK_SECONDS = 60.0
 
 
 @dataclass
@@ -151,17 +154,20 @@ class CancellationRun:
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """One UKSSDC call under a permit (the one taken with the command, else a new one).
 
-        The run's first call counts the command's attempt as it goes out, under its permit: an
-        attempt is counted only for a run that sends the UKSSDC a request (a run deferred before
-        its first, or one whose lease was taken over, counts none).
+        The run's first call counts the command's attempt once it has been made, whatever it
+        answered: an attempt is counted only for a request that was sent (a run deferred before its
+        first, one whose lease was taken over, or one killed mid-call counts none, so a crash never
+        uses up a command's budget).
         """
         reserved, self._permit = self._permit, None
         max_wait = self.settings.fleet_max_wait_seconds * IN_RUN_WAIT_FACTOR
         with self.gate.permit(max_wait, reserved=reserved, rand=self.rand):
-            if self._counting is not None:
-                command_id, self._counting = self._counting, None
-                self.registry.record_progress(command_id, holder=self.holder, count_attempt=True)
-            return fn(*args)
+            try:
+                return fn(*args)
+            finally:
+                if self._counting is not None:
+                    command_id, self._counting = self._counting, None
+                    self.registry.record_progress(command_id, holder=self.holder, count_attempt=True)
 
     # -- one command -----------------------------------------------------------------------------
     def _perform(self, command: CancelCommand, claim: Claim) -> RunResult:
@@ -192,7 +198,8 @@ class CancellationRun:
             return self._retry_or_fail(command, attempt, str(failure), failure.retry_after)
         except Reschedule as wait:
             # No capacity for a further call mid-run: wait in state retrying, keep what was learned.
-            return self._due_again(command, wait.countdown, f"waiting: {wait.reason}")
+            # Due again within a minute at most, so a rate raised or a pause lifted meanwhile is seen.
+            return self._due_again(command, min(wait.countdown, PERMIT_RECHECK_SECONDS), f"waiting: {wait.reason}")
         except redis.RedisError:
             raise  # the store is away: the turn ends, the lease lapses, and a later run takes it over
         except Exception as exc:  # a defect must not leave the command running for ever

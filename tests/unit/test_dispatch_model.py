@@ -384,9 +384,7 @@ class DispatchModel(RuleBasedStateMachine):
         except (redis.RedisError, DispatchError):
             return None
         finally:
-            for call in self.ukssdc.calls:
-                if call.run == holder and call.job_id is not None:
-                    self.requesting_runs[call.job_id].add(holder)
+            self._note_requests(holder)
 
     @precondition(lambda self: self.broker.turns > 0)
     @rule(script=st.lists(st.sampled_from(OUTCOMES), max_size=3))
@@ -420,6 +418,7 @@ class DispatchModel(RuleBasedStateMachine):
         thread.start()
         while thread.is_alive() and not client.frozen.wait(0.005):
             pass
+        self._note_requests(holder)
         if not client.frozen.is_set():  # it found nothing runnable, or no permit, and ended
             return
         self.frozen.append(Frozen(thread, client))
@@ -435,9 +434,13 @@ class DispatchModel(RuleBasedStateMachine):
         frozen.client.thaw.set()
         frozen.thread.join(10)
         assert not frozen.thread.is_alive()
+        self._note_requests(frozen.client.run)
+
+    def _note_requests(self, run: str) -> None:
+        """The jobs `run` has sent the UKSSDC a request for (I7 compares attempts with them)."""
         for call in self.ukssdc.calls:
-            if call.run == frozen.client.run and call.job_id is not None:
-                self.requesting_runs[call.job_id].add(frozen.client.run)
+            if call.run == run and call.job_id is not None:
+                self.requesting_runs[call.job_id].add(run)
 
     # -- time, the reconciler, the fleet -------------------------------------------------------
     @rule(seconds=st.sampled_from([0.05, 0.3, 1.0, 2.5, 6.0, 11.0]))

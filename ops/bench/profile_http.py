@@ -1,81 +1,58 @@
 #!/usr/bin/env python3
-"""Where an API request's time goes: pyinstrument inside `ukcancel serve`'s gunicorn workers, loaded by wrk.
+"""Where an API request's CPU goes: py-spy on `ukcancel serve`'s gunicorn workers while wrk loads them.
 
+    .venv/bin/pip install py-spy      # a sampling profiler; not a dependency of the project
     .venv/bin/python ops/bench/profile_http.py [--seconds 8] [--redis-url redis://127.0.0.1:6379/6]
 
-The API runs as `ukcancel serve` runs it (gunicorn, gevent, 2 workers, 2,000 connections each,
-access log on stdout), with the benchmark's raised rate limit; each worker runs under pyinstrument
-from its start (`post_worker_init`) to its end (`worker_exit`), so the profile covers every
-greenlet: the requests and the gevent hub waiting for them. wrk (2 threads x 16 connections, as
-benchmark 6) loads `GET /healthz`, then, on a fresh server, `POST /v1/cancellations` (post.lua).
+The API is started exactly as shipped (`ukcancel serve --workers 2`: gunicorn, gevent, 2,000
+connections per worker, access log on stdout) with the benchmark's raised rate limit. wrk (2
+threads x 16 connections, as benchmark 6) loads `GET /healthz`, then `POST /v1/cancellations`
+(post.lua, a new JobID per request), while `py-spy record --subprocesses --nonblocking` samples both
+workers from outside. Only samples on the CPU count (py-spy leaves idle ones out), so a gevent
+worker waiting in its hub costs nothing, and the process is not slowed by an in-process profiler
+(pyinstrument's per-call hook measures wall time, which under gevent is mostly the hub's waits,
+and it slowed `/healthz` from thousands to ~300 requests/s).
 
-Per request kind it writes ops/bench/results/profile/{healthz,post}-{pid}.txt (pyinstrument's
-tree) and -flat.txt (self time per function), and prints the top functions by self time and the
-request rate. pyinstrument needs installing in the virtualenv (`.venv/bin/pip install pyinstrument`);
-it is not a dependency of the project. The Redis database given is flushed at the start and the end.
+It prints, per request kind, the requests/s, CPU microseconds per request (samples / rate), the
+top functions by self time and the share of a few named parts (request log, metrics, rate limit,
+authentication, the enqueue), and writes the folded stacks to ops/bench/results/profile/. The
+Redis database given is flushed at the start and the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import API_ENV, USER_API, child_env  # noqa: E402
+from harness import API_ENV, USER_API, child_env, ukcancel_argv  # noqa: E402
 from processes import free_port, start_in_own_group, stop_group  # noqa: E402
 
 OUT = HERE / "results" / "profile"
 WRK = ["-t2", "-c16"]
-# The options of `ukcancel serve` (ukcancel/cli/gunicorn_server.py), plus the profiling hooks.
-SERVE = {"worker_class": "gevent", "workers": 2, "worker_connections": 2000, "timeout": 90, "accesslog": "-"}
+RATE_HZ = 500
+# Inclusive share of these, matched on "function (file" of a frame.
+PARTS = {
+    "request log (service/request_log.py)": "request_log.py",
+    "metrics (service/metrics.py)": "service/metrics.py",
+    "rate limit (flask_limiter)": "flask_limiter/",
+    "authentication (service/auth.py)": "service/auth.py",
+    "enqueue (ukcancel/submission.py)": "submission.py",
+    "gunicorn access log (glogging)": "glogging.py",
+    "redis client (redis/)": "/redis/",
+    "flask dispatch (flask/app.py)": "flask/app.py",
+    "gunicorn + gevent (handle, parse, send)": "gunicorn/",
+}
 
 
-# -- inside the server process -------------------------------------------------------------------
-def serve(port: int, kind: str) -> None:
-    from gunicorn.app.base import BaseApplication
-    from pyinstrument import Profiler
-
-    profilers: dict[int, Profiler] = {}
-
-    def post_worker_init(worker: object) -> None:
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
-        profiler.start()
-        profilers[os.getpid()] = profiler
-
-    def worker_exit(server: object, worker: object) -> None:
-        profiler = profilers.pop(os.getpid(), None)
-        if profiler is None:
-            return
-        session = profiler.stop()
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / f"{kind}-{os.getpid()}.txt").write_text(profiler.output_text(show_all=False))
-        (OUT / f"{kind}-{os.getpid()}-flat.txt").write_text(profiler.output_text(flat=True))
-        del session
-
-    class Profiled(BaseApplication):
-        def load_config(self) -> None:
-            for key, value in {**SERVE, "bind": f"127.0.0.1:{port}", "post_worker_init": post_worker_init,
-                               "worker_exit": worker_exit}.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> object:
-            from ukcancel.wsgi import app
-
-            return app
-
-    Profiled().run()
-
-
-# -- the driver ------------------------------------------------------------------------------------
 def run_wrk(url: str, seconds: int, token: str = "", script: bool = False) -> str:
     argv = ["wrk", *WRK, f"-d{seconds}s"]
     if script:
@@ -85,55 +62,72 @@ def run_wrk(url: str, seconds: int, token: str = "", script: bool = False) -> st
     return done.stdout
 
 
-def profile(kind: str, redis_url: str, seconds: int, token: str) -> float:
+def profile(kind: str, redis_url: str, seconds: int, token: str) -> dict[str, object]:
     import requests
 
     port = free_port()
-    log = OUT / f"{kind}-server.log"
     env = child_env(REDIS_URL=redis_url, **API_ENV)
-    process = start_in_own_group([sys.executable, __file__, "--serve", str(port), "--kind", kind], env, log)
+    argv = ukcancel_argv("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2")
+    server = start_in_own_group(argv, env, OUT / f"{kind}-server.log")
+    folded = OUT / f"{kind}.folded"
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200 and \
+                        (OUT / f"{kind}-server.log").read_text().count("Booting worker") >= 2:
                     break
             except requests.RequestException:
-                time.sleep(0.1)
-        time.sleep(1.0)  # both workers booted
-        if kind == "healthz":
-            text = run_wrk(f"http://127.0.0.1:{port}/healthz", seconds)
-        else:
-            text = run_wrk(f"http://127.0.0.1:{port}", seconds, token, script=True)
+                pass
+            time.sleep(0.1)
+        spy = subprocess.Popen(
+            [shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy", "record", "--pid",
+             str(server.pid), "--subprocesses", "--nonblocking", "--rate", str(RATE_HZ), "--duration",
+             str(seconds), "--format", "raw", "--output", str(folded)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}" + ("/healthz" if kind == "healthz" else "")
+        text = run_wrk(url, seconds - 1, token, script=kind == "post")
+        spy.wait(seconds + 30)
     finally:
-        stop_group(process, 20)
+        stop_group(server, 20)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    if non_2xx:
-        print(f"{kind}: {non_2xx.group(1)} non-2xx answers")
-    return float(rate.group(1)) if rate else float("nan")
+    return {"per_second": float(rate.group(1)) if rate else float("nan"),
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "folded": folded, "seconds": seconds - 1}
 
 
-def top_self(path: Path, count: int = 15) -> list[str]:
-    lines = [line for line in path.read_text().splitlines() if re.match(r"^\s*[\d.]+\s", line)]
-    return lines[:count]
+def analyse(folded: Path) -> tuple[int, Counter[str], Counter[str]]:
+    """(on-CPU samples, self samples per function, inclusive samples per named part)."""
+    total, own, parts = 0, Counter(), Counter()
+    for line in folded.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        own[re.sub(r":\d+\)$", ")", frames[-1])] += count
+        for name, marker in PARTS.items():
+            if any(marker in frame for frame in frames):
+                parts[name] += count
+    return total, own, parts
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/6")
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--kind", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve, args.kind)
-        return 0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package wrk)")
+    if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None and shutil.which("py-spy") is None:
+        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
     if args.redis_url.rstrip("/").endswith(("/0", ":6379")):
         raise SystemExit("refusing to flush Redis database 0")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from ukcancel.assemble import create_runtime
     from ukcancel.settings import Settings
 
@@ -145,15 +139,22 @@ def main() -> int:
     try:
         token, _ = runtime.tokens.create(USER_API, name="bench-profile")
         for kind in ("healthz", "post"):
-            rate = profile(kind, args.redis_url, args.seconds, token)
-            print(f"\n== {kind}: {rate:,.0f} requests/s under the profiler (wrk {' '.join(WRK)}, {args.seconds} s)")
-            for flat in sorted(OUT.glob(f"{kind}-*-flat.txt"))[:1]:
-                print(f"   top self time, {flat.name}:")
-                for line in top_self(flat):
-                    print("   " + line)
+            run = profile(kind, args.redis_url, args.seconds, token)
+            total, own, parts = analyse(run["folded"])  # type: ignore[arg-type]
+            requests_made = run["per_second"] * run["seconds"]  # type: ignore[operator]
+            us = 1e6 * total / RATE_HZ / requests_made if requests_made else float("nan")
+            print(f"\n== {kind}: {run['per_second']:,.0f} requests/s (wrk {' '.join(WRK)}), "
+                  f"{run['non_2xx']} non-2xx; {total} on-CPU samples at {RATE_HZ} Hz in 2 workers: "
+                  f"{us:,.0f} us of worker CPU per request")
+            print("   share of worker CPU (inclusive):")
+            for name, count in parts.most_common():
+                print(f"   {100 * count / total:5.1f}%  {name}")
+            print("   top functions by self time:")
+            for frame, count in own.most_common(15):
+                print(f"   {100 * count / total:5.1f}%  {frame}")
     finally:
         runtime.connection.flushdb()
-    print(f"\nprofiles: {OUT}")
+    print(f"\nfolded stacks: {OUT}")
     return 0
 
 

@@ -18,7 +18,10 @@ and the headers of the same request are answered from that reply.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 from flask_limiter import ApplicationLimit, Limiter
@@ -163,4 +166,31 @@ def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
         headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
     )
     limiter.request_filter(lambda: request.path in OPEN_PATHS or is_docs_path(request.path))
+    _skip_on_open_paths(app, limiter)
     return limiter
+
+
+def _skip_on_open_paths(app: Flask, limiter: Limiter) -> None:
+    """The probes, the metrics and the OpenAPI document skip the limiter's hooks altogether.
+
+    Its request filter exempts them too, but only after the limiter has resolved the endpoint and
+    its limits, and its after_request and teardown would still run: a probe answered thousands of
+    times a second pays for nothing it uses. The filter stays for the docs pages.
+    """
+
+    def unless_open(hook: Callable[..., Any], passthrough: bool) -> Callable[..., Any]:
+        @functools.wraps(hook)
+        def wrapped(*args: Any) -> Any:
+            if has_request_context() and request.path in OPEN_PATHS:
+                return args[0] if passthrough else None
+            return hook(*args)
+
+        return wrapped
+
+    for registry, passthrough in ((app.before_request_funcs, False), (app.after_request_funcs, True),
+                                  (app.teardown_request_funcs, False)):
+        hooks = registry.get(None, [])
+        for i, hook in enumerate(hooks):
+            owner = getattr(hook, "__self__", None) or (hook.args[0] if isinstance(hook, functools.partial) else None)
+            if owner is limiter:
+                hooks[i] = unless_open(hook, passthrough)

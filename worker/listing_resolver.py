@@ -94,10 +94,24 @@ class ListingResolver:
                 if found is not None or fetched or listing.listed_at >= since:
                     return found
             if self._take_lease(user_id):
-                return self._fetch(user_id, job_id)
+                return _find(self._fetch(user_id), job_id)
             self._wait_for_listing(user_id)
             fetched = True
-        return self._fetch(user_id, job_id, leased=False)  # the other worker gave no listing: ask ourselves
+        return _find(self._fetch(user_id, leased=False), job_id)  # the other worker gave no listing
+
+    def jobs(self, user_id: str, since: float) -> list[ListedJob] | ServerError:
+        """Every job of the user, from a listing taken after `since` (or fetched now), or the refusal."""
+        fetched = False
+        for _ in range(WAIT_ROUNDS):
+            listing = self.cache.listing(user_id)
+            if self._usable(listing) and listing is not None and listing.listed_at is not None \
+                    and (fetched or listing.listed_at >= since):
+                return ServerError(listing.refused) if listing.refused is not None else listing.jobs
+            if self._take_lease(user_id):
+                return self._fetch(user_id)
+            self._wait_for_listing(user_id)
+            fetched = True
+        return self._fetch(user_id, leased=False)
 
     def _usable(self, listing: Listing | None) -> bool:
         """Younger than the TTL, not an error of a refresh, and recording each row's flags."""
@@ -112,7 +126,7 @@ class ListingResolver:
         return bool(self.connection.set(keys.jobs_listing(user_id), self.holder, nx=True,
                                         ex=max(1, round(self.lease_seconds))))
 
-    def _fetch(self, user_id: str, job_id: int, leased: bool = True) -> ListedJob | None | ServerError:
+    def _fetch(self, user_id: str, leased: bool = True) -> list[ListedJob] | ServerError:
         try:
             rows = self.call(self.client.old_jobs, user_id)
             if isinstance(rows, ServerError):
@@ -120,7 +134,7 @@ class ListingResolver:
                 return rows
             jobs = listed_jobs(rows)
             self.cache.save_listing(user_id, jobs)
-            return next((job for job in jobs if job.job_id == job_id), None)
+            return jobs
         finally:
             if leased:
                 self._release(keys=[keys.jobs_listing(user_id)], args=[self.holder])
@@ -135,3 +149,9 @@ class ListingResolver:
                 if remaining <= 0 or waiter.wait(remaining) is None:
                     log.warning("no listing of %s's jobs came from the worker asking for it", user_id)
                     return
+
+
+def _find(jobs: list[ListedJob] | ServerError, job_id: int) -> ListedJob | None | ServerError:
+    if isinstance(jobs, ServerError):
+        return jobs
+    return next((job for job in jobs if job.job_id == job_id), None)

@@ -240,3 +240,48 @@ def test_resolution_matches_the_listing_rules() -> None:
     nothing = ListedJob(7, "", None, None, (), ("LightCurve",))
     assert resolution(nothing) == (["lc", "spec", "psf", "enh", "xastrom", "image", "sourceDet"], True)
     assert resolution(None) == resolution(nothing)
+
+
+# -- all_active reuses what was read within the TTL ----------------------------------------------
+def expand(runtime: Runtime) -> tuple[str, int | None]:
+    from ukcancel import submission
+    from ukcancel.batch import EXPANDING, Batch
+    from ukcancel.worker.all_active import ActiveJobsExpansion
+
+    runtime.dispatch.expand_all_active = lambda batch_id: None  # type: ignore[method-assign]  # run by hand
+    batch = submission.start_expansion(runtime, Batch(ASTRO, "astro", state=EXPANDING))
+    return batch.id, ActiveJobsExpansion(runtime, batch.id, runtime.gate, client_for(runtime)).run()
+
+
+def test_all_active_reuses_states_read_within_the_ttl(runtime: Runtime, simulator: SimulatorServer) -> None:
+    from ukcancel.worker.jobs import JobsRefresh
+
+    clock = Clock(runtime.registry.clock())
+    runtime.jobs.clock = clock
+    JobsRefresh(runtime, ASTRO, runtime.gate, client_for(runtime)).run()  # what GET /v1/jobs has a worker do
+    assert [e["endpoint"] for e in simulator.state.log()] == ["listOldJobs.php"] + ["checkProductStatus.php"] * 3
+    simulator.state.clear_log()
+
+    clock.now += 1
+    batch_id, enqueued = expand(runtime)
+    # A listing is taken for the batch (a job may be newer than the cached one); no state is read again.
+    assert [e["endpoint"] for e in simulator.state.log()] == ["listOldJobs.php"]
+    assert enqueued == 2
+    items = {item.job_id: item.products for item in runtime.batches.items(batch_id, 0, 10)}
+    assert items == {1001: ["LightCurve", "StandardPos"], 1002: ["LightCurve", "Spectrum", "AstromPos"]}
+    simulator.state.clear_log()
+
+    # Older than the TTL: states that can still change are read again (job 1003's are final: not).
+    clock.now += runtime.settings.job_status_ttl_seconds
+    expand(runtime)
+    asked = [e["body"].get("JobID") for e in simulator.state.log() if e["endpoint"] == "checkProductStatus.php"]
+    assert sorted(asked) == [1001, 1002]
+
+
+def test_all_active_keeps_what_it_read_for_the_jobs_view(runtime: Runtime, simulator: SimulatorServer) -> None:
+    expand(runtime)
+    listing, views = runtime.jobs.views(ASTRO)
+    assert listing is not None and listing.error is None
+    states = {view.job.job_id: view.states.states for view in views if view.states is not None}
+    assert states[1001] == {"LightCurve": (3, "Running"), "StandardPos": (2, "Queued")}
+    assert set(states) == {1001, 1002, 1003}

@@ -332,6 +332,14 @@ class JobCache:
         listing = self.listing(user_id)
         return listing is not None and not self.listing_stale(listing) and not self.stale_jobs(user_id, listing)
 
+    def fresh_views(self, listing: Listing | None, views: Sequence[JobView]) -> bool:
+        """`fresh`, judged on views already read (`views`) instead of reading them again."""
+        if listing is None or self.listing_stale(listing):
+            return False
+        now = self.clock()
+        return all(view.states is not None and (view.states.final or now - view.states.read_at < self.ttl_seconds)
+                   for view in views)
+
     def refreshing(self, user_id: str) -> bool:
         return bool(self.connection.exists(keys.jobs_refresh(user_id)))
 

@@ -63,8 +63,9 @@ Batches (`ukcancel.batch.BatchRegistry`)
                                           when an `all_active` expansion ends (long poll).
 
 Jobs and their product states as last read from the UKSSDC (`ukcancel.jobs.JobCache`)
-    ``ukcancel:jobs:{user_id}``           hash: jobs (JSON list of {job_id, name, submitted, products}
-                                          as listOldJobs.php listed them), listed_at, refreshed_at
+    ``ukcancel:jobs:{user_id}``           hash: jobs (JSON list of {job_id, name, submitted, products,
+                                          flags: the product flags the row carried at all} as
+                                          listOldJobs.php listed them), listed_at, refreshed_at
                                           (epoch seconds), error (the listing was refused, or the
                                           refresh gave up), refused (listOldJobs.php's own ERROR text
                                           when it answered OK 0). Expires a day after the last write.
@@ -75,7 +76,7 @@ Jobs and their product states as last read from the UKSSDC (`ukcancel.jobs.JobCa
     ``ukcancel:jobs:{user_id}:refresh``   string with expiry: a refresh of that user's jobs is asked for
                                           or under way (one at a time; renewed by the worker doing it).
     ``ukcancel:jobs:{user_id}:listing``   string with expiry (the holder): a worker is calling
-                                          listOldJobs.php for that user to resolve "all" (single flight:
+                                          listOldJobs.php for that user ("all", all_active; single flight:
                                           the others wait for its listing instead of asking too).
     ``ukcancel:events:jobs:{user_id}``    pub/sub channel, "refreshed" when a refresh ends (long poll),
                                           "listed" when a worker saved a new listing of the user's jobs.

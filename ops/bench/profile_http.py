@@ -117,11 +117,92 @@ def analyse(folded: Path) -> tuple[int, Counter[str], Counter[str]]:
     return total, own, parts
 
 
+def in_process(redis_url: str, count: int) -> None:
+    """The Flask app alone, called in this process one request at a time (no server, no gevent):
+    CPU and wall microseconds per request, and a pyinstrument profile of the same calls (which,
+    without gevent, attributes time correctly)."""
+    from pyinstrument import Profiler
+    from werkzeug.test import EnvironBuilder
+
+    from ukcancel.assemble import create_api, create_runtime
+    from ukcancel.settings import Settings
+
+    runtime = create_runtime(Settings(redis_url=redis_url, api_rate_limit=API_ENV["UKCANCEL_API_RATE_LIMIT"]))
+    runtime.connection.flushdb()
+    app = create_api(runtime=runtime)
+    token, _ = runtime.tokens.create(USER_API, name="bench-inproc")
+    auth = {"Authorization": f"Bearer {token}"}
+    jobs = iter(range(10_000_000, 20_000_000))
+
+    def environ(kind: str) -> dict[str, object]:
+        if kind == "healthz":
+            return EnvironBuilder(path="/healthz").get_environ()
+        return EnvironBuilder(path="/v1/cancellations", method="POST", headers=auth,
+                              json={"job_id": next(jobs), "products": ["lc"]}).get_environ()
+
+    statuses: Counter[str] = Counter()
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        statuses[status.split()[0]] += 1
+
+    def call_all(environs: list[dict[str, object]]) -> None:
+        for env in environs:
+            body = app(env, start_response)
+            for _ in body:
+                pass
+            getattr(body, "close", lambda: None)()
+
+    # Redis round trips: every command or pipeline the client sends (one send per round trip).
+    import redis.connection
+
+    sent = [0]
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: object, *args: object, **kwargs: object) -> None:
+        sent[0] += 1
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        for kind in ("healthz", "post"):
+            call_all([environ(kind) for _ in range(50)])  # warm up
+            sent[0] = 0
+            call_all([environ(kind) for _ in range(100)])
+            trips = sent[0] / 100
+            environs = [environ(kind) for _ in range(count)]
+            wall, cpu = time.perf_counter(), time.process_time()
+            call_all(environs)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            profiler = Profiler(interval=0.0002, async_mode="disabled")
+            environs = [environ(kind) for _ in range(count)]
+            profiler.start()
+            call_all(environs)
+            profiler.stop()
+            (OUT / f"inproc-{kind}.txt").write_text(profiler.output_text(show_all=False))
+            flat = profiler.output_text(flat=True)
+            (OUT / f"inproc-{kind}-flat.txt").write_text(flat)
+            print(f"\n== in process, {kind}: {1e6 * cpu / count:,.0f} us CPU, {1e6 * wall / count:,.0f} us wall "
+                  f"per request ({count} requests; statuses {dict(statuses)}); "
+                  f"{trips:.2f} Redis round trips per request")
+            statuses.clear()
+            print("   top self time (pyinstrument, flat):")
+            for line in [ln for ln in flat.splitlines() if re.match(r"^\s*[\d.]+\s", ln)][:12]:
+                print("   " + line.strip())
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+        runtime.connection.flushdb()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/6")
+    parser.add_argument("--in-process", type=int, metavar="N", help="only the in-process measure, N requests each")
     args = parser.parse_args()
+    if args.in_process:
+        OUT.mkdir(parents=True, exist_ok=True)
+        in_process(args.redis_url, args.in_process)
+        return 0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package wrk)")
     if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None and shutil.which("py-spy") is None:

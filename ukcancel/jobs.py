@@ -59,6 +59,7 @@ REFRESH_LEASE_SECONDS = 120
 # How long the cache is kept at all (a stale view is still shown, with its age).
 CACHE_KEEP_SECONDS = 24 * 3600
 REFRESHED = "refreshed"
+PARSED_USERS = 64  # listings a process keeps parsed (`JobCache.current_listing`)
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -272,8 +273,28 @@ class JobCache:
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self.events = events if events is not None else EventListener(connection)
+        # Listings parsed by this process, by user: (listed_at, error, refused as stored, the listing).
+        self._parsed: dict[str, tuple[tuple[Any, ...], Listing]] = {}
 
     # -- reading ------------------------------------------------------------------------------
+    def current_listing(self, user_id: str) -> Listing | None:
+        """`listing`, parsed again only when it changed since this process last parsed it.
+
+        A listing is one JSON document of every job of the user, and every "all" command of a
+        batch reads it: one small HMGET tells whether the copy parsed before is still the one stored.
+        """
+        head = tuple(self.connection.hmget(keys.jobs(user_id), "listed_at", "error", "refused"))
+        known = self._parsed.get(user_id)
+        if head[0] is not None and known is not None and known[0] == head:
+            return known[1]
+        listing = self.listing(user_id)
+        if listing is not None and head[0] is not None:
+            if len(self._parsed) >= PARSED_USERS:
+                self._parsed.clear()
+            # Read after `head`: had it changed in between, the next look sees a new head and parses again.
+            self._parsed[user_id] = (head, listing)
+        return listing
+
     def listing(self, user_id: str) -> Listing | None:
         raw = as_text_dict(self.connection.hgetall(keys.jobs(user_id)))
         if not raw:

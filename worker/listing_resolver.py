@@ -85,7 +85,7 @@ class ListingResolver:
         or the UKSSDC's refusal to list the user's jobs."""
         fetched = False  # a listing was fetched (or waited for) on this command's behalf
         for _ in range(WAIT_ROUNDS):
-            listing = self.cache.listing(user_id)
+            listing = self._cached(user_id)
             if self._usable(listing):
                 assert listing is not None and listing.listed_at is not None
                 if listing.refused is not None:
@@ -103,7 +103,7 @@ class ListingResolver:
         """Every job of the user, from a listing taken after `since` (or fetched now), or the refusal."""
         fetched = False
         for _ in range(WAIT_ROUNDS):
-            listing = self.cache.listing(user_id)
+            listing = self._cached(user_id)
             if self._usable(listing) and listing is not None and listing.listed_at is not None \
                     and (fetched or listing.listed_at >= since):
                 return ServerError(listing.refused) if listing.refused is not None else listing.jobs
@@ -112,6 +112,9 @@ class ListingResolver:
             self._wait_for_listing(user_id)
             fetched = True
         return self._fetch(user_id, leased=False)
+
+    def _cached(self, user_id: str) -> Listing | None:
+        return self.cache.current_listing(user_id)
 
     def _usable(self, listing: Listing | None) -> bool:
         """Younger than the TTL, not an error of a refresh, and recording each row's flags."""

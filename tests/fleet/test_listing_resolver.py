@@ -285,3 +285,19 @@ def test_all_active_keeps_what_it_read_for_the_jobs_view(runtime: Runtime, simul
     states = {view.job.job_id: view.states.states for view in views if view.states is not None}
     assert states[1001] == {"LightCurve": (3, "Running"), "StandardPos": (2, "Queued")}
     assert set(states) == {1001, 1002, 1003}
+
+
+def test_a_listing_is_parsed_again_only_when_it_changed(runtime: Runtime) -> None:
+    cache = runtime.jobs
+    clock = Clock(1_800_000_000.0)
+    cache.clock = clock
+    cache.save_listing(ASTRO, [ListedJob(1001, "a", None, None, ("LightCurve",), ("LightCurve",))])
+    first = cache.current_listing(ASTRO)
+    assert first is not None and cache.current_listing(ASTRO) is first  # unchanged: the same parsed copy
+    clock.now += 1
+    cache.save_listing(ASTRO, [ListedJob(1002, "b", None, None, ("Spectrum",), ("Spectrum",))])
+    second = cache.current_listing(ASTRO)
+    assert second is not first and second is not None and [job.job_id for job in second.jobs] == [1002]
+    cache.save_refusal(ASTRO, "no")  # a refusal at the same clock reading changes the head too
+    refused = cache.current_listing(ASTRO)
+    assert refused is not None and refused.refused == "no"

@@ -6,8 +6,10 @@ user's jobs, each with two active products:
 - an `"all"` batch of N items (1,000; quick 300), the guide's default form;
 - an `all_active` batch over the same number of jobs: listOldJobs.php, a status check per job, a
   cancel per job;
-- the same `all_active` batch right after the user's jobs were read (`GET /v1/jobs`'s refresh):
-  the expansion reuses the states read within the status TTL.
+- an `all_active` batch right after the user's jobs were read (`GET /v1/jobs`'s refresh): the
+  expansion reuses the states read within the status TTL (10 s). The refresh reads one job after
+  another, so only a refresh shorter than the TTL leaves every state reusable: this column has
+  PRIMED_JOBS jobs (100), not N.
 
 Every UKSSDC call is counted from the simulator's request log. A job counts as cancelled when its
 command's result cancelled at least one product (code 0).
@@ -26,6 +28,7 @@ FIRST_JOB = 300_000
 ALL_GOAL = 1.02
 ALL_ACTIVE_GOAL = 2.02
 TIME_GOAL = 0.95
+PRIMED_JOBS = 100
 
 
 def jobs_with_two_products(user: str, first: int, count: int) -> list[dict[str, Any]]:
@@ -109,7 +112,7 @@ def bench_calls(ctx: Context) -> dict[str, Any]:
     workers = start_workers(ctx.children, store.url, sim, 2, "calls")
     try:
         runs = [calls_run(ctx, n, "all", workers), calls_run(ctx, n, "all_active", workers),
-                calls_run(ctx, n, "all_active", workers, prime=True)]
+                calls_run(ctx, min(n, PRIMED_JOBS), "all_active", workers, prime=True)]
     finally:
         ctx.children.stop_many(workers)
         store.reset()
@@ -124,10 +127,11 @@ def bench_calls(ctx: Context) -> dict[str, Any]:
     def calls_text(r: dict[str, Any]) -> str:
         return ", ".join(f"{name} {count:,}" for name, count in sorted(r["calls"].items()))
 
-    heads = [f'"all" batch, N={n:,}', f"all_active, N={n:,} jobs", "all_active after GET /v1/jobs"]
+    heads = [f'"all" batch, N={n:,}', f"all_active, N={n:,} jobs",
+             f"all_active after GET /v1/jobs, N={primed_run['jobs']:,} (not judged)"]
     rows = [
         ["jobs cancelled / commands terminal", *[f"{r['cancelled_jobs']:,} / {r['terminal']:,}" for r in runs],
-         "all", verdict(all(r["cancelled_jobs"] == n for r in runs))],
+         "all", verdict(all(r["cancelled_jobs"] == r["jobs"] for r in runs))],
         ["UKSSDC calls by endpoint", *[calls_text(r) for r in runs], "", ""],
         ["UKSSDC calls per cancelled job", *[fmt(r["calls_per_cancelled_job"], 3) for r in runs],
          f"<= {ALL_GOAL} / <= {ALL_ACTIVE_GOAL}",
@@ -148,7 +152,8 @@ def bench_calls(ctx: Context) -> dict[str, Any]:
                 "Time from the batch's submission (in-process, one pipeline) to the last command's completion in "
                 'its record. "all" is judged against jobs / rate (one canceljob.php a job is the floor); all_active '
                 "against calls / rate (a status check and a cancel a job). The third column's batch follows a "
-                "refresh of the user's jobs (the states it read are reused within UKCANCEL_JOB_STATUS_TTL_SECONDS).",
+                "refresh of the user's jobs: the states it read are reused within UKCANCEL_JOB_STATUS_TTL_SECONDS "
+                f"(10 s), so it has {PRIMED_JOBS} jobs, few enough for the refresh to read them all within the TTL.",
     )
     ctx.summary.append(["8", '"all": UKSSDC calls per cancelled job', fmt(all_run["calls_per_cancelled_job"], 3),
                         f"<= {ALL_GOAL}", verdict(out["goal_all_calls_met"])])

@@ -12,7 +12,11 @@ command (the job may be newer than it), a fresh one is fetched; a job that listi
 show either goes the "unlisted" way (`resolution`). A refusal (`OK: 0`) is cached for the TTL too,
 so the commands of an unknown user all end with the same status 0 after one call.
 
-The call goes through the `call` given (the run's `_call`: under a fleet permit).
+An `all_active` expansion takes its listing here too (`jobs`), from one taken after the batch
+was made, so the commands of the user and the expansion share it.
+
+The call goes through the `call` given (under a fleet permit: the run's `_call`, the
+expansion's `gated_call`).
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def resolution(job: ListedJob | None) -> tuple[list[str], bool]:
 
 
 class ListingResolver:
-    """Finds a job in its user's listing, asking the UKSSDC at most once per user per TTL."""
+    """A user's job listing (one job of it for "all", every job for all_active), asking the UKSSDC
+    at most once per user per TTL and once however many ask at the same time."""
 
     def __init__(
         self,

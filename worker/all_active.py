@@ -3,8 +3,9 @@
 A worker asks the UKSSDC, through the fleet gate like every other call (a permit per call; no
 permit means the task is rescheduled, not that it waits in a worker slot): listOldJobs.php for
 the user's jobs (once, shared with any "all" command of the user asking at the same time), then
-checkProductStatus.php for each job's products, unless the job cache holds states read within
-`job_status_ttl_seconds` (or final ones): those are reused, and what is read is kept there. Every product in state 1,
+checkProductStatus.php for each job's products (a few at a time, each under its own permit),
+unless the job cache holds states read within `job_status_ttl_seconds` (or final ones): those
+are reused, and what is read is kept there. Every product in state 1,
 2, 3 or 5 (requested, queued, running, waiting for the position) goes into one cancel command
 per job, naming exactly those products. The commands are enqueued as the batch's items in one
 pipeline, and the batch becomes `running`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -46,6 +48,8 @@ EXPAND_ALL_ACTIVE = "ukcancel.expand_all_active"
 # listOldJobs.php has no flag for these, so every job is asked about them (a product a job
 # never had is simply absent from the status reply).
 UNLISTED_PRODUCTS = ("SourceDet",)
+# Status checks an expansion has under way at once (each under its own fleet permit).
+EXPANSION_THREADS = 4
 
 
 class ActiveJobsExpansion:
@@ -80,12 +84,7 @@ class ActiveJobsExpansion:
                 if jobs is None:
                     return None
             found: dict[str, list[str]] = progress["found"]
-            for job_id, shorts in list(jobs.items()):
-                active = self._active_products(batch.user_id, int(job_id), shorts)
-                if active:
-                    found[job_id] = active
-                del jobs[job_id]
-                self.batches.save_expansion_progress(self.batch_id, jobs=jobs, found=found)
+            self._read_states(batch.user_id, jobs, found)
         except UkssdcFailure as failure:
             return self._retry_or_fail(failure, progress["attempts"] + 1)
         commands = [
@@ -122,6 +121,33 @@ class ActiveJobsExpansion:
         jobs = {str(job.job_id): product_names.short_names(asked_about(job)) for job in listed}
         self.batches.save_expansion_progress(self.batch_id, jobs=jobs)
         return jobs
+
+    def _read_states(self, user_id: str, jobs: dict[str, list[str]], found: dict[str, list[str]]) -> None:
+        """Each job's active products into `found`, `EXPANSION_THREADS` status checks at a time.
+
+        Each check takes its own permit, so the fleet's rate and in-flight cap still hold; one at a
+        time, the expansion would be slower than the rate (each call waits for its reply). Results
+        are taken in listing order and the progress saved after each; on the first failure the
+        checks not yet started are dropped and it is raised. A check that finished meanwhile is
+        not lost: its states are in the job cache, reused by the next run within the TTL.
+        """
+        pending = list(jobs.items())
+        if not pending:
+            return
+        with ThreadPoolExecutor(max_workers=min(EXPANSION_THREADS, len(pending)),
+                                thread_name_prefix="ukcancel-expand") as pool:
+            futures = [pool.submit(self._active_products, user_id, int(job_id), shorts) for job_id, shorts in pending]
+            try:
+                for (job_id, _), future in zip(pending, futures):
+                    active = future.result()
+                    if active:
+                        found[job_id] = active
+                    del jobs[job_id]
+                    self.batches.save_expansion_progress(self.batch_id, jobs=jobs, found=found)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def _active_products(self, user_id: str, job_id: int, shorts: list[str]) -> list[str]:
         """Long names of the job's products that can still be cancelled.

@@ -30,11 +30,25 @@ def bearer_token() -> str | None:
 
 
 def bearer_record() -> TokenRecord | None:
-    """The record of this request's bearer token, looked up once per request (rate limit, then auth)."""
+    """The record of this request's bearer token, looked up once per request.
+
+    Usually the rate limit's hit has read it already, in the same Redis round trip
+    (`service.rate_limit`); otherwise it is looked up here.
+    """
     if "token_record" not in g:
         token = bearer_token()
         g.token_record = get_runtime().tokens.verify(token) if token else None
     return g.token_record
+
+
+def looked_up() -> bool:
+    """This request's bearer token has been looked up already (its record, or None, is known)."""
+    return "token_record" in g
+
+
+def remember_record(record: TokenRecord | None) -> None:
+    """The record of this request's bearer token, as read by the rate limit's hit."""
+    g.token_record = record
 
 
 def authenticate() -> None:

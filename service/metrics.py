@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
@@ -62,10 +63,21 @@ def count_requests(app: Flask) -> None:
     def start_clock() -> None:
         g.request_started = time.perf_counter()
 
+    # The labelled children, looked up once per (method, route, status) rather than per request.
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[tuple[str, str], Any] = {}
+
     @app.after_request
     def count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         seconds = time.perf_counter() - g.get("request_started", time.perf_counter())
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        metrics.HTTP_REQUEST_SECONDS.labels(request.method, route).observe(seconds)
+        method, status = request.method, response.status_code
+        counter = counters.get((method, route, status))
+        if counter is None:
+            counter = counters[(method, route, status)] = metrics.HTTP_REQUESTS.labels(method, route, str(status))
+        timer = timers.get((method, route))
+        if timer is None:
+            timer = timers[(method, route)] = metrics.HTTP_REQUEST_SECONDS.labels(method, route)
+        counter.inc()
+        timer.observe(seconds)
         return response

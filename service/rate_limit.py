@@ -8,14 +8,22 @@ API does, and its anonymous requests (the sign-in page) by address in a bucket o
 flood of bad API tokens from behind the same reverse proxy locks no console user out. Over the limit: 429 problem+json with `Retry-After`. The probes, the
 OpenAPI document and its /docs page are never limited.
 
-Cost: one Redis round trip per request. Flask-Limiter's fixed window spends one on the hit and
-two more on the window's count and expiry for the `X-RateLimit-*` headers; the storage here reads
-both in the hit's own script and answers the headers of the same request from that reply.
+Cost: one Redis round trip per request, for the token and the limit together. Flask-Limiter's
+fixed window spends one on the hit and two more on the window's count and expiry for the
+`X-RateLimit-*` headers, and the token lookup would be one more before it (the bucket is the
+token's name). Here a request with a bearer token gets a provisional bucket naming the token's
+digest; the storage's hit script reads the token's record, picks the bucket (the token's name, or
+the client address when the token is unknown or revoked), counts the hit and returns the window
+and the record in one reply. The record is the one `service.auth` then uses (`bearer_record`),
+and the headers of the same request are answered from that reply.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request, session
 from flask_limiter import ApplicationLimit, Limiter
@@ -24,8 +32,9 @@ from limits.storage import RedisStorage
 
 from ukcancel import keys
 from ukcancel.runtime import Runtime
-from ukcancel.service.auth import bearer_record
+from ukcancel.service.auth import bearer_record, bearer_token, looked_up, remember_record
 from ukcancel.service.docs import is_docs_path
+from ukcancel.token import digest, record_of, well_formed
 
 # Probes and scrapers carry no user token. /metrics is cheap instead (its store gauges are cached,
 # `UKCANCEL_METRICS_CACHE_SECONDS`) and may require `UKCANCEL_METRICS_TOKEN`.
@@ -40,7 +49,32 @@ if current == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return {current, redis.call('TTL', KEYS[1])}
 """
 
+# KEYS[1] the token's record (ukcancel:token:{digest})
+# ARGV[1] the token's digest   ARGV[2] the counter key up to the bucket   ARGV[3] the counter key
+# after the bucket   ARGV[4] the bucket when the token is unknown (addr:{client address})
+# ARGV[5] window length (s)   ARGV[6] amount
+# The token's bucket is its name, known only once its record is read, so the counter's key is
+# built here from ARGV[2..4] (not in KEYS: this service runs on one Redis server, not a cluster).
+# The same fixed-window increment as _HIT. Returns {count, window's remaining seconds, the
+# record's fields as HGETALL gives them (empty when the bucket is the address)}.
+_HIT_WITH_TOKEN = """
+local fields = redis.call('HGETALL', KEYS[1])
+local name
+for i = 1, #fields, 2 do
+  if fields[i] == 'name' then name = fields[i + 1] end
+  if fields[i] == 'digest' and fields[i + 1] ~= ARGV[1] then fields = {}; name = nil; break end
+end
+local bucket = ARGV[4]
+if name then bucket = 'token:' .. name else fields = {} end
+local counter = ARGV[2] .. bucket .. ARGV[3]
+local current = redis.call('INCRBY', counter, ARGV[6])
+if current == tonumber(ARGV[6]) then redis.call('EXPIRE', counter, ARGV[5]) end
+return {current, redis.call('TTL', counter), fields}
+"""
+
 _WINDOWS = "ukcancel_rate_windows"  # flask.g attribute: key -> (count, window end) seen by this request
+_PENDING = "ukcancel_rate_pending"  # flask.g attribute: (provisional bucket, token digest, address bucket)
+PENDING_PREFIX = "bearer:"  # a provisional bucket: "bearer:{digest}", replaced by the hit script
 
 
 class OneTripRedisStorage(RedisStorage):
@@ -55,9 +89,19 @@ class OneTripRedisStorage(RedisStorage):
     def initialize_storage(self, _uri: str) -> None:
         super().initialize_storage(_uri)
         self.lua_hit_window = self.get_connection().register_script(_HIT)
+        self.lua_hit_with_token = self.get_connection().register_script(_HIT_WITH_TOKEN)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        count, ttl = self.lua_hit_window([self.prefixed_key(key)], [expiry, amount])
+        pending = g.get(_PENDING) if has_request_context() else None
+        if pending is not None and pending[0] in key:
+            provisional, token_digest, address = pending
+            head, tail = self.prefixed_key(key).split(provisional, 1)
+            count, ttl, fields = self.lua_hit_with_token(
+                [keys.token(token_digest)], [token_digest, head, tail, address, expiry, amount]
+            )
+            remember_record(record_of(dict(zip(fields[::2], fields[1::2])), token_digest))
+        else:
+            count, ttl = self.lua_hit_window([self.prefixed_key(key)], [expiry, amount])
         if has_request_context():
             g.setdefault(_WINDOWS, {})[key] = (int(count), max(int(ttl), 0) + time.time())
         return int(count)
@@ -78,6 +122,9 @@ def _seen(key: str) -> tuple[int, float] | None:
 def rate_limit_key() -> str:
     """The bucket of this request: its token's name, else its client address.
 
+    A bearer token not looked up yet gets a provisional bucket that the storage's hit resolves
+    (see the module's docstring); it stays the key for the whole request, so the headers find
+    the hit's window.
     Console requests carry no bearer token: a session counts against the name of the token it
     signed in with (a session cookie cannot be made without the console's secret), and the
     console's anonymous requests by address apart from the API's.
@@ -87,8 +134,19 @@ def rate_limit_key() -> str:
         if isinstance(held, dict) and isinstance(held.get("name"), str) and held.get("sid"):
             return f"token:{held['name']}"
         return f"console-addr:{get_remote_address()}"
-    record = bearer_record()
-    return f"token:{record.name}" if record is not None else f"addr:{get_remote_address()}"
+    pending = g.get(_PENDING)
+    if pending is not None:
+        return pending[0]
+    address = f"addr:{get_remote_address()}"
+    if looked_up():
+        record = bearer_record()
+        return f"token:{record.name}" if record is not None else address
+    token = bearer_token()
+    if token is None or not well_formed(token):
+        return address  # never looked up: no record
+    token_digest = digest(token)
+    g.setdefault(_PENDING, (PENDING_PREFIX + token_digest, token_digest, address))
+    return PENDING_PREFIX + token_digest
 
 
 def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
@@ -120,4 +178,31 @@ def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
         headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
     )
     limiter.request_filter(lambda: request.path in OPEN_PATHS or is_docs_path(request.path))
+    _skip_on_open_paths(app, limiter)
     return limiter
+
+
+def _skip_on_open_paths(app: Flask, limiter: Limiter) -> None:
+    """The probes, the metrics and the OpenAPI document skip the limiter's hooks altogether.
+
+    Its request filter exempts them too, but only after the limiter has resolved the endpoint and
+    its limits, and its after_request and teardown would still run: a probe answered thousands of
+    times a second pays for nothing it uses. The filter stays for the docs pages.
+    """
+
+    def unless_open(hook: Callable[..., Any], passthrough: bool) -> Callable[..., Any]:
+        @functools.wraps(hook)
+        def wrapped(*args: Any) -> Any:
+            if has_request_context() and request.path in OPEN_PATHS:
+                return args[0] if passthrough else None
+            return hook(*args)
+
+        return wrapped
+
+    for registry, passthrough in ((app.before_request_funcs, False), (app.after_request_funcs, True),
+                                  (app.teardown_request_funcs, False)):
+        hooks = registry.get(None, [])
+        for i, hook in enumerate(hooks):
+            owner = getattr(hook, "__self__", None) or (hook.args[0] if isinstance(hook, functools.partial) else None)
+            if owner is limiter:
+                hooks[i] = unless_open(hook, passthrough)

@@ -8,10 +8,11 @@ logged, so neither is a bearer token.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 
@@ -23,12 +24,34 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def _request_ids() -> itertools.count[int]:
+    return itertools.count(1)
+
+
+# A request id of our own: 32 hex digits, a random prefix per process and a counter (unique
+# without reading the kernel's random source on every request). Forked workers start a new prefix.
+_prefix = os.urandom(8).hex()
+_counter = _request_ids()
+
+
+def _renew_after_fork() -> None:
+    global _prefix, _counter
+    _prefix, _counter = os.urandom(8).hex(), _request_ids()
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)
+
+
+def new_request_id() -> str:
+    return f"{_prefix}{next(_counter):016x}"
+
+
 def install(app: Flask) -> None:
     @app.before_request
     def bind_request() -> None:
         logs.clear()
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.request_id = given if REQUEST_ID.match(given) else new_request_id()
         g.logged_since = time.perf_counter()
         view_args = request.view_args or {}
         logs.bind(request_id=g.request_id, command_id=view_args.get("command_id"), batch_id=view_args.get("batch_id"))

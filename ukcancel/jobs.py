@@ -59,6 +59,7 @@ REFRESH_LEASE_SECONDS = 120
 # How long the cache is kept at all (a stale view is still shown, with its age).
 CACHE_KEEP_SECONDS = 24 * 3600
 REFRESHED = "refreshed"
+PARSED_USERS = 64  # listings a process keeps parsed (`JobCache.current_listing`)
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -89,14 +90,21 @@ class ListedJob:
     submitted: str | None  # as the UKSSDC wrote it
     submitted_at: float | None  # the same, epoch seconds (UTC)
     products: tuple[str, ...]
+    # The long names the row carried a flag for at all (true or not); None when not recorded (a
+    # listing cached before this was kept). "all" tells a missing SourceDet flag from a false one.
+    flags: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "name": self.name, "submitted": self.submitted, "products": list(self.products)}
+        out = {"job_id": self.job_id, "name": self.name, "submitted": self.submitted, "products": list(self.products)}
+        if self.flags is not None:
+            out["flags"] = list(self.flags)
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ListedJob:
+        flags = raw.get("flags")
         return cls(raw["job_id"], raw.get("name") or "", raw.get("submitted"), parse_submitted(raw.get("submitted")),
-                   tuple(raw.get("products") or ()))
+                   tuple(raw.get("products") or ()), tuple(flags) if flags is not None else None)
 
 
 @dataclass(frozen=True)
@@ -231,9 +239,10 @@ def listed_jobs(listed: Iterable[dict[str, Any]], also_ask: Sequence[str] = ()) 
         except (TypeError, ValueError):
             continue
         asked = tuple(long for long in product_names.LONG_TO_SHORT if row.get(long) is True or long in also_ask)
+        flags = tuple(long for long in product_names.LONG_TO_SHORT if long in row)
         submitted = row.get("DateSubmitted")
         jobs.append(ListedJob(job_id, str(row.get("Name") or ""), submitted if isinstance(submitted, str) else None,
-                              parse_submitted(submitted), asked))
+                              parse_submitted(submitted), asked, flags))
     return jobs
 
 
@@ -243,6 +252,11 @@ class Listing:
     listed_at: float | None
     error: str | None  # the UKSSDC would not list the jobs (OK 0), or the refresh gave up
     refreshed_at: float | None
+    refused: str | None = None  # listOldJobs.php's own ERROR text when it answered OK 0 (`save_refusal`)
+
+    def find(self, job_id: int) -> ListedJob | None:
+        """The job as listed (the first row with its id), or None if the listing does not show it."""
+        return next((job for job in self.jobs if job.job_id == job_id), None)
 
 
 class JobCache:
@@ -259,8 +273,28 @@ class JobCache:
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self.events = events if events is not None else EventListener(connection)
+        # Listings parsed by this process, by user: (listed_at, error, refused as stored, the listing).
+        self._parsed: dict[str, tuple[tuple[Any, ...], Listing]] = {}
 
     # -- reading ------------------------------------------------------------------------------
+    def current_listing(self, user_id: str) -> Listing | None:
+        """`listing`, parsed again only when it changed since this process last parsed it.
+
+        A listing is one JSON document of every job of the user, and every "all" command of a
+        batch reads it: one small HMGET tells whether the copy parsed before is still the one stored.
+        """
+        head = tuple(self.connection.hmget(keys.jobs(user_id), "listed_at", "error", "refused"))
+        known = self._parsed.get(user_id)
+        if head[0] is not None and known is not None and known[0] == head:
+            return known[1]
+        listing = self.listing(user_id)
+        if listing is not None and head[0] is not None:
+            if len(self._parsed) >= PARSED_USERS:
+                self._parsed.clear()
+            # Read after `head`: had it changed in between, the next look sees a new head and parses again.
+            self._parsed[user_id] = (head, listing)
+        return listing
+
     def listing(self, user_id: str) -> Listing | None:
         raw = as_text_dict(self.connection.hgetall(keys.jobs(user_id)))
         if not raw:
@@ -270,6 +304,7 @@ class JobCache:
             listed_at=float(raw["listed_at"]) if raw.get("listed_at") else None,
             error=raw.get("error") or None,
             refreshed_at=float(raw["refreshed_at"]) if raw.get("refreshed_at") else None,
+            refused=raw.get("refused") if raw.get("error") and "refused" in raw else None,
         )
 
     def states(self, user_id: str, job_ids: Sequence[int]) -> dict[int, JobStates]:
@@ -318,6 +353,14 @@ class JobCache:
         listing = self.listing(user_id)
         return listing is not None and not self.listing_stale(listing) and not self.stale_jobs(user_id, listing)
 
+    def fresh_views(self, listing: Listing | None, views: Sequence[JobView]) -> bool:
+        """`fresh`, judged on views already read (`views`) instead of reading them again."""
+        if listing is None or self.listing_stale(listing):
+            return False
+        now = self.clock()
+        return all(view.states is not None and (view.states.final or now - view.states.read_at < self.ttl_seconds)
+                   for view in views)
+
     def refreshing(self, user_id: str) -> bool:
         return bool(self.connection.exists(keys.jobs_refresh(user_id)))
 
@@ -326,7 +369,19 @@ class JobCache:
         key = keys.jobs(user_id)
         pipe = self.connection.pipeline(transaction=True)
         pipe.hset(key, mapping={"jobs": json.dumps([job.to_json() for job in jobs]), "listed_at": repr(self.clock())})
-        pipe.hdel(key, "error")
+        pipe.hdel(key, "error", "refused")
+        pipe.expire(key, CACHE_KEEP_SECONDS)
+        pipe.execute()
+
+    def save_refusal(self, user_id: str, message: str) -> None:
+        """listOldJobs.php answered OK 0 with `message`: not asked again before the TTL is over.
+
+        The jobs listed before (if any) stay shown, with the error, as after a refused refresh.
+        """
+        key = keys.jobs(user_id)
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.hset(key, mapping={"error": f"the UKSSDC would not list the jobs of {user_id}: {message}",
+                                "refused": message, "listed_at": repr(self.clock())})
         pipe.expire(key, CACHE_KEEP_SECONDS)
         pipe.execute()
 
@@ -350,6 +405,7 @@ class JobCache:
         pipe.hset(key, mapping={"refreshed_at": now, "error": error or ""})
         if error:  # not asked again before the TTL is over either
             pipe.hset(key, "listed_at", now)
+            pipe.hdel(key, "refused")  # the error is the refresh's own, not listOldJobs.php's
         pipe.expire(key, CACHE_KEEP_SECONDS)
         pipe.delete(keys.jobs_refresh(user_id))
         pipe.publish(keys.jobs_events(user_id), REFRESHED)

@@ -74,17 +74,23 @@ Batches (`ukcancel.batch.BatchRegistry`)
                                           when an `all_active` expansion ends (long poll).
 
 Jobs and their product states as last read from the UKSSDC (`ukcancel.jobs.JobCache`)
-    ``ukcancel:jobs:{user_id}``           hash: jobs (JSON list of {job_id, name, submitted, products}
-                                          as listOldJobs.php listed them), listed_at, refreshed_at
-                                          (epoch seconds), error (the listing was refused).
-                                          Expires a day after the last write.
+    ``ukcancel:jobs:{user_id}``           hash: jobs (JSON list of {job_id, name, submitted, products,
+                                          flags: the product flags the row carried at all} as
+                                          listOldJobs.php listed them), listed_at, refreshed_at
+                                          (epoch seconds), error (the listing was refused, or the
+                                          refresh gave up), refused (listOldJobs.php's own ERROR text
+                                          when it answered OK 0). Expires a day after the last write.
     ``ukcancel:jobs:{user_id}:job:{job_id}``  hash: states (JSON long name -> [code, text], as
                                           checkProductStatus.php said), read_at, error. Re-read only
                                           once older than `job_status_ttl_seconds`, and never again once
                                           every product is final. Expires a day after the last write.
     ``ukcancel:jobs:{user_id}:refresh``   string with expiry: a refresh of that user's jobs is asked for
                                           or under way (one at a time; renewed by the worker doing it).
-    ``ukcancel:events:jobs:{user_id}``    pub/sub channel, "refreshed" when a refresh ends (long poll).
+    ``ukcancel:jobs:{user_id}:listing``   string with expiry (the holder): a worker is calling
+                                          listOldJobs.php for that user ("all", all_active; single flight:
+                                          the others wait for its listing instead of asking too).
+    ``ukcancel:events:jobs:{user_id}``    pub/sub channel, "refreshed" when a refresh ends (long poll),
+                                          "listed" when a worker saved a new listing of the user's jobs.
 
 Plans (`ukcancel.plans.PlanRegistry`): what a selection would cancel, computed from fresh states.
     ``ukcancel:plan:{id}``                hash: id, user_id, submitted_by, created_at, state
@@ -250,6 +256,10 @@ def job_states(user_id: str, job_id: int) -> str:
 
 def jobs_refresh(user_id: str) -> str:
     return f"{PREFIX}:jobs:{user_id}:refresh"
+
+
+def jobs_listing(user_id: str) -> str:
+    return f"{PREFIX}:jobs:{user_id}:listing"
 
 
 def jobs_events(user_id: str) -> str:

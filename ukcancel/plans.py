@@ -261,10 +261,10 @@ def ensure_progress(runtime: Runtime, plan: Plan) -> None:
     if plan.state != COMPUTING:
         return
     jobs = runtime.jobs
-    if not jobs.refreshing(plan.user_id) and jobs.fresh(plan.user_id):
-        listing = jobs.listing(plan.user_id)
-        if listing is not None and not listing.error:
-            runtime.plans.settle(plan, jobs.views(plan.user_id)[1])
+    if not jobs.refreshing(plan.user_id):
+        listing, views = jobs.views(plan.user_id)  # read once: judged fresh, then computed from
+        if listing is not None and not listing.error and jobs.fresh_views(listing, views):
+            runtime.plans.settle(plan, views)
             return
     try:
         jobs.request_refresh(plan.user_id, runtime.dispatch.refresh_jobs)

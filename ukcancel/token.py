@@ -107,16 +107,10 @@ class TokenRegistry:
         return token, record
 
     def verify(self, token: str) -> TokenRecord | None:
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+        if not well_formed(token):
             return None
         token_digest = digest(token)
-        raw = self.connection.hgetall(keys.token(token_digest))
-        if not raw:
-            return None
-        data = as_text_dict(raw)
-        if not hmac.compare_digest(data.get("digest", ""), token_digest):
-            return None
-        return _record(data)
+        return record_of(self.connection.hgetall(keys.token(token_digest)), token_digest)
 
     def by_digest(self, token_digest: str) -> TokenRecord | None:
         """The record of the token with this SHA-256 (a console session holds the digest, never the token)."""
@@ -200,6 +194,21 @@ class TokenRegistry:
                 batch = []
         if batch:
             self.connection.delete(*batch)
+
+
+def well_formed(token: str) -> bool:
+    """Could be a token this service issued (anything else is never looked up)."""
+    return token.startswith(TOKEN_PREFIX) and len(token) <= 128
+
+
+def record_of(raw: dict[bytes | str, bytes | str], token_digest: str) -> TokenRecord | None:
+    """The record of the token whose digest is `token_digest`, from its stored fields (empty: unknown)."""
+    if not raw:
+        return None
+    data = as_text_dict(raw)
+    if not hmac.compare_digest(data.get("digest", ""), token_digest):
+        return None
+    return _record(data)
 
 
 def _record(data: dict[str, str]) -> TokenRecord:

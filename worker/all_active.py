@@ -2,7 +2,10 @@
 
 A worker asks the UKSSDC, through the fleet gate like every other call (a permit per call; no
 permit means the task is rescheduled, not that it waits in a worker slot): listOldJobs.php for
-the user's jobs, then checkProductStatus.php for each job's products. Every product in state 1,
+the user's jobs (once, shared with any "all" command of the user asking at the same time), then
+checkProductStatus.php for each job's products (a few at a time, each under its own permit),
+unless the job cache holds states read within `job_status_ttl_seconds` (or final ones): those
+are reused, and what is read is kept there. Every product in state 1,
 2, 3 or 5 (requested, queued, running, waiting for the position) goes into one cancel command
 per job, naming exactly those products. The commands are enqueued as the batch's items in one
 pipeline, and the batch becomes `running`.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -27,11 +31,12 @@ from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
 from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
-from ukcancel.jobs import listed_jobs
+from ukcancel.jobs import ListedJob
 from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.retry import Rand, Reschedule, backoff_delay
 from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task
+from ukcancel.worker.listing_resolver import ListingResolver
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 if TYPE_CHECKING:
@@ -43,6 +48,8 @@ EXPAND_ALL_ACTIVE = "ukcancel.expand_all_active"
 # listOldJobs.php has no flag for these, so every job is asked about them (a product a job
 # never had is simply absent from the status reply).
 UNLISTED_PRODUCTS = ("SourceDet",)
+# Status checks an expansion has under way at once (each under its own fleet permit).
+EXPANSION_THREADS = 4
 
 
 class ActiveJobsExpansion:
@@ -73,16 +80,11 @@ class ActiveJobsExpansion:
         try:
             jobs = progress["jobs"]
             if jobs is None:
-                jobs = self._list_jobs(batch.user_id)
+                jobs = self._list_jobs(batch.user_id, batch.created_at)
                 if jobs is None:
                     return None
             found: dict[str, list[str]] = progress["found"]
-            for job_id, shorts in list(jobs.items()):
-                active = self._active_products(batch.user_id, int(job_id), shorts)
-                if active:
-                    found[job_id] = active
-                del jobs[job_id]
-                self.batches.save_expansion_progress(self.batch_id, jobs=jobs, found=found)
+            self._read_states(batch.user_id, jobs, found)
         except UkssdcFailure as failure:
             return self._retry_or_fail(failure, progress["attempts"] + 1)
         commands = [
@@ -105,24 +107,71 @@ class ActiveJobsExpansion:
         log.info("batch %s: %d jobs with active products", self.batch_id, len(commands))
         return len(commands)
 
-    def _list_jobs(self, user_id: str) -> dict[str, list[str]] | None:
-        """Job id -> short names to ask about, newest job first; None when the UKSSDC refused."""
-        listed = self._call(self.client.old_jobs, user_id)
+    def _list_jobs(self, user_id: str, since: float) -> dict[str, list[str]] | None:
+        """Job id -> short names to ask about, newest job first; None when the UKSSDC refused.
+
+        From a listing taken after the batch was made (one another worker fetched meanwhile, or
+        fetched now: `ListingResolver`, which also keeps it for "all" commands and `GET /v1/jobs`).
+        """
+        listings = ListingResolver(self.runtime.jobs, self.client, self._call, self.settings)
+        listed = listings.jobs(user_id, since)
         if isinstance(listed, ServerError):
             self.batches.fail(self.batch_id, f"the UKSSDC would not list the jobs of {user_id}: {listed.message}")
             return None
-        jobs = {str(job.job_id): product_names.short_names(job.products)
-                for job in listed_jobs(listed, also_ask=UNLISTED_PRODUCTS)}
+        jobs = {str(job.job_id): product_names.short_names(asked_about(job)) for job in listed}
         self.batches.save_expansion_progress(self.batch_id, jobs=jobs)
         return jobs
 
+    def _read_states(self, user_id: str, jobs: dict[str, list[str]], found: dict[str, list[str]]) -> None:
+        """Each job's active products into `found`, `EXPANSION_THREADS` status checks at a time.
+
+        Each check takes its own permit, so the fleet's rate and in-flight cap still hold; one at a
+        time, the expansion would be slower than the rate (each call waits for its reply). Results
+        are taken in listing order and the progress saved after each; on the first failure the
+        checks not yet started are dropped and it is raised. A check that finished meanwhile is
+        not lost: its states are in the job cache, reused by the next run within the TTL.
+        """
+        pending = list(jobs.items())
+        if not pending:
+            return
+        with ThreadPoolExecutor(max_workers=min(EXPANSION_THREADS, len(pending)),
+                                thread_name_prefix="ukcancel-expand") as pool:
+            futures = [pool.submit(self._active_products, user_id, int(job_id), shorts) for job_id, shorts in pending]
+            try:
+                for (job_id, _), future in zip(pending, futures):
+                    active = future.result()
+                    if active:
+                        found[job_id] = active
+                    del jobs[job_id]
+                    self.batches.save_expansion_progress(self.batch_id, jobs=jobs, found=found)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
     def _active_products(self, user_id: str, job_id: int, shorts: list[str]) -> list[str]:
-        """Long names of the job's products that can still be cancelled."""
-        states = self._call(self.client.product_states, user_id, job_id, shorts)
-        if isinstance(states, ServerError):
-            log.warning("batch %s: status of job %s refused: %s", self.batch_id, job_id, states.message)
-            return []
-        return [product_names.SHORT_TO_LONG[short] for short in shorts if states.get(short) in ACTIVE_STATES]
+        """Long names of the job's products that can still be cancelled.
+
+        States read within the status TTL (by a jobs refresh or another expansion), or final, are
+        reused from the job cache; otherwise checkProductStatus.php is asked and what it said is kept there.
+        """
+        cache = self.runtime.jobs
+        cached = cache.states(user_id, [job_id]).get(job_id)
+        if cached is not None and cached.error is None and (
+            cached.final or cache.clock() - cached.read_at < cache.ttl_seconds
+        ):
+            codes = {product_names.LONG_TO_SHORT[name]: code for name, (code, _) in cached.states.items()
+                     if name in product_names.LONG_TO_SHORT}
+        else:
+            status = self._call(self.client.product_status, user_id, job_id, shorts)
+            if isinstance(status, ServerError):
+                cache.save_states(user_id, job_id, {}, error=status.message or "refused")
+                log.warning("batch %s: status of job %s refused: %s", self.batch_id, job_id, status.message)
+                return []
+            cache.save_states(user_id, job_id, {product_names.SHORT_TO_LONG[short]: pair
+                                                for short, pair in status.items()})
+            codes = {short: code for short, (code, _) in status.items()}
+        return [product_names.SHORT_TO_LONG[short] for short in shorts if codes.get(short) in ACTIVE_STATES]
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return gated_call(self.gate, self.rand, fn, *args)
@@ -137,6 +186,11 @@ class ActiveJobsExpansion:
             self.rand,
         )
         raise Reschedule(delay, str(failure))
+
+
+def asked_about(job: ListedJob) -> list[str]:
+    """Long names to ask checkProductStatus.php about: those listed, and those listOldJobs.php cannot flag."""
+    return [*job.products, *(name for name in UNLISTED_PRODUCTS if name not in job.products)]
 
 
 def gated_call(gate: FleetGate, rand: Rand, fn: Callable[..., Any], *args: Any) -> Any:

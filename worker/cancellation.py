@@ -40,6 +40,7 @@ from ukcancel.outcome import (
 from ukcancel.queue import Claim
 from ukcancel.retry import Rand, Reschedule, backoff_delay
 from ukcancel.store import ReplicasUnconfirmed, confirm_replicas
+from ukcancel.worker.listing_resolver import ListingResolver, resolution
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
 if TYPE_CHECKING:
@@ -284,22 +285,17 @@ class CancellationRun:
         return processed_tuple(ordered), server_ok
 
     def _resolve(self, command: CancelCommand) -> tuple[list[str] | ServerError, bool]:
-        """Short names to cancel: the command's own, or "all" resolved through listOldJobs.php."""
+        """Short names to cancel: the command's own, or "all" resolved through the user's job listing
+        (`ukcancel.worker.listing_resolver`: listOldJobs.php at most once per user per status TTL)."""
         if command.products != product_names.ALL:
             return product_names.short_names(command.products), False
         if command.resolved is not None:
             return command.resolved, command.unlisted
-        jobs = self._call(self.client.old_jobs, command.user_id)
-        if isinstance(jobs, ServerError):
-            return jobs, False
-        listed = next((job for job in jobs if _same_job(job.get("JobID"), command.job_id)), None)
-        asked = [long for long in product_names.LONG_TO_SHORT if listed is not None and listed.get(long) is True]
-        unlisted = not asked
-        resolved = list(product_names.SHORT_TO_LONG) if unlisted else product_names.short_names(asked)
-        if listed is not None and not unlisted and "SourceDet" not in listed:
-            # listOldJobs.php has no SourceDet flag: ask for it too, dropping its code 2 if the job has none.
-            resolved.append(product_names.LONG_TO_SHORT["SourceDet"])
-            unlisted = True
+        listings = ListingResolver(self.runtime.jobs, self.client, self._call, self.settings, self.holder)
+        listed = listings.job(command.user_id, command.job_id, since=command.created_at)
+        if isinstance(listed, ServerError):
+            return listed, False
+        resolved, unlisted = resolution(listed)
         self.registry.record_progress(command.id, holder=self.holder, resolved=resolved, unlisted=unlisted)
         return resolved, unlisted
 
@@ -336,9 +332,3 @@ class CancellationRun:
                 settled[short] = reported  # the status check could not tell either
         return still_unknown
 
-
-def _same_job(listed: Any, job_id: int) -> bool:
-    try:
-        return int(listed) == job_id
-    except (TypeError, ValueError):
-        return False

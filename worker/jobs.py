@@ -19,7 +19,7 @@ from ukcancel import products as product_names
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import listed_jobs
 from ukcancel.retry import Rand, Reschedule, backoff_delay
-from ukcancel.worker.all_active import UNLISTED_PRODUCTS, gated_call
+from ukcancel.worker.all_active import asked_about, gated_call
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
@@ -69,7 +69,7 @@ class JobsRefresh:
                 if not self.cache.needs_reading(self.user_id, job.job_id):
                     continue  # read by another refresh of the same user since this one began
                 # listOldJobs.php flags no SourceDet: asked of every job, shown only where it exists
-                shorts = product_names.short_names([*job.products, *(p for p in UNLISTED_PRODUCTS if p not in job.products)])
+                shorts = product_names.short_names(asked_about(job))
                 status = gated_call(self.gate, self.rand, self.client.product_status, self.user_id, job.job_id, shorts)
                 if isinstance(status, ServerError):
                     self.cache.save_states(self.user_id, job.job_id, {}, error=status.message or "refused")

@@ -1,4 +1,4 @@
-"""Benchmark 8: what a fleet that waits costs, beside an idle one (the dispatch invariant I5).
+"""Benchmark 9: what a fleet that waits costs, beside an idle one (the dispatch invariant I5).
 
 A 2-worker fleet (prefork, 8 slots each) on a redis-server of this benchmark's own, so its INFO
 counters count this fleet only. Three states, each measured over the same window:
@@ -88,7 +88,7 @@ def bench_idle_cost(ctx: Context) -> dict[str, Any]:
     rows = [[name, fmt(s["redis_commands_per_s"], 0), fmt(s["broker_messages_per_s"], 2), fmt(s["log_lines_per_s"], 2),
              fmt(s["worker_cores"], 3)] for name, s in states.items()]
     ctx.out.table(
-        f"Benchmark 8: a 2-worker fleet idle, paused with {WAITING:,} waiting, and at {SLOW_RATE}/s with "
+        f"Benchmark 9: a 2-worker fleet idle, paused with {WAITING:,} waiting, and at {SLOW_RATE}/s with "
         f"{WAITING:,} waiting ({seconds:g} s each)",
         ["state", "Redis commands/s", "broker messages/s", "log lines/s", "worker cores"], rows,
         caption=f"UKSSDC calls in the slow window: {calls} (at most {SLOW_RATE * seconds + 1:g} allowed)",
@@ -97,7 +97,7 @@ def bench_idle_cost(ctx: Context) -> dict[str, Any]:
     worst_cores = max(states["paused"]["worker_cores"], states["slow"]["worker_cores"])
     ok = (worst <= idle["redis_commands_per_s"] + GOAL_EXTRA_COMMANDS
           and worst_cores <= idle["worker_cores"] + GOAL_EXTRA_CORES)
-    ctx.summary.append(["8", "waiting fleet: Redis commands/s, cores (idle)",
+    ctx.summary.append(["9", "waiting fleet: Redis commands/s, cores (idle)",
                         f"{fmt(worst, 0)}, {fmt(worst_cores, 3)} ({fmt(idle['redis_commands_per_s'], 0)}, "
                         f"{fmt(idle['worker_cores'], 3)})",
                         f"<= idle + {GOAL_EXTRA_COMMANDS:g}, + {GOAL_EXTRA_CORES:g}", verdict(ok)])

@@ -12,7 +12,9 @@
    latency behind a withdrawn 5,000-item backlog, beside the same on an idle fleet.
 6. HTTP enqueue with wrk against a hand-rolled Flask + Celery endpoint under the same gunicorn settings.
 7. 1,000 concurrent long polls on one API host: gevent workers beside gthread, delay from completion.
-8. Idle cost: Redis commands/s, broker messages/s, log lines and worker CPU of a 2-worker fleet idle,
+8. UKSSDC calls per cancelled job for an "all" batch and an all_active batch, and time to finish
+   against jobs / rate.
+9. Idle cost: Redis commands/s, broker messages/s, log lines and worker CPU of a 2-worker fleet idle,
    paused with 1,000 waiting, and at 0.2 calls/s with 1,000 waiting.
 
 Everything runs on 127.0.0.1 only: the API (werkzeug threaded server and `ukcancel serve`, i.e.
@@ -36,6 +38,7 @@ import sys
 import time
 from typing import Any
 
+from calls import bench_calls
 from cost import bench_cost
 from dispatch import bench_dispatch
 from enqueue import bench_enqueue
@@ -48,7 +51,8 @@ from rate import bench_rate
 
 BENCHMARKS = {1: ("enqueue", bench_enqueue), 2: ("rate", bench_rate), 3: ("fairness", bench_fairness),
               4: ("cost", bench_cost), 5: ("dispatch", bench_dispatch),
-              6: ("http", bench_http), 7: ("long polls", bench_long_polls), 8: ("idle cost", bench_idle_cost)}
+              6: ("http", bench_http), 7: ("long polls", bench_long_polls), 8: ("calls per job", bench_calls),
+              9: ("idle cost", bench_idle_cost)}
 
 
 def parse_only(values: list[str] | None) -> list[int]:
@@ -64,7 +68,7 @@ def parse_only(values: list[str] | None) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts (about 2 minutes)")
-    parser.add_argument("--only", action="append", metavar="N", help="run only benchmark N (1-8); repeat or N,M")
+    parser.add_argument("--only", action="append", metavar="N", help="run only benchmark N (1-9); repeat or N,M")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help=f"a Redis database of the benchmark's own, flushed (default {DEFAULT_REDIS_URL})")
     parser.add_argument("--serve-werkzeug", type=int, help=argparse.SUPPRESS)

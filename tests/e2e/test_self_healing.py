@@ -239,7 +239,10 @@ def test_a_redis_restart_mid_batch_loses_no_command(
         assert [h["state"] for h in command["history"]].count("completed") == 1
     for job_id in range(2001, 2201):
         assert simulator.state.product_state(job_id, "lc") == -4
-    results = redis.Redis.from_url(own_redis.url).xrange(keys.RESULTS_STREAM)
+    stream = redis.Redis.from_url(own_redis.url)
+    # A result is appended just after its completion is stored: the batch can read completed first.
+    wait_for(lambda: stream.xlen(keys.RESULTS_STREAM) >= 200, 10, "every command's result on the stream")
+    results = stream.xrange(keys.RESULTS_STREAM)
     assert len(results) == 200  # exactly one result per command
     assert all(worker.process.poll() is None for worker in workers), "a worker did not survive the restart"
 
@@ -305,7 +308,10 @@ def test_a_worker_killed_mid_call_has_its_command_completed_within_the_goal(
     assert recovered_in < RECOVERY_GOAL_SECONDS, f"recovered in {recovered_in:.1f} s"
     assert simulator.state.product_state(1001, "lc") == -4
     # Whoever finished it (an orphaned pool child may), the record was written once.
-    assert len(redis.Redis.from_url(redis_url).xrange(keys.RESULTS_STREAM)) == 1
+    stream = redis.Redis.from_url(redis_url)
+    # A result is appended just after its completion is stored: the record can read completed first.
+    wait_for(lambda: stream.xlen(keys.RESULTS_STREAM) >= 1, 10, "the command's result on the stream")
+    assert len(stream.xrange(keys.RESULTS_STREAM)) == 1
     survivor.stop()
 
 

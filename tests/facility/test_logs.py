@@ -10,6 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from processes import wait_for  # ops/bench/processes.py, on the path by pyproject.toml's pytest `pythonpath`
 
 from ukcancel import logs
 from ukcancel.assemble import create_api, create_runtime
@@ -111,9 +112,13 @@ def test_a_worker_logs_json_with_the_task_and_the_command(
     assert state["state"] == "completed", state
     command_id = state["items"][0]["command_id"]
 
-    found = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-    assert found, worker.log()[-2000:]
-    done = next(line for line in found if line.get("command_id") == command_id and "completed" in line["message"])
+    def completed_line() -> dict[str, Any] | None:
+        found = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+        return next((line for line in found if line.get("command_id") == command_id
+                     and "completed" in line["message"]), None)
+
+    # The worker logs the completion just after storing it: the answer can be read before the line is written.
+    done = wait_for(completed_line, 10, "the worker's JSON line of the completed command")
     assert done["batch_id"] == batch["id"] and done["user"] == ASTRO
     assert done["task_id"] and done["logger"] == "ukcancel.worker.cancellation"
     assert token not in worker.log()

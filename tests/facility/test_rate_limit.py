@@ -91,3 +91,29 @@ def test_one_redis_round_trip_per_request_gives_the_headers_too(
     limited = facility.call("GET", "/v1/cancellations", "alice")
     assert limited.status_code == 429 and limited.headers["X-RateLimit-Remaining"] == "0"
     assert 0 < int(limited.headers["Retry-After"]) <= 60
+
+
+def test_the_token_is_read_in_the_hit_s_own_round_trip(
+    make_facility: Callable[..., Facility], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limit's hit reads the token's record too: no lookup of its own, and the budgets stay as they were."""
+    from ukcancel.token import TokenRegistry
+
+    facility = make_facility(api_rate_limit=TINY)
+
+    def lookup(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the token was looked up in a round trip of its own")
+
+    monkeypatch.setattr(TokenRegistry, "verify", lookup)
+    assert spend(facility, "alice", 4) == [200, 200, 200, 429]
+    # An unknown (or revoked) token is counted by address, as a request without a token.
+    unknown = {"Authorization": "Bearer ukc_" + "x" * 43}
+    answers = [facility.client.get("/v1/cancellations", headers=unknown).status_code for _ in range(3)]
+    assert answers == [401, 401, 401]
+    assert spend(facility, None, 1) == [429]
+    assert spend(facility, "bob", 1) == [200]
+    buckets = sorted(k.decode().split("/")[2] for k in facility.runtime.connection.keys("LIMITS:LIMITER/*"))
+    assert buckets == ["addr:127.0.0.1", "token:alice", "token:bob"]
+    # Revoked: the next request finds no record and is counted by address (spent already: 429).
+    facility.runtime.tokens.revoke("bob")
+    assert spend(facility, "bob", 1) == [429]

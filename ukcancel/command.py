@@ -466,6 +466,11 @@ class CommandRegistry:
         raw = self.connection.hgetall(keys.command(command_id))
         return CancelCommand.from_hash(raw, command_id) if raw else None
 
+    def callback_url(self, command_id: str) -> str | None:
+        """The command's callback URL alone (one HGET); None when it has none or is gone."""
+        url = self.connection.hget(keys.command(command_id), "callback_url")
+        return as_text(url) if url else None
+
     def state_of(self, command_id: str) -> str | None:
         """The command's state alone (one HGET); None when there is no such command."""
         state = self.connection.hget(keys.command(command_id), "state")

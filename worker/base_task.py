@@ -10,7 +10,6 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import requests
 from celery import Celery, Task
 from celery.worker.request import Request
 
@@ -64,11 +63,6 @@ class ServiceTask(Task):
             max_reply_bytes=settings.ukssdc_max_reply_bytes,
             retry_after_max=settings.retry_after_max_seconds,
         )
-
-    @functools.cached_property
-    def http(self) -> requests.Session:
-        """A session for calls other than the UKSSDC's (callbacks)."""
-        return requests.Session()
 
 
 def service_task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], ServiceTask]:

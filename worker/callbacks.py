@@ -31,13 +31,13 @@ from urllib.parse import urlsplit
 import requests
 from celery import Celery
 
-from ukcancel import __version__, callback, keys
+from ukcancel import __version__, callback
 from ukcancel.callback import CallbackOutbox
 from ukcancel.command import CancelCommand
 from ukcancel.retry import TRANSIENT_STATUSES, backoff_delay
 from ukcancel.schemas import CancellationSchema
-from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task
+from ukcancel.worker.bounded_http import BoundedHttp, BoundedHttpError
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 DELIVER_CALLBACK = "ukcancel.deliver_callback"
 TIMEOUT_SECONDS = (5.0, 10.0)  # connect, read: a receiver should answer at once and work later
+# The whole delivery, however the receiver trickles its answer: a slow receiver holds one of the
+# sender's threads (and one of its host's two places) this long at most.
+DEADLINE_SECONDS = 15.0
 
 
 def callback_body(command: CancelCommand) -> bytes:
@@ -64,10 +67,10 @@ class Attempt:
 class CallbackDelivery:
     """Makes one delivery attempt for a command and records the outcome on it."""
 
-    def __init__(self, runtime: Runtime, session: requests.Session, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, runtime: Runtime, http: BoundedHttp, clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.session = session
+        self.http = http
         self.clock = clock
         self.outbox = CallbackOutbox(runtime.connection, clock)
 
@@ -93,7 +96,8 @@ class CallbackDelivery:
             )
         body = callback_body(command)
         try:
-            response = self.session.post(
+            response = self.http.request(
+                "POST",
                 command.callback_url,
                 data=body,
                 headers={
@@ -101,12 +105,12 @@ class CallbackDelivery:
                     "User-Agent": f"ukssdc-cancel/{__version__}",
                     **callback.signed_headers(command.id, body, token.callback_secret, self.clock()),
                 },
-                timeout=TIMEOUT_SECONDS,
-                allow_redirects=False,
-                stream=True,  # the status is all we need: the body is never downloaded
+                deadline_seconds=DEADLINE_SECONDS,
+                max_bytes=0,  # the status is all we need: the body is never read
+                connect_timeout=TIMEOUT_SECONDS[0],
+                read_timeout=TIMEOUT_SECONDS[1],
             )
-            response.close()
-        except requests.RequestException as exc:
+        except (requests.RequestException, BoundedHttpError) as exc:
             return self._retry_or_fail(command_id, attempt, None, f"{type(exc).__name__}: {exc}")
         if 200 <= response.status_code < 300:
             return self._record(command_id, callback.DELIVERED, attempt, http_status=response.status_code)
@@ -144,10 +148,10 @@ class CallbackDelivery:
 
 class CallbackSender:
     """Delivers callbacks on a small pool of its own threads, at most `per_host` at a time to any
-    one receiver host (the reconciler's sweep offers what is due; see `ukcancel.reconciler`)."""
+    one receiver (host and port; the reconciler's sweep offers what is due, see `ukcancel.reconciler`)."""
 
-    def __init__(self, runtime: Runtime, session: requests.Session, *, threads: int = 4, per_host: int = 2) -> None:
-        self.delivery = CallbackDelivery(runtime, session)
+    def __init__(self, runtime: Runtime, http: BoundedHttp, *, threads: int = 4, per_host: int = 2) -> None:
+        self.delivery = CallbackDelivery(runtime, http)
         self.registry = runtime.registry
         self.threads = threads
         self.per_host = per_host
@@ -163,8 +167,8 @@ class CallbackSender:
 
     def offer(self, command_id: str) -> bool:
         """Start delivering `command_id`'s callback unless the pool or its receiver host is busy."""
-        url = self.registry.connection.hget(keys.command(command_id), "callback_url")
-        host = (urlsplit(as_text(url)).hostname or "") if url else ""
+        url = self.registry.callback_url(command_id)
+        host = urlsplit(url).netloc.rpartition("@")[2].lower() if url else ""  # host[:port], no credentials
         with self._lock:
             if self._under_way >= self.threads or self._busy.get(host, 0) >= self.per_host:
                 return False

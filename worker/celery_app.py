@@ -22,7 +22,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import redis
-import requests
 from celery import Celery, bootsteps
 from celery.worker.consumer import Consumer
 from kombu import Queue
@@ -36,6 +35,7 @@ from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
 from ukcancel.worker import all_active, callbacks, jobs, tasks
 from ukcancel.worker.base_task import ServiceTask
+from ukcancel.worker.bounded_http import BoundedHttp
 from ukcancel.worker.callbacks import CallbackSender
 from ukcancel.worker.metrics import MetricsEndpoint
 
@@ -114,7 +114,7 @@ class ReconcilerStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         runtime: Runtime = worker.app.runtime
-        self._callbacks = CallbackSender(runtime, requests.Session())
+        self._callbacks = CallbackSender(runtime, BoundedHttp())
         self._reconciler = reconciler = Reconciler(
             runtime.connection,
             runtime.queue,

@@ -11,13 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
 from facility_api import ALICE, PROBLEM, Facility, build_facility
+from processes import wait_for
 from standardwebhooks.webhooks import Webhook
 
 from ukcancel import callback
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
+from ukcancel.worker.bounded_http import BoundedHttp
 from ukcancel.worker.callbacks import CallbackDelivery, callback_body
 
 
@@ -209,7 +210,7 @@ def finished(make_facility: Callable[..., Facility], receiver: Receiver) -> tupl
 
 
 def deliver(facility: Facility, command_id: str, attempt: int) -> Any:
-    return CallbackDelivery(facility.runtime, requests.Session()).attempt(command_id, attempt)
+    return CallbackDelivery(facility.runtime, BoundedHttp()).attempt(command_id, attempt)
 
 
 def test_a_redirect_is_not_followed(finished: tuple[Facility, str], receiver: Receiver) -> None:
@@ -262,3 +263,74 @@ def test_the_body_is_the_command_as_get_shows_it(finished: tuple[Facility, str])
     sent = json.loads(callback_body(facility.runtime.registry.get(command_id)))  # type: ignore[arg-type]
     assert sent == shown
     assert sent["user_id"] == ALICE
+
+
+# -- a slow receiver delays only its own notices ----------------------------------------------------
+def test_a_slow_receiver_holds_two_sender_threads_at_most_and_no_longer_than_the_deadline(
+    make_facility: Callable[..., Facility], receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight callbacks to a receiver that trickles one byte every second took every worker slot:
+    another user's cancel waited. Deliveries now run on the sender's own threads, at most two per
+    receiver host, each bounded by a wall-clock deadline however the receiver trickles."""
+    import socket
+
+    from ukcancel.worker import callbacks as deliveries
+    from ukcancel.worker.callbacks import CallbackSender
+
+    monkeypatch.setattr(deliveries, "DEADLINE_SECONDS", 2.0)
+    trickling = socket.socket()
+    trickling.bind(("127.0.0.1", 0))
+    trickling.listen(16)
+    slow_port = trickling.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:  # accepts, reads the request, then sends "HTTP/1.1 200 OK" a byte a second
+        while not stop.is_set():
+            trickling.settimeout(0.2)
+            try:
+                connection, _ = trickling.accept()
+            except OSError:
+                continue
+            threading.Thread(target=lambda c=connection: _dribble(c, stop), daemon=True).start()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    facility = make_facility(callback_allowed_hosts=(f"127.0.0.1:{slow_port}", f"127.0.0.1:{receiver.port}"))
+    slow = [facility.submit("alice", {"job_id": 2000 + n, "callback_url": f"http://127.0.0.1:{slow_port}/hook"})
+            for n in range(8)]
+    fast = facility.submit("alice", {"job_id": 3000, "callback_url": receiver.url()})
+    for command_id in [*slow, fast]:
+        facility.runtime.registry.withdraw(command_id)  # terminal: each callback is in the outbox
+    sender = CallbackSender(facility.runtime, BoundedHttp(), threads=4, per_host=2)
+    try:
+        offered = [sender.offer(command_id) for command_id in slow]
+        assert offered.count(True) == 2  # the slow host's two places; the rest wait in the outbox
+        began = time.monotonic()
+        assert sender.offer(fast)  # another host still has room on the sender's threads
+        wait_for_callback(facility, fast, callback.DELIVERED, seconds=5)
+        assert time.monotonic() - began < 2.0  # not behind the slow receiver
+        first = slow[offered.index(True)]
+        def tried() -> dict[str, Any] | None:
+            record = facility.runtime.registry.get(first)
+            return record.callback if record is not None and (record.callback or {}).get("attempts") else None
+
+        cut = wait_for(tried, 10, "the first slow delivery to be cut at its deadline")
+        assert cut["status"] == callback.PENDING and "DeadlineExceeded" in cut["error"]  # cut, to be retried
+        assert time.monotonic() - began < 6.0
+        assert facility.runtime.connection.zscore("ukcancel:callbacks:due", first) is not None
+    finally:
+        stop.set()
+        sender.shutdown()
+        trickling.close()
+
+
+def _dribble(connection: Any, stop: threading.Event) -> None:
+    with connection:
+        connection.settimeout(5)
+        try:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                if stop.wait(1.0):
+                    return
+                connection.sendall(bytes([byte]))
+        except OSError:
+            return

@@ -158,5 +158,8 @@ def test_fleet_shows_and_sets_the_run_time_limits(redis_url: str) -> None:
     shown = runner.invoke(main, ["fleet"], env=env)
     assert "3.5 calls/s" in shown.output and "in-flight cap:   6" in shown.output
     assert runner.invoke(main, ["fleet", "--rate", "0"], env=env).exit_code == 2
+    too_slow = runner.invoke(main, ["fleet", "--rate", "0.0005"], env=env)  # below the lowest accepted rate
+    assert too_slow.exit_code == 2 and "0.001" in too_slow.output
+    assert runner.invoke(main, ["fleet", "--rate", "0.001"], env=env).exit_code == 0
     assert runner.invoke(main, ["fleet", "--in-flight", "x"], env=env).exit_code == 2
     assert runner.invoke(main, ["fleet"], env={"REDIS_URL": ""}).exit_code == 2

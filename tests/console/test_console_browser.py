@@ -123,9 +123,10 @@ def test_another_users_session_cannot_open_the_command(site: Site, browser_sessi
 def test_an_admin_changes_the_fleet_rate_and_the_gate_sees_it(site: Site, browser_session) -> None:
     page = browser_session("ops")
     page.goto(site.url + "/console/admin/fleet")
-    page.fill("input[name=rate_per_second]", "0")
+    page.fill("input[name=rate_per_second]", "0.0005")  # below the lowest accepted rate
     page.click("#change-fleet")
-    assert "rate_per_second: Must be greater than 0 and less than or equal to 1000." in page.locator(".errors").inner_text()
+    assert ("rate_per_second: Must be greater than or equal to 0.001 and less than or equal to 1000."
+            in page.locator(".errors").inner_text())
     page.fill("input[name=rate_per_second]", "7.5")
     page.fill("input[name=max_in_flight]", "3")
     page.click("#change-fleet")

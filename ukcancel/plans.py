@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
@@ -31,7 +31,7 @@ from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.store import as_text, as_text_dict
 
 if TYPE_CHECKING:
-    from ukcancel.runtime import Runtime
+    from ukcancel.jobs import JobCache
 
 COMPUTING, READY, FAILED = "computing", "ready", "failed"
 PLAN_STATES = (COMPUTING, READY, FAILED)
@@ -225,7 +225,16 @@ class PlanRegistry:
 
 
 # -- the flows, shared by the API and the worker ---------------------------------------------------
-def settle_waiting(runtime: Runtime, user_id: str, error: str | None = None) -> int:
+class PlanParts(submission.SubmissionParts, Protocol):
+    """What the plan flows need of a process's objects (a `ukcancel.runtime.Runtime` has them all)."""
+
+    @property
+    def plans(self) -> PlanRegistry: ...
+    @property
+    def jobs(self) -> JobCache: ...
+
+
+def settle_waiting(runtime: PlanParts, user_id: str, error: str | None = None) -> int:
     """After a refresh of `user_id`'s jobs: compute (or fail) every plan waiting for it."""
     waiting = runtime.plans.waiting(user_id)
     if not waiting:
@@ -241,7 +250,7 @@ def settle_waiting(runtime: Runtime, user_id: str, error: str | None = None) -> 
     return settled
 
 
-def start(runtime: Runtime, plan: Plan) -> Plan:
+def start(runtime: PlanParts, plan: Plan) -> Plan:
     """Store a new plan and have it computed: now, if the user's cache is fresh; else after a refresh.
 
     Raises `ukcancel.dispatch.DispatchError` when no refresh can be sent (the plan is then failed).
@@ -251,7 +260,7 @@ def start(runtime: Runtime, plan: Plan) -> Plan:
     return runtime.plans.get(plan.id) or plan
 
 
-def ensure_progress(runtime: Runtime, plan: Plan) -> None:
+def ensure_progress(runtime: PlanParts, plan: Plan) -> None:
     """A computing plan is computed from a fresh cache, or a refresh is under way that will compute it.
 
     The plan is in the waiting set before a refresh is looked for, and a refresh ends by clearing
@@ -273,7 +282,7 @@ def ensure_progress(runtime: Runtime, plan: Plan) -> None:
         raise
 
 
-def apply(runtime: Runtime, plan: Plan, submitted_by: str | None) -> tuple[str, bool]:
+def apply(runtime: PlanParts, plan: Plan, submitted_by: str | None) -> tuple[str, bool]:
     """Make the plan's batch; (batch id, created). Applying again returns the same batch, not created.
 
     Raises `PlanNotReady`, `PlanExpired` and `NothingToApply`. The plan names its batch in the

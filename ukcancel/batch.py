@@ -290,6 +290,10 @@ class BatchRegistry:
         return [as_text(b) for b in self.connection.zrangebyscore(keys.EXPANDING_BATCHES, "-inf", repr(self.clock()))]
 
     # -- reading ------------------------------------------------------------------------------
+    def recent_ids(self, user_id: str, count: int = 50) -> list[str]:
+        """The ids of `user_id`'s newest batches, newest first, at most `count`."""
+        return [as_text(i) for i in self.connection.zrevrange(keys.user_batches(user_id), 0, count - 1)]
+
     def get(self, batch_id: str) -> Batch | None:
         raw = self.connection.hgetall(keys.batch(batch_id))
         return Batch.from_hash(raw) if raw else None

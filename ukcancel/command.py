@@ -462,6 +462,11 @@ class CommandRegistry:
         return bool(self._progress(keys=[keys.command(command_id), keys.LEASE_HOLDERS], args=args))
 
     # -- reading ------------------------------------------------------------------------------
+    def callback_url(self, command_id: str) -> str | None:
+        """The command's callback URL (None: no callback, or no such command), without reading the rest."""
+        url = self.connection.hget(keys.command(command_id), "callback_url")
+        return as_text(url) if url else None
+
     def get(self, command_id: str) -> CancelCommand | None:
         raw = self.connection.hgetall(keys.command(command_id))
         return CancelCommand.from_hash(raw, command_id) if raw else None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
+from ukcancel import keys
 from ukcancel.batch import Batch
 from ukcancel.command import CancelCommand
 from ukcancel.dispatch import DispatchError
@@ -80,6 +81,11 @@ class Reservation:
 
     key: str
     fingerprint: str = ""
+
+    @classmethod
+    def idempotency_key(cls, token_name: str, key: str, fingerprint: str) -> Reservation:
+        """The reservation of an Idempotency-Key, scoped to the token that sent it."""
+        return cls(keys.idempotency(token_name, key), fingerprint)
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ from urllib.parse import urlsplit
 import requests
 from celery import Celery
 
-from ukcancel import __version__, callback, keys
+from ukcancel import __version__, callback
 from ukcancel.callback import CallbackOutbox
 from ukcancel.command import CancelCommand
 from ukcancel.retry import TRANSIENT_STATUSES, backoff_delay
 from ukcancel.schemas import CancellationSchema
-from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task
 
 if TYPE_CHECKING:
@@ -163,8 +162,8 @@ class CallbackSender:
 
     def offer(self, command_id: str) -> bool:
         """Start delivering `command_id`'s callback unless the pool or its receiver host is busy."""
-        url = self.registry.connection.hget(keys.command(command_id), "callback_url")
-        host = (urlsplit(as_text(url)).hostname or "") if url else ""
+        url = self.registry.callback_url(command_id)
+        host = (urlsplit(url).hostname or "") if url else ""
         with self._lock:
             if self._under_way >= self.threads or self._busy.get(host, 0) >= self.per_host:
                 return False

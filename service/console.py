@@ -46,7 +46,7 @@ from werkzeug.exceptions import Conflict, HTTPException, NotFound, ServiceUnavai
 from wtforms.validators import ValidationError as WtfValidationError
 
 from ukcancel import lifecycle, plans, presence
-from ukcancel.batch import EXPANDING, FAILED
+from ukcancel.batch import EXPANDING, BatchState
 from ukcancel.command import TERMINAL
 from ukcancel.dispatch import DispatchError
 from ukcancel.listing import CommandFilter, CommandListing
@@ -470,7 +470,7 @@ def batch(batch_id: str) -> str:
 def batch_live(batch_id: str) -> Response:
     rt = get_runtime()
     found = visible_batch(batch_id, user())
-    if found.state != FAILED:
+    if found.state != BatchState.FAILED:
         rt.batches.wait_done(batch_id, 2)  # progress is worth showing every couple of seconds
         found = rt.batches.get(batch_id) or found
     shown = batch_view(found, 0, 100)

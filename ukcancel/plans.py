@@ -18,12 +18,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from ukcancel import keys, submission
-from ukcancel.batch import RUNNING, Batch, new_batch_id
+from ukcancel.batch import Batch, BatchState, new_batch_id
 from ukcancel.command import CancelCommand
 from ukcancel.events import EventListener
 from ukcancel.jobs import JobSelection, JobView
@@ -33,8 +34,18 @@ from ukcancel.store import as_text, as_text_dict
 if TYPE_CHECKING:
     from ukcancel.jobs import JobCache
 
-COMPUTING, READY, FAILED = "computing", "ready", "failed"
-PLAN_STATES = (COMPUTING, READY, FAILED)
+
+
+class PlanState(StrEnum):
+    """A plan's state, as its record stores it and the API shows it (the values never change)."""
+
+    COMPUTING = "computing"
+    READY = "ready"
+    FAILED = "failed"  # the jobs could not be listed
+
+
+COMPUTING, READY = PlanState.COMPUTING, PlanState.READY
+PLAN_STATES = tuple(state.value for state in PlanState)
 Clock = Callable[[], float]
 
 # KEYS[1] plan   ARGV[1] JSON object of fields to set
@@ -180,7 +191,7 @@ class PlanRegistry:
         """Compute a waiting plan from `views` (or fail it with `error`); False if it was settled before."""
         now = self.clock()
         if error is not None:
-            fields = {"state": FAILED, "error": error, "computed_at": repr(now)}
+            fields = {"state": PlanState.FAILED, "error": error, "computed_at": repr(now)}
         else:
             pairs, left_out = compute(plan.selection, views or [])
             fields = {"state": READY, "pairs": json.dumps(pairs), "left_out": json.dumps(left_out),
@@ -307,7 +318,7 @@ def apply(runtime: PlanParts, plan: Plan, submitted_by: str | None) -> tuple[str
             named = runtime.plans.claim_batch(plan.id, batch_id, pipe)
             if named is not None:  # a concurrent apply made the plan's batch first
                 return named, False
-            batch = Batch(plan.user_id, submitted_by, state=RUNNING, id=batch_id)
+            batch = Batch(plan.user_id, submitted_by, state=BatchState.RUNNING, id=batch_id)
             try:
                 submission.enqueue_batch(runtime, batch, commands, pipe)
             except redis.WatchError:

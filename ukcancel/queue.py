@@ -42,10 +42,10 @@ from ukcancel.command import (
     COMPLETED,
     QUEUED,
     RETRYING,
-    RUNNING,
     TRANSITION_LUA,
     CancelCommand,
     CommandRegistry,
+    CommandState,
     Transition,
     completion_fields,
 )
@@ -385,13 +385,13 @@ class CancelQueue:
     def start(self, command_id: str, holder: str) -> Transition:
         """queued/retrying (or running, taken over) -> running, while `holder` has the lease."""
         return self._run_step(
-            command_id, holder, "start", "", RUNNING, (QUEUED, RETRYING, RUNNING), {"next_attempt_at": None}
+            command_id, holder, "start", "", CommandState.RUNNING, (QUEUED, RETRYING, CommandState.RUNNING), {"next_attempt_at": None}
         )
 
     def retry_later(self, command_id: str, holder: str, at: float, error: str) -> Transition:
         """running -> retrying, due again at `at` (epoch seconds), ending the lease; one step."""
         return self._run_step(
-            command_id, holder, "retry", repr(at), RETRYING, (RUNNING,), {"last_error": error, "next_attempt_at": at}
+            command_id, holder, "retry", repr(at), RETRYING, (CommandState.RUNNING,), {"last_error": error, "next_attempt_at": at}
         )
 
     def finish(

@@ -17,10 +17,10 @@ from ukcancel.command import (
     COMPLETED,
     QUEUED,
     RETRYING,
-    RUNNING,
     TERMINAL,
     CancelCommand,
     CommandRegistry,
+    CommandState,
     Transition,
 )
 from ukcancel.listing import CommandFilter, CommandListing
@@ -87,7 +87,7 @@ def test_all_is_stored_as_the_string_all(registry: CommandRegistry) -> None:
 
 def test_unknown_ids_read_as_none(registry: CommandRegistry) -> None:
     assert registry.get("0" * 32) is None
-    assert registry.transition("0" * 32, RUNNING, (QUEUED,)).state is None
+    assert registry.transition("0" * 32, CommandState.RUNNING, (QUEUED,)).state is None
     assert registry.wait_terminal("0" * 32, 5) is None
 
 
@@ -142,9 +142,9 @@ def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegis
     assert got is not None
     assert got.history == [
         {"state": QUEUED, "at": t0},
-        {"state": RUNNING, "at": t0},
+        {"state": CommandState.RUNNING, "at": t0},
         {"state": RETRYING, "at": t1},
-        {"state": RUNNING, "at": t2},
+        {"state": CommandState.RUNNING, "at": t2},
         {"state": COMPLETED, "at": t3},
     ]
     assert got.state == COMPLETED and got.updated_at == t3
@@ -180,7 +180,7 @@ def test_a_completed_command_keeps_its_first_result_for_ever(registry: CommandRe
     got = registry.get(command.id)
     assert got is not None
     assert got.result == [1, {"first": True}]
-    assert states(got) == [QUEUED, RUNNING, COMPLETED]
+    assert states(got) == [QUEUED, CommandState.RUNNING, COMPLETED]
     assert got.settled == {}
 
 
@@ -198,7 +198,7 @@ def test_withdraw_only_from_queued(registry: CommandRegistry) -> None:
     running = new(registry)
     registry.start_attempt(running.id)
     refused = registry.withdraw(running.id)
-    assert not refused.moved and refused.state == RUNNING
+    assert not refused.moved and refused.state == CommandState.RUNNING
 
     retrying = new(registry)
     registry.start_attempt(retrying.id)
@@ -241,11 +241,11 @@ def test_transitions_publish_the_new_state(registry: CommandRegistry, connection
         if message:
             seen.append(message["data"].decode())
     pubsub.close()
-    assert seen == [RUNNING, COMPLETED]
+    assert seen == [CommandState.RUNNING, COMPLETED]
 
 
 # Random sequences of operations: states never move backwards, terminal is for ever.
-ORDER = {QUEUED: 0, RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
+ORDER = {QUEUED: 0, CommandState.RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
 OPERATIONS = ["start_attempt", "mark_retrying", "complete", "withdraw"]
 
 
@@ -332,7 +332,7 @@ def test_wait_terminal_times_out_with_the_command_as_it_stands_without_polling_t
     started = time.monotonic()
     got = registry.wait_terminal(command.id, timeout=1.5)
     elapsed = time.monotonic() - started
-    assert got is not None and got.state == RUNNING
+    assert got is not None and got.state == CommandState.RUNNING
     assert 1.4 <= elapsed < 4
     assert reads == [command.id]  # read once, then only the pub/sub socket until the deadline
 
@@ -356,7 +356,7 @@ def test_no_caller_can_move_a_terminal_command_even_by_listing_its_state(
         assert registry.complete(command.id, [1, {}]).moved
     else:
         assert registry.withdraw(command.id).moved
-    refused = registry.transition(command.id, RUNNING, (terminal,))
+    refused = registry.transition(command.id, CommandState.RUNNING, (terminal,))
     assert refused == Transition(False, terminal)
     assert registry.get(command.id).state == terminal
 
@@ -383,7 +383,7 @@ def test_history_is_compact_and_keeps_every_time_to_the_microsecond(connection: 
     assert all(len(value) <= 64 for value in raw.values())  # a listpack under Redis's default config
     got = registry.get(command.id)
     assert got is not None and got.id == command.id
-    assert [entry["state"] for entry in got.history] == [QUEUED, RUNNING, RETRYING, RUNNING, COMPLETED]
+    assert [entry["state"] for entry in got.history] == [QUEUED, CommandState.RUNNING, RETRYING, CommandState.RUNNING, COMPLETED]
     assert [entry["at"] for entry in got.history] == times
     assert got.created_at == times[0] and got.updated_at == times[-1]
 

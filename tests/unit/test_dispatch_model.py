@@ -46,7 +46,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from ukcancel import keys, lifecycle, submission
 from ukcancel.batch import Batch, BatchRegistry
 from ukcancel.callback import DELIVERED, PENDING, CallbackOutbox
-from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, RUNNING, TERMINAL, CancelCommand, CommandRegistry
+from ukcancel.command import (
+    ABORTED,
+    COMPLETED,
+    QUEUED,
+    RETRYING,
+    TERMINAL,
+    CancelCommand,
+    CommandRegistry,
+    CommandState,
+)
 from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import FleetGate, rate_window
 from ukcancel.queue import CancelQueue
@@ -59,7 +68,7 @@ EXAMPLES = int(os.environ.get("UKCANCEL_MODEL_EXAMPLES", "200"))
 USERS = ("a@example.org", "b@example.org", "c@example.org")
 SHORTS = ("lc", "spec", "psf")
 LONG = {"lc": "LightCurve", "spec": "Spectrum", "psf": "StandardPos"}
-RANK = {QUEUED: 0, RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
+RANK = {QUEUED: 0, CommandState.RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
 OUTCOMES = ("ok", "ok", "ok", "transient", "busy", "read_timeout", "lost_reply", "code4")
 SETTINGS = Settings(
     fleet_rate_per_second=5.0,

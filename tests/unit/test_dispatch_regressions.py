@@ -17,7 +17,7 @@ import pytest
 
 from ukcancel import keys, plans, submission
 from ukcancel.batch import EXPANDING, Batch
-from ukcancel.command import COMPLETED, QUEUED, RETRYING, RUNNING, CancelCommand
+from ukcancel.command import COMPLETED, QUEUED, RETRYING, CancelCommand, CommandState
 from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import JobSelection
@@ -157,7 +157,7 @@ def test_3_a_takeover_then_two_transient_failures_never_strand_the_command(runti
     assert takeover is not None and takeover.takeover
     assert queue.start(command.id, "heir").moved
     late = queue.retry_later(command.id, "frozen", clock.now + 1, "read timeout")  # the frozen call times out
-    assert not late.held and runtime.registry.state_of(command.id) == RUNNING  # refused, changed nothing
+    assert not late.held and runtime.registry.state_of(command.id) == CommandState.RUNNING  # refused, changed nothing
     heir = queue.retry_later(command.id, "heir", clock.now + 1, "read timeout")
     assert heir.held and heir.moved and runtime.registry.state_of(command.id) == RETRYING
     assert queue.due_at(command.id) == clock.now + 1  # on the due list: a turn will find it
@@ -264,13 +264,13 @@ def test_10_concurrent_applies_answer_with_one_batch_that_exists(runtime: Runtim
 
 def test_10_a_record_with_an_old_json_history_is_read_and_moves_on(runtime: Runtime, clock: Clock) -> None:
     [command] = enqueue(runtime)
-    old = [{"state": QUEUED, "at": clock.now}, {"state": RUNNING, "at": clock.now + 1.5}]
+    old = [{"state": QUEUED, "at": clock.now}, {"state": CommandState.RUNNING, "at": clock.now + 1.5}]
     runtime.connection.hset(keys.command(command.id), mapping={"history": json.dumps(old), "id": command.id})
     assert runtime.registry.get(command.id).history == old  # type: ignore[union-attr]
     clock.now += 3
     assert runtime.registry.complete(command.id, [1, {}]).moved
     done = runtime.registry.get(command.id)
     assert done is not None and done.state == COMPLETED
-    assert [entry["state"] for entry in done.history] == [QUEUED, RUNNING, COMPLETED]
+    assert [entry["state"] for entry in done.history] == [QUEUED, CommandState.RUNNING, COMPLETED]
     assert done.history[-1]["at"] == pytest.approx(clock.now)
 

@@ -43,7 +43,6 @@ from ukcancel.outcome import result_status, withdrawn_tuple
 from ukcancel.store import as_text, as_text_dict
 
 
-
 class BatchState(StrEnum):
     """A batch's state, as its record stores it and the API shows it (the values never change).
 

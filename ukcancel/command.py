@@ -28,6 +28,7 @@ from ukcancel import keys
 from ukcancel.events import EventListener
 from ukcancel.store import as_text, as_text_dict
 
+
 class CommandState(StrEnum):
     """A command's state, as its record stores it and the API shows it (the values never change).
 

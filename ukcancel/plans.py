@@ -25,10 +25,10 @@ import redis
 
 from ukcancel import keys, submission
 from ukcancel.batch import Batch, BatchState, new_batch_id
+from ukcancel.codes import ACTIVE_STATES
 from ukcancel.command import CancelCommand
 from ukcancel.events import EventListener
 from ukcancel.jobs import JobSelection, JobView
-from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.store import as_text, as_text_dict
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.assemble import create_runtime
@@ -70,17 +71,6 @@ class OpenGate(FleetGate):
 
     def stamp(self, permit: Permit) -> None:
         self.stamped.append(permit.id)
-
-
-
-class FakeClock:
-    """Time that moves only when a test says so (the schedule's and the records' clock)."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

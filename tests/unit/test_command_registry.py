@@ -10,6 +10,7 @@ import fakeredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.command import (
@@ -28,18 +29,6 @@ from ukcancel.listing import CommandFilter, CommandListing
 TTL = 3600
 
 
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float = 1.0) -> float:
-        self.now += seconds
-        return self.now
-
-
 @pytest.fixture
 def connection() -> Iterator[fakeredis.FakeRedis]:
     conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
@@ -48,12 +37,12 @@ def connection() -> Iterator[fakeredis.FakeRedis]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture
-def registry(connection: fakeredis.FakeRedis, clock: Clock) -> CommandRegistry:
+def registry(connection: fakeredis.FakeRedis, clock: FakeClock) -> CommandRegistry:
     return CommandRegistry(connection, TTL, clock=clock)
 
 
@@ -68,7 +57,7 @@ def states(command: CancelCommand) -> list[str]:
 # ---- add / get -------------------------------------------------------------------------------
 
 
-def test_add_then_get_round_trips_every_field(registry: CommandRegistry, clock: Clock) -> None:
+def test_add_then_get_round_trips_every_field(registry: CommandRegistry, clock: FakeClock) -> None:
     added = new(registry, ["LightCurve", "StandardPos"])
     got = registry.get(added.id)
     assert got is not None
@@ -97,7 +86,7 @@ def test_get_many_keeps_order_and_marks_missing(registry: CommandRegistry) -> No
     assert [c.id if c else None for c in got] == [b.id, None, a.id]
 
 
-def test_the_users_index_lists_newest_first(registry: CommandRegistry, clock: Clock) -> None:
+def test_the_users_index_lists_newest_first(registry: CommandRegistry, clock: FakeClock) -> None:
     first = new(registry)
     clock.tick()
     second = new(registry)
@@ -128,7 +117,7 @@ def test_records_expire_after_the_ttl_and_terminal_renews_it(
 # ---- transitions ------------------------------------------------------------------------------
 
 
-def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegistry, clock: Clock) -> None:
+def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegistry, clock: FakeClock) -> None:
     command = new(registry)
     t0 = clock.now
     assert registry.start_attempt(command.id).moved
@@ -365,7 +354,7 @@ def test_no_caller_can_move_a_terminal_command_even_by_listing_its_state(
 
 
 def test_history_is_compact_and_keeps_every_time_to_the_microsecond(connection: fakeredis.FakeRedis) -> None:
-    clock = Clock(1_776_543_210.1234567)  # real-looking epoch times with sub-microsecond digits
+    clock = FakeClock(1_776_543_210.1234567)  # real-looking epoch times with sub-microsecond digits
     registry = CommandRegistry(connection, TTL, clock=clock)
     command = new(registry)
     times = [round(clock.now, 6)]
@@ -400,7 +389,7 @@ def test_completion_drops_the_per_product_progress(registry: CommandRegistry, co
 
 
 def test_indexes_are_pruned_once_per_interval_not_on_every_insert(
-    registry: CommandRegistry, connection: fakeredis.FakeRedis, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    registry: CommandRegistry, connection: fakeredis.FakeRedis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = keys.user_commands("astro@example.org")
     first = new(registry)  # the process's first insert into the index prunes it

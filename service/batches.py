@@ -15,7 +15,7 @@ from flask.views import MethodView
 from werkzeug.exceptions import Conflict, NotFound
 
 from ukcancel import lifecycle, submission
-from ukcancel.batch import BATCH_COMPLETED, EXPANDING, FAILED, RUNNING, Batch, estimate_seconds
+from ukcancel.batch import EXPANDING, Batch, BatchState, estimate_seconds
 from ukcancel.fleet import OPEN
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.batch_schemas import (
@@ -65,7 +65,7 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
     progress = rt.batches.progress(batch.id)
     state = rt.batches.state_of(batch, progress)
     eta = None
-    if state == RUNNING:
+    if state == BatchState.RUNNING:
         gate = rt.gate
         breaker = gate.breaker_state()
         blocked_for = max(gate.paused_for(), float(breaker["retry_in"]) if breaker["state"] == OPEN else 0.0)
@@ -84,7 +84,7 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
         "total": batch.total,
         "counts": progress.counts,
         "results": progress.results,
-        "done_fraction": round(progress.terminal / batch.total, 4) if batch.total else (1.0 if state == BATCH_COMPLETED else 0.0),
+        "done_fraction": round(progress.terminal / batch.total, 4) if batch.total else (1.0 if state == BatchState.COMPLETED else 0.0),
         "eta_seconds": eta,
         "items": items,
         "next_cursor": str(following) if following < batch.total else None,
@@ -111,7 +111,7 @@ class Batches(MethodView):
             batch = submission.start_expansion(get_runtime(), Batch(user_id, caller.token_name, state=EXPANDING))
         else:
             commands = [submission.new_command(caller, {**item, "user_id": user_id}) for item in request_data["items"]]
-            batch = submission.enqueue_batch(get_runtime(), Batch(user_id, caller.token_name, state=RUNNING), commands)
+            batch = submission.enqueue_batch(get_runtime(), Batch(user_id, caller.token_name, state=BatchState.RUNNING), commands)
         location = url_for("batches.BatchResource", batch_id=batch.id)
         require_replicas(
             f"Batch {batch.id}",
@@ -129,7 +129,7 @@ class BatchResource(MethodView):
         """A batch's progress, ETA and a page of its items. `?wait=N` waits up to N s for every item to end."""
         batch = visible_batch(batch_id, principal())
         wait = min(query["wait"], get_runtime().settings.max_wait_seconds)
-        if wait and batch.state != FAILED:
+        if wait and batch.state != BatchState.FAILED:
             get_runtime().batches.wait_done(batch_id, wait)
             batch = get_runtime().batches.get(batch_id) or batch
         return batch_view(batch, query["cursor"], query["limit"])

@@ -13,7 +13,7 @@ from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from werkzeug.exceptions import Conflict, NotFound, UnprocessableEntity
 
-from ukcancel import keys, lifecycle, submission
+from ukcancel import lifecycle, submission
 from ukcancel.command import QUEUED, CancelCommand
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.schemas import CancellationRequestSchema, CancellationSchema, submission_policy
@@ -59,6 +59,14 @@ def under_submission_policy(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def listing_scope(caller: Principal, user_id: str | None) -> str | None:
+    """Whose commands a listing shows: an admin's without `user_id` every user's (None), else the
+    user's the caller may act for (403 for another's, unless admin)."""
+    if caller.admin and user_id is None:
+        return None
+    return caller.acting_for(user_id)
+
+
 def body_digest() -> str:
     """SHA-256 of the JSON body in canonical form: key order and spacing do not make a different body."""
     canonical = json.dumps(request.get_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -77,18 +85,14 @@ class Cancellations(MethodView):
         than `limit` items before the end. An admin token lists every user's commands unless
         `user_id` names one.
         """
-        caller = principal()
-        if caller.admin and query.get("user_id") is None:
-            index = keys.ALL_COMMANDS
-        else:
-            index = keys.user_commands(caller.acting_for(query.get("user_id")))
+        whose = listing_scope(principal(), query.get("user_id"))
         created_after = query.get("created_after")
         where = CommandFilter(
             state=query.get("state"),
             job_id=query.get("job_id"),
             created_after=created_after.timestamp() if created_after is not None else None,
         )
-        page = CommandListing(get_runtime().registry).page(index, where, query.get("cursor"), query["limit"])
+        page = CommandListing(get_runtime().registry).page_of(whose, where, query.get("cursor"), query["limit"])
         return {"items": page.items, "next_cursor": page.next_cursor}
 
     @under_submission_policy
@@ -114,7 +118,7 @@ class Cancellations(MethodView):
         caller = principal()
         get_quotas().check_commands(caller.acting_for(request_data.get("user_id")))
         key = headers["idempotency_key"]
-        reservation = submission.Reservation(keys.idempotency(caller.token_name, key), body_digest()) if key else None
+        reservation = submission.Reservation.idempotency_key(caller.token_name, key, body_digest()) if key else None
         try:
             submitted = submission.submit(get_runtime(), caller, request_data, reservation)
         except submission.ReservationMismatch as exc:

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import time
@@ -46,23 +45,23 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import Conflict, HTTPException, NotFound, ServiceUnavailable
 from wtforms.validators import ValidationError as WtfValidationError
 
-from ukcancel import keys, lifecycle, plans, presence
-from ukcancel.batch import EXPANDING, FAILED
+from ukcancel import lifecycle, plans, presence
+from ukcancel.batch import EXPANDING, BatchState
 from ukcancel.command import TERMINAL
 from ukcancel.dispatch import DispatchError
-from ukcancel.fleet import live_workers
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.plans import COMPUTING, Plan
 from ukcancel.quota import QuotaExceeded
 from ukcancel.schemas import CancellationSchema
 from ukcancel.service.batches import batch_view, visible_batch
-from ukcancel.service.cancellations import visible_command
+from ukcancel.service.cancellations import listing_scope, visible_command
 from ukcancel.service.job_schemas import JobFilterSchema, PlanRequestSchema
 from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, selection_of, visible_plan
 from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.service.schemas import CancellationListQuerySchema
+from ukcancel.sessions import ConsoleSessions
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
-from ukcancel.store import as_text
+from ukcancel.stream import recent_dead_letters
 from ukcancel.token import NotPermitted, Principal, TokenError, digest
 
 blp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
@@ -98,7 +97,7 @@ def signed_in() -> Principal | None:
     if not isinstance(held, dict):
         return None
     session_id = str(held.get("sid", ""))
-    if not session_id or not get_runtime().connection.exists(keys.console_session(session_id)):
+    if not session_id or not sessions().is_open(session_id):
         return None  # signed out (or expired) on the server: the cookie alone is not enough
     record = get_runtime().tokens.by_digest(str(held.get("digest", "")))
     if record is None or record.name != held.get("name"):
@@ -127,6 +126,10 @@ def guard() -> Response | None:
 
 def user() -> Principal:
     return g.console_user
+
+
+def sessions() -> ConsoleSessions:
+    return ConsoleSessions(get_runtime().connection)
 
 
 def require_admin() -> None:
@@ -270,8 +273,7 @@ def signin() -> Any:
             session_id = secrets.token_urlsafe(24)
             from flask import current_app
 
-            get_runtime().connection.set(keys.console_session(session_id), record.name,
-                                         ex=int(current_app.config["CONSOLE_SESSION_SECONDS"]))
+            sessions().open(session_id, record.name, int(current_app.config["CONSOLE_SESSION_SECONDS"]))
             session.permanent = True
             session[SESSION_KEY] = {"name": record.name, "digest": digest(token), "at": time.time(), "sid": session_id}
             landing = url_for("console.home" if record.admin else "console.jobs")
@@ -283,7 +285,7 @@ def end_server_session() -> None:
     """Delete this cookie's session record: the cookie (and any copy of it) is signed out for good."""
     held = session.get(SESSION_KEY)
     if isinstance(held, dict) and held.get("sid"):
-        get_runtime().connection.delete(keys.console_session(str(held["sid"])))
+        sessions().close(str(held["sid"]))
 
 
 @blp.route("/signout", methods=["POST"])
@@ -400,15 +402,11 @@ def commands() -> Any:
         query = CancellationListQuerySchema().load(raw)
     except ValidationError as exc:
         return render_template("console/commands.html", raw=raw, page=None, errors=problems(exc)), 422
-    caller = user()
-    if caller.admin and query.get("user_id") is None:
-        index = keys.ALL_COMMANDS
-    else:
-        index = keys.user_commands(caller.acting_for(query.get("user_id")))
+    whose = listing_scope(user(), query.get("user_id"))
     created_after = query.get("created_after")
     where = CommandFilter(state=query.get("state"), job_id=query.get("job_id"),
                           created_after=created_after.timestamp() if created_after is not None else None)
-    page = CommandListing(get_runtime().registry).page(index, where, query.get("cursor"), query["limit"])
+    page = CommandListing(get_runtime().registry).page_of(whose, where, query.get("cursor"), query["limit"])
     items = [CancellationSchema().dump(c) for c in page.items]
     return render_template("console/commands.html", raw=raw, page={"items": items, "next_cursor": page.next_cursor},
                            errors=[])
@@ -455,9 +453,8 @@ def safe_back(target: str | None) -> str | None:
 def batches() -> str:
     rt = get_runtime()
     whose = user().acting_for(request.args.get("user_id") or None) if request.args.get("user_id") else user().user_id
-    ids = [as_text(i) for i in rt.connection.zrevrange(keys.user_batches(whose), 0, 49)]
     rows = []
-    for batch_id in ids:
+    for batch_id in rt.batches.recent_ids(whose, 50):
         found = rt.batches.get(batch_id)
         if found is not None:
             rows.append(batch_view(found, 0, 1))
@@ -473,7 +470,7 @@ def batch(batch_id: str) -> str:
 def batch_live(batch_id: str) -> Response:
     rt = get_runtime()
     found = visible_batch(batch_id, user())
-    if found.state != FAILED:
+    if found.state != BatchState.FAILED:
         rt.batches.wait_done(batch_id, 2)  # progress is worth showing every couple of seconds
         found = rt.batches.get(batch_id) or found
     shown = batch_view(found, 0, 100)
@@ -517,13 +514,7 @@ class TokenFormSchema(Schema):
 
 
 def fleet_state() -> dict[str, Any]:
-    gate = get_runtime().gate
-    limits = gate.limits()
-    breaker = gate.breaker_state()
-    return {"rate_per_second": limits.rate_per_second, "max_in_flight": limits.max_in_flight,
-            "in_flight": gate.in_flight(), "paused_seconds": round(gate.paused_for(), 1),
-            "breaker": breaker["state"], "breaker_failures": breaker["failures"],
-            "breaker_retry_in": round(float(breaker["retry_in"]), 1)}
+    return get_runtime().gate.status()
 
 
 @blp.route("/admin/fleet", methods=["GET", "POST"])
@@ -556,38 +547,26 @@ def resume_fleet() -> Response:
 @blp.route("/admin/workers")
 def workers() -> str:
     require_admin()
-    connection = get_runtime().connection
-    live_now = set(live_workers(connection))
-    rows = [{"name": as_text(name), "heartbeat": score, "live": as_text(name) in live_now}
-            for name, score in connection.zrevrange(keys.WORKERS, 0, -1, withscores=True)]
-    return render_template("console/workers.html", rows=rows, fleet=presence.report(connection))
+    rt = get_runtime()
+    live_now = set(rt.gate.live_workers())
+    rows = [{"name": name, "heartbeat": beat, "live": name in live_now} for name, beat in rt.gate.heartbeats()]
+    return render_template("console/workers.html", rows=rows, fleet=presence.report(rt.connection))
 
 
 @blp.route("/admin/queues")
 def queues() -> str:
     require_admin()
     rt = get_runtime()
-    rows = []
-    for user_id, waiting in sorted(rt.queue.depth().items()):
-        head = rt.connection.lindex(keys.fair_queue(user_id), 0)
-        created = rt.connection.hget(keys.command(as_text(head)), "created_at") if head is not None else None
-        rows.append({"user_id": user_id, "waiting": waiting, "oldest": float(created) if created else None})
-    return render_template("console/queues.html", rows=rows, due=rt.connection.zcard(keys.DUE))
+    oldest = rt.queue.oldest_waiting_by_user()
+    rows = [{"user_id": user_id, "waiting": waiting, "oldest": oldest.get(user_id)}
+            for user_id, waiting in sorted(rt.queue.depth().items())]
+    return render_template("console/queues.html", rows=rows, due=rt.queue.counts().due)
 
 
 @blp.route("/admin/deadletters")
 def deadletters() -> str:
     require_admin()
-    entries = []
-    for entry_id, entry in get_runtime().connection.xrevrange(keys.DEADLETTER_STREAM, count=100):
-        data = {as_text(k): as_text(v) for k, v in entry.items()}
-        try:
-            reason = json.loads(data.get("reason", ""))
-        except ValueError:
-            reason = data.get("reason")
-        entries.append({"id": as_text(entry_id), "reason": reason,
-                        "fields": {k: v for k, v in data.items() if k != "reason"}})
-    return render_template("console/deadletters.html", entries=entries)
+    return render_template("console/deadletters.html", entries=recent_dead_letters(get_runtime().connection, 100))
 
 
 @blp.route("/admin/tokens", methods=["GET", "POST"])

@@ -34,7 +34,7 @@ from ukcancel import keys
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import bearer_record, bearer_token, looked_up, remember_record
 from ukcancel.service.docs import is_docs_path
-from ukcancel.token import digest, record_of, well_formed
+from ukcancel.token import digest, record_key, record_of, well_formed
 
 # Probes and scrapers carry no user token. /metrics is cheap instead (its store gauges are cached,
 # `UKCANCEL_METRICS_CACHE_SECONDS`) and may require `UKCANCEL_METRICS_TOKEN`.
@@ -97,7 +97,7 @@ class OneTripRedisStorage(RedisStorage):
             provisional, token_digest, address = pending
             head, tail = self.prefixed_key(key).split(provisional, 1)
             count, ttl, fields = self.lua_hit_with_token(
-                [keys.token(token_digest)], [token_digest, head, tail, address, expiry, amount]
+                [record_key(token_digest)], [token_digest, head, tail, address, expiry, amount]
             )
             remember_record(record_of(dict(zip(fields[::2], fields[1::2])), token_digest))
         else:

@@ -2,7 +2,12 @@
 
 Real Redis: the server on 127.0.0.1:6379 when it answers (each test that needs one gets a
 database number of its own from 9-15, flushed before and after), otherwise a `redis-server` this
-session starts on a free port (installing Debian's package if the binary is missing).
+session starts on a free port. Fixtures install nothing: without the binary they fail saying
+what is missing (`.ci/run` installs the services).
+
+The one API test client and the one fake clock are in `tests/support.py` (a module, so test
+modules can import them to subclass or annotate); `api_client` and `fake_clock` here hand them out.
+`processes` (child-process helpers) is ops/bench/processes.py, shared with the benchmarks.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from processes import (  # ops/bench/processes.py, on the path by pyproject.toml
     wait_for_workers,
     wait_until,
 )
+from support import ApiClient, FakeClock  # tests/support.py
 
+from ukcancel.runtime import Runtime
 from ukcancel.simulator import SimulatorServer, SimulatorState
 
 REDIS_DATABASES = range(9, 16)
@@ -81,9 +88,9 @@ def redis_server() -> Iterator[str]:
         yield "redis://127.0.0.1:6379"
         return
     binary = shutil.which("redis-server")
-    if binary is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True, capture_output=True)
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if binary is None:  # fixtures install nothing: .ci/run installs the services the tests need
+        pytest.fail("No Redis answers on 127.0.0.1:6379 and redis-server is not installed: start Redis "
+                    "there, or install redis-server (.ci/run does both).", pytrace=False)
     port = free_port()
     process = subprocess.Popen(redis_server_argv(binary, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}"
@@ -103,10 +110,11 @@ def _port_open(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> str:
-    """The AMQP URL of the RabbitMQ on 127.0.0.1:5672, started (or installed) when it is not running."""
+    """The AMQP URL of the RabbitMQ on 127.0.0.1:5672, started when it is installed but not running."""
     if not _port_open(5672):
-        if shutil.which("rabbitmq-server") is None:
-            subprocess.run(["apt-get", "install", "-y", "-q", "rabbitmq-server"], check=True, capture_output=True)
+        if shutil.which("rabbitmq-server") is None:  # fixtures install nothing: .ci/run does
+            pytest.fail("No RabbitMQ answers on 127.0.0.1:5672 and rabbitmq-server is not installed: start "
+                        "RabbitMQ there, or install rabbitmq-server (.ci/run does both).", pytrace=False)
         subprocess.run(["rabbitmq-server", "-detached"], check=True, capture_output=True)
         deadline = time.monotonic() + 90
         while not _port_open(5672):
@@ -244,3 +252,17 @@ def worker_env(redis_url: str, simulator: SimulatorServer, **extra: str) -> dict
 @pytest.fixture
 def make_worker_env() -> Callable[..., dict[str, str]]:
     return worker_env
+
+
+# -- the shared test client and clock (tests/support.py) --------------------------------------------
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """Time that moves only when the test says so."""
+    return FakeClock()
+
+
+@pytest.fixture
+def api_client() -> Callable[[Runtime], ApiClient]:
+    """Makes the API test client over a runtime: ``api_client(runtime).get("/v1/jobs")``."""
+    return ApiClient
+

@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -41,9 +42,21 @@ from ukcancel.events import EventListener
 from ukcancel.outcome import result_status, withdrawn_tuple
 from ukcancel.store import as_text, as_text_dict
 
-EXPANDING, RUNNING, FAILED = "expanding", "running", "failed"
-BATCH_COMPLETED = "completed"  # reported, never stored: every item is terminal
-BATCH_STATES = (EXPANDING, RUNNING, BATCH_COMPLETED, FAILED)
+
+class BatchState(StrEnum):
+    """A batch's state, as its record stores it and the API shows it (the values never change).
+
+    Not a command's state (`ukcancel.command.CommandState`): a batch is running while any of its
+    items is not terminal, whatever state each item is in."""
+
+    EXPANDING = "expanding"  # an `all_active` batch whose items a worker is still finding
+    RUNNING = "running"
+    COMPLETED = "completed"  # reported, never stored: every item is terminal
+    FAILED = "failed"  # the expansion failed
+
+
+EXPANDING = BatchState.EXPANDING
+BATCH_STATES = tuple(state.value for state in BatchState)
 RESULT_STATUSES = ("-1", "0", "1", "2")
 # Published on the batch's channel when an expansion ends (items publish their terminal state).
 EXPANDED = "expanded"
@@ -100,7 +113,7 @@ class Batch:
 
     user_id: str
     submitted_by: str | None = None
-    state: str = RUNNING
+    state: str = BatchState.RUNNING
     total: int = 0
     id: str = field(default_factory=new_batch_id)
     created_at: float = 0.0
@@ -227,7 +240,7 @@ class BatchRegistry:
         for command in commands:
             command.batch_id = batch_id
         self._append_items(batch_id, [command.id for command in commands], pipeline)
-        pipeline.hset(keys.batch(batch_id), mapping={"state": RUNNING, "total": str(len(commands))})
+        pipeline.hset(keys.batch(batch_id), mapping={"state": BatchState.RUNNING, "total": str(len(commands))})
         pipeline.hdel(keys.batch(batch_id), "jobs", "found")
         pipeline.zrem(keys.EXPANDING_BATCHES, batch_id)
         pipeline.publish(keys.batch_events(batch_id), EXPANDED)
@@ -235,10 +248,10 @@ class BatchRegistry:
     def fail(self, batch_id: str, error: str) -> None:
         """An expansion that cannot finish: the batch fails with no items."""
         pipe = self.connection.pipeline(transaction=True)
-        pipe.hset(keys.batch(batch_id), mapping={"state": FAILED, "error": error})
+        pipe.hset(keys.batch(batch_id), mapping={"state": BatchState.FAILED, "error": error})
         pipe.hdel(keys.batch(batch_id), "jobs", "found")
         pipe.zrem(keys.EXPANDING_BATCHES, batch_id)
-        pipe.publish(keys.batch_events(batch_id), FAILED)
+        pipe.publish(keys.batch_events(batch_id), BatchState.FAILED)
         pipe.execute()
 
     def withdraw_queued(self, batch_id: str, registry: CommandRegistry) -> list[str]:
@@ -290,6 +303,10 @@ class BatchRegistry:
         return [as_text(b) for b in self.connection.zrangebyscore(keys.EXPANDING_BATCHES, "-inf", repr(self.clock()))]
 
     # -- reading ------------------------------------------------------------------------------
+    def recent_ids(self, user_id: str, count: int = 50) -> list[str]:
+        """The ids of `user_id`'s newest batches, newest first, at most `count`."""
+        return [as_text(i) for i in self.connection.zrevrange(keys.user_batches(user_id), 0, count - 1)]
+
     def get(self, batch_id: str) -> Batch | None:
         raw = self.connection.hgetall(keys.batch(batch_id))
         return Batch.from_hash(raw) if raw else None
@@ -349,13 +366,13 @@ class BatchRegistry:
 
     def state_of(self, batch: Batch, progress: BatchProgress) -> str:
         """The state to report: a running batch whose items are all terminal is completed."""
-        if batch.state == RUNNING and progress.outstanding == 0:
-            return BATCH_COMPLETED
+        if batch.state == BatchState.RUNNING and progress.outstanding == 0:
+            return BatchState.COMPLETED
         return batch.state
 
     def _outstanding(self, batch: Batch | None) -> float:
         """Items still to finish; infinite while expanding, 0 for a failed or vanished batch."""
-        if batch is None or batch.state == FAILED:
+        if batch is None or batch.state == BatchState.FAILED:
             return 0
         if batch.state == EXPANDING:
             return math.inf

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,9 +55,21 @@ TOLERANCE_SECONDS = 300  # the Standard Webhooks default, which `standardwebhook
 
 InvalidCallback = WebhookVerificationError
 
-DELIVERED, REFUSED, FAILED, PENDING = "delivered", "refused", "failed", "pending"
-OUTCOMES = (PENDING, DELIVERED, REFUSED, FAILED)
-SETTLED = frozenset({DELIVERED, REFUSED, FAILED})  # out of the outbox for good
+
+
+class CallbackOutcome(StrEnum):
+    """Where a command's callback stands, as its record stores it and the API shows it (the values
+    never change)."""
+
+    PENDING = "pending"  # in the outbox, to be sent (again)
+    DELIVERED = "delivered"
+    REFUSED = "refused"  # not sent: the host is not allowed, or the token was revoked
+    FAILED = "failed"  # sent, and given up on
+
+
+DELIVERED, REFUSED, PENDING = CallbackOutcome.DELIVERED, CallbackOutcome.REFUSED, CallbackOutcome.PENDING
+OUTCOMES = tuple(outcome.value for outcome in CallbackOutcome)
+SETTLED = frozenset({DELIVERED, REFUSED, CallbackOutcome.FAILED})  # out of the outbox for good
 
 
 def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:

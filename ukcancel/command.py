@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -27,11 +28,26 @@ from ukcancel import keys
 from ukcancel.events import EventListener
 from ukcancel.store import as_text, as_text_dict
 
-QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED = "queued", "running", "retrying", "completed", "aborted"
-STATES = (QUEUED, RUNNING, RETRYING, COMPLETED, ABORTED)
+
+class CommandState(StrEnum):
+    """A command's state, as its record stores it and the API shows it (the values never change).
+
+    Not a batch's state (`ukcancel.batch.BatchState`): a batch is running while any item is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"  # a run holds its lease (a UKSSDC call may be under way)
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+QUEUED, RETRYING, COMPLETED, ABORTED = (
+    CommandState.QUEUED, CommandState.RETRYING, CommandState.COMPLETED, CommandState.ABORTED
+)
+STATES = tuple(state.value for state in CommandState)
 TERMINAL = frozenset({COMPLETED, ABORTED})
-ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
-ACTIVE_STATES = (QUEUED, RUNNING, RETRYING)  # in order, for a transition's allowed states
+ACTIVE = frozenset({QUEUED, CommandState.RUNNING, RETRYING})
+ACTIVE_STATES = (QUEUED, CommandState.RUNNING, RETRYING)  # in order, for a transition's allowed states
 
 Clock = Callable[[], float]
 RESULTS_MAXLEN = 100_000  # ~ entries kept in ``ukcancel:results``
@@ -47,7 +63,7 @@ PRUNE_MEMORY = 10_000
 # creation). About 20 bytes where JSON took 130, so a typical record keeps every value under
 # Redis's `hash-max-listpack-value` (64) and stays a compact listpack. Times are kept to the
 # microsecond (the registry's clock is rounded to it), so the offsets restore them exactly.
-HISTORY_CODES = {QUEUED: "q", RUNNING: "r", RETRYING: "t", COMPLETED: "c", ABORTED: "a"}
+HISTORY_CODES = {QUEUED: "q", CommandState.RUNNING: "r", RETRYING: "t", COMPLETED: "c", ABORTED: "a"}
 _HISTORY_STATES = {code: state for state, code in HISTORY_CODES.items()}
 
 
@@ -424,12 +440,13 @@ class CommandRegistry:
         when it sends its first (`record_progress(count_attempt=True)`), so work the fleet could
         not serve uses up none of the command's budget.
         """
-        return self.transition(command_id, RUNNING, (QUEUED, RETRYING, RUNNING), fields={"next_attempt_at": None})
+        running = CommandState.RUNNING
+        return self.transition(command_id, running, (QUEUED, RETRYING, running), fields={"next_attempt_at": None})
 
     def mark_retrying(self, command_id: str, error: str, next_attempt_at: float | None = None) -> Transition:
         """running -> retrying, due again at `next_attempt_at` (epoch seconds)."""
         return self.transition(
-            command_id, RETRYING, (RUNNING,), fields={"last_error": error, "next_attempt_at": next_attempt_at}
+            command_id, RETRYING, (CommandState.RUNNING,), fields={"last_error": error, "next_attempt_at": next_attempt_at}
         )
 
     def complete(
@@ -462,14 +479,14 @@ class CommandRegistry:
         return bool(self._progress(keys=[keys.command(command_id), keys.LEASE_HOLDERS], args=args))
 
     # -- reading ------------------------------------------------------------------------------
+    def callback_url(self, command_id: str) -> str | None:
+        """The command's callback URL (None: no callback, or no such command), without reading the rest."""
+        url = self.connection.hget(keys.command(command_id), "callback_url")
+        return as_text(url) if url else None
+
     def get(self, command_id: str) -> CancelCommand | None:
         raw = self.connection.hgetall(keys.command(command_id))
         return CancelCommand.from_hash(raw, command_id) if raw else None
-
-    def callback_url(self, command_id: str) -> str | None:
-        """The command's callback URL alone (one HGET); None when it has none or is gone."""
-        url = self.connection.hget(keys.command(command_id), "callback_url")
-        return as_text(url) if url else None
 
     def state_of(self, command_id: str) -> str | None:
         """The command's state alone (one HGET); None when there is no such command."""

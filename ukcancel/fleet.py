@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -376,6 +377,24 @@ class FleetGate:
     def in_flight(self) -> int:
         return int(self.connection.zcount(keys.FLEET_INFLIGHT, repr(self.clock()), "+inf"))
 
+    def heartbeats(self) -> list[tuple[str, float]]:
+        """Every worker that sent a heartbeat and was not forgotten, latest first (`worker_heartbeats`)."""
+        return worker_heartbeats(self.connection)
+
+    def status(self) -> dict[str, Any]:
+        """The fleet's limits and state as `ukcancel fleet --json` and the console show them."""
+        limits = self.limits()
+        breaker = self.breaker_state()
+        return {
+            "rate_per_second": limits.rate_per_second,
+            "max_in_flight": limits.max_in_flight,
+            "in_flight": self.in_flight(),
+            "paused_seconds": round(self.paused_for(), 1),
+            "breaker": breaker["state"],
+            "breaker_failures": breaker["failures"],
+            "breaker_retry_in_seconds": round(float(breaker["retry_in"]), 1),
+        }
+
     def resume(self) -> float:
         """Lift a fleet pause at once (an operator overruling a Retry-After); the seconds it had left."""
         left = self.paused_for()
@@ -390,6 +409,11 @@ def record_heartbeat(connection: redis.Redis, name: str, now: float | None = Non
 
 def forget_worker(connection: redis.Redis, name: str) -> None:
     connection.zrem(keys.WORKERS, name)
+
+
+def worker_heartbeats(connection: redis.Redis) -> list[tuple[str, float]]:
+    """(worker name, epoch seconds of its last heartbeat), latest first, live or not."""
+    return [(as_text(name), float(score)) for name, score in connection.zrevrange(keys.WORKERS, 0, -1, withscores=True)]
 
 
 def live_workers(connection: redis.Redis, now: float | None = None) -> list[str]:

@@ -259,11 +259,21 @@ class Listing:
         return next((job for job in self.jobs if job.job_id == job_id), None)
 
 
+# KEYS[1] a user's listing lease   ARGV[1] its holder
+# Deletes the lease only if this holder still has it (it may have expired and been taken since).
+_RELEASE_LISTING = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+LISTED = "listed"  # published on the user's jobs channel when a listing lease ends
+
+
 class JobCache:
     """The cached jobs of each user and the refresh requests.
 
     Redis keys owned (see `ukcancel.keys`): ``ukcancel:jobs:{user}``, ``ukcancel:jobs:{user}:job:{id}``,
-    ``ukcancel:jobs:{user}:refresh`` and the channel ``ukcancel:events:jobs:{user}``.
+    ``ukcancel:jobs:{user}:refresh``, ``ukcancel:jobs:{user}:listing`` (the lease of the one worker
+    asking the UKSSDC for a user's listing) and the channel ``ukcancel:events:jobs:{user}``.
     """
 
     def __init__(
@@ -275,6 +285,24 @@ class JobCache:
         self.events = events if events is not None else EventListener(connection)
         # Listings parsed by this process, by user: (listed_at, error, refused as stored, the listing).
         self._parsed: dict[str, tuple[tuple[Any, ...], Listing]] = {}
+        self._release_listing = connection.register_script(_RELEASE_LISTING)
+
+    # -- the one worker asking for a user's listing (single flight) ------------------------------
+    def take_listing_lease(self, user_id: str, holder: str, seconds: float) -> bool:
+        """`holder` is the one to ask the UKSSDC for the user's listing, for `seconds` at most."""
+        return bool(self.connection.set(keys.jobs_listing(user_id), holder, nx=True, ex=max(1, round(seconds))))
+
+    def release_listing_lease(self, user_id: str, holder: str) -> None:
+        """`holder` is done (its listing saved, or given up): tell the workers waiting for it."""
+        self._release_listing(keys=[keys.jobs_listing(user_id)], args=[holder])
+        self.connection.publish(keys.jobs_events(user_id), LISTED)
+
+    def listing_lease_held(self, user_id: str) -> bool:
+        return bool(self.connection.exists(keys.jobs_listing(user_id)))
+
+    def watching_jobs(self, user_id: str) -> Any:
+        """The user's jobs channel, watched (a context manager giving a waiter; see `EventListener`)."""
+        return self.events.watching(keys.jobs_events(user_id))
 
     # -- reading ------------------------------------------------------------------------------
     def current_listing(self, user_id: str) -> Listing | None:

@@ -121,7 +121,7 @@ same transaction as the command, expiring `result_ttl_seconds` after it.
 Quotas (`ukcancel.quota.Quotas`; the other quotas read the keys above)
     ``ukcancel:polls:{user_id}``          string with expiry, long polls the user holds now.
 
-The web console (`ukcancel.service.console`)
+The web console's sessions (`ukcancel.sessions.ConsoleSessions`, for `ukcancel.service.console`)
     ``ukcancel:console:session:{id}``     string with expiry (`console_session_seconds`), the token
                                           name of a signed-in console session; the session cookie
                                           names the id. Sign-out deletes it, which ends every copy

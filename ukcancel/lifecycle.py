@@ -9,14 +9,26 @@ per command whoever races, and no crash after the transition can lose it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ukcancel import metrics
 from ukcancel.command import CancelCommand, Transition
 from ukcancel.queue import CancelQueue
 
 if TYPE_CHECKING:
-    from ukcancel.runtime import Runtime
+    from ukcancel.batch import BatchRegistry
+    from ukcancel.command import CommandRegistry
+
+
+class WithdrawParts(Protocol):
+    """What a withdrawal needs of a process's objects (a `ukcancel.runtime.Runtime` has them all)."""
+
+    @property
+    def registry(self) -> CommandRegistry: ...
+    @property
+    def queue(self) -> CancelQueue: ...
+    @property
+    def batches(self) -> BatchRegistry: ...
 
 
 def finish(
@@ -36,7 +48,7 @@ def finish(
     return done
 
 
-def withdraw(runtime: Runtime, command: CancelCommand) -> Transition:
+def withdraw(runtime: WithdrawParts, command: CancelCommand) -> Transition:
     """Withdraw a command no worker has started: aborted and out of its user's line.
 
     Refused (`moved` false) once a worker has started it.
@@ -47,6 +59,6 @@ def withdraw(runtime: Runtime, command: CancelCommand) -> Transition:
     return outcome
 
 
-def withdraw_batch(runtime: Runtime, batch_id: str) -> list[str]:
+def withdraw_batch(runtime: WithdrawParts, batch_id: str) -> list[str]:
     """Withdraw every item of a batch that no worker has started, in one step; the ids withdrawn."""
     return runtime.batches.withdraw_queued(batch_id, runtime.registry)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
+from ukcancel import keys
 from ukcancel.command import CancelCommand, CommandRegistry
 from ukcancel.store import as_text
 
@@ -87,6 +88,11 @@ class CommandListing:
         self.registry = registry
         self.connection: redis.Redis = registry.connection
         self.scan_budget = scan_budget
+
+    def page_of(self, user_id: str | None, where: CommandFilter, after: Position | None, limit: int) -> Page:
+        """A page of `user_id`'s commands, or of every user's when `user_id` is None."""
+        index = keys.ALL_COMMANDS if user_id is None else keys.user_commands(user_id)
+        return self.page(index, where, after, limit)
 
     def page(self, index: str, where: CommandFilter, after: Position | None, limit: int) -> Page:
         items: list[CancelCommand] = []

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -45,7 +45,7 @@ from ukcancel.outcome import result_status
 from ukcancel.store import as_text
 
 if TYPE_CHECKING:
-    from ukcancel.runtime import Runtime
+    from ukcancel.queue import CancelQueue
     from ukcancel.settings import Settings
 
 UKSSDC_CALLS = Counter(
@@ -116,6 +116,29 @@ def count_result(result: list[Any]) -> None:
     RESULTS.labels(str(result[0])).inc()
 
 
+class GateReadings(Protocol):
+    """The fleet gate's state a scrape reads (`ukcancel.fleet.FleetGate`, which imports this module)."""
+
+    def live_workers(self) -> list[str]: ...
+    def breaker_state(self) -> dict[str, Any]: ...
+    def in_flight(self) -> int: ...
+    def paused_for(self) -> float: ...
+    def limits(self) -> Any: ...
+
+
+class StoreParts(Protocol):
+    """What a scrape reads of a process's objects (a `ukcancel.runtime.Runtime` has them all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def connection(self) -> Any: ...
+    @property
+    def queue(self) -> CancelQueue: ...
+    @property
+    def gate(self) -> GateReadings: ...
+
+
 class StoreCollector(Collector):
     """Gauges read from Redis: commands by state, queue depth, the fleet's state.
 
@@ -123,7 +146,7 @@ class StoreCollector(Collector):
     scrape rate does not multiply the store's work; `clock` is injectable for tests.
     """
 
-    def __init__(self, runtime: Runtime, cache_seconds: float | None = None,
+    def __init__(self, runtime: StoreParts, cache_seconds: float | None = None,
                  clock: Any = time.monotonic) -> None:
         self.runtime = runtime
         self.cache_seconds = runtime.settings.metrics_cache_seconds if cache_seconds is None else cache_seconds
@@ -286,7 +309,7 @@ def process_registry(settings: Settings) -> CollectorRegistry:
     return registry
 
 
-def scrape_registry(runtime: Runtime) -> CollectorRegistry:
+def scrape_registry(runtime: StoreParts) -> CollectorRegistry:
     """The registry one API process answers `/metrics` from: the processes' counters and the store's gauges."""
     registry = process_registry(runtime.settings)
     registry.register(StoreCollector(runtime))

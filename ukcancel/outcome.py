@@ -21,19 +21,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ukcancel.codes import ACTIVE_STATES as ACTIVE_STATES  # re-exported: its readers import it from here
+from ukcancel.codes import CancelCode, ProductState
 from ukcancel.products import SHORT_TO_LONG
 
-# Product codes of canceljob.php.
-CANCELLED = 0
-NOT_CANCELLED_FINISHED = 1
-NO_RECORD = 2
-NOT_CANCELLED_UNKNOWN = 3
-OUTCOME_UNKNOWN = 4
-PRODUCT_CODES = frozenset({0, 1, 2, 3, 4})
-
-# Product states of checkProductStatus.php that mean "still going to be built".
-ACTIVE_STATES = frozenset({1, 2, 3, 5})
-CANCELLED_BY_USER = -4
+# The UKSSDC's codes live in `ukcancel.codes`; these names are the ones the worker reads.
+CANCELLED = CancelCode.CANCELLED
+NOT_CANCELLED_FINISHED = CancelCode.NOT_CANCELLED_FINISHED
+NO_RECORD = CancelCode.NO_RECORD
+NOT_CANCELLED_UNKNOWN = CancelCode.NOT_CANCELLED_UNKNOWN
+OUTCOME_UNKNOWN = CancelCode.OUTCOME_UNKNOWN
+PRODUCT_CODES = frozenset(CancelCode)
+CANCELLED_BY_USER = ProductState.CANCELLED_BY_USER
 
 CONFIRMED_CANCELLED_TEXT = "Job cancelled OK (confirmed by a status check)"
 CONFIRMED_FINISHED_TEXT = "Job could not be cancelled - it has already finished (confirmed by a status check)"

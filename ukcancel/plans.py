@@ -18,23 +18,34 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from ukcancel import keys, submission
-from ukcancel.batch import RUNNING, Batch, new_batch_id
+from ukcancel.batch import Batch, BatchState, new_batch_id
+from ukcancel.codes import ACTIVE_STATES
 from ukcancel.command import CancelCommand
 from ukcancel.events import EventListener
 from ukcancel.jobs import JobSelection, JobView
-from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.store import as_text, as_text_dict
 
 if TYPE_CHECKING:
-    from ukcancel.runtime import Runtime
+    from ukcancel.jobs import JobCache
 
-COMPUTING, READY, FAILED = "computing", "ready", "failed"
-PLAN_STATES = (COMPUTING, READY, FAILED)
+
+
+class PlanState(StrEnum):
+    """A plan's state, as its record stores it and the API shows it (the values never change)."""
+
+    COMPUTING = "computing"
+    READY = "ready"
+    FAILED = "failed"  # the jobs could not be listed
+
+
+COMPUTING, READY = PlanState.COMPUTING, PlanState.READY
+PLAN_STATES = tuple(state.value for state in PlanState)
 Clock = Callable[[], float]
 
 # KEYS[1] plan   ARGV[1] JSON object of fields to set
@@ -180,7 +191,7 @@ class PlanRegistry:
         """Compute a waiting plan from `views` (or fail it with `error`); False if it was settled before."""
         now = self.clock()
         if error is not None:
-            fields = {"state": FAILED, "error": error, "computed_at": repr(now)}
+            fields = {"state": PlanState.FAILED, "error": error, "computed_at": repr(now)}
         else:
             pairs, left_out = compute(plan.selection, views or [])
             fields = {"state": READY, "pairs": json.dumps(pairs), "left_out": json.dumps(left_out),
@@ -225,7 +236,16 @@ class PlanRegistry:
 
 
 # -- the flows, shared by the API and the worker ---------------------------------------------------
-def settle_waiting(runtime: Runtime, user_id: str, error: str | None = None) -> int:
+class PlanParts(submission.SubmissionParts, Protocol):
+    """What the plan flows need of a process's objects (a `ukcancel.runtime.Runtime` has them all)."""
+
+    @property
+    def plans(self) -> PlanRegistry: ...
+    @property
+    def jobs(self) -> JobCache: ...
+
+
+def settle_waiting(runtime: PlanParts, user_id: str, error: str | None = None) -> int:
     """After a refresh of `user_id`'s jobs: compute (or fail) every plan waiting for it."""
     waiting = runtime.plans.waiting(user_id)
     if not waiting:
@@ -241,7 +261,7 @@ def settle_waiting(runtime: Runtime, user_id: str, error: str | None = None) -> 
     return settled
 
 
-def start(runtime: Runtime, plan: Plan) -> Plan:
+def start(runtime: PlanParts, plan: Plan) -> Plan:
     """Store a new plan and have it computed: now, if the user's cache is fresh; else after a refresh.
 
     Raises `ukcancel.dispatch.DispatchError` when no refresh can be sent (the plan is then failed).
@@ -251,7 +271,7 @@ def start(runtime: Runtime, plan: Plan) -> Plan:
     return runtime.plans.get(plan.id) or plan
 
 
-def ensure_progress(runtime: Runtime, plan: Plan) -> None:
+def ensure_progress(runtime: PlanParts, plan: Plan) -> None:
     """A computing plan is computed from a fresh cache, or a refresh is under way that will compute it.
 
     The plan is in the waiting set before a refresh is looked for, and a refresh ends by clearing
@@ -273,7 +293,7 @@ def ensure_progress(runtime: Runtime, plan: Plan) -> None:
         raise
 
 
-def apply(runtime: Runtime, plan: Plan, submitted_by: str | None) -> tuple[str, bool]:
+def apply(runtime: PlanParts, plan: Plan, submitted_by: str | None) -> tuple[str, bool]:
     """Make the plan's batch; (batch id, created). Applying again returns the same batch, not created.
 
     Raises `PlanNotReady`, `PlanExpired` and `NothingToApply`. The plan names its batch in the
@@ -298,7 +318,7 @@ def apply(runtime: Runtime, plan: Plan, submitted_by: str | None) -> tuple[str, 
             named = runtime.plans.claim_batch(plan.id, batch_id, pipe)
             if named is not None:  # a concurrent apply made the plan's batch first
                 return named, False
-            batch = Batch(plan.user_id, submitted_by, state=RUNNING, id=batch_id)
+            batch = Batch(plan.user_id, submitted_by, state=BatchState.RUNNING, id=batch_id)
             try:
                 submission.enqueue_batch(runtime, batch, commands, pipe)
             except redis.WatchError:

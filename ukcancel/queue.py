@@ -61,10 +61,10 @@ from ukcancel.command import (
     COMPLETED,
     QUEUED,
     RETRYING,
-    RUNNING,
     TRANSITION_LUA,
     CancelCommand,
     CommandRegistry,
+    CommandState,
     Transition,
     completion_fields,
 )
@@ -238,6 +238,11 @@ class ScheduleCounts:
     waiting_turns: int = 0  # turns that arrived and wait for a permit (they will claim)
 
     @property
+    def due(self) -> int:
+        """Every command on the due list, whenever it falls due."""
+        return self.due_now + self.due_later
+
+    @property
     def runnable(self) -> int:
         """Commands a turn could claim right now."""
         return self.waiting + self.due_now + self.expired_leases
@@ -399,13 +404,13 @@ class CancelQueue:
     def start(self, command_id: str, holder: str) -> Transition:
         """queued/retrying (or running, taken over) -> running, while `holder` has the lease."""
         return self._run_step(
-            command_id, holder, "start", "", RUNNING, (QUEUED, RETRYING, RUNNING), {"next_attempt_at": None}
+            command_id, holder, "start", "", CommandState.RUNNING, (QUEUED, RETRYING, CommandState.RUNNING), {"next_attempt_at": None}
         )
 
     def retry_later(self, command_id: str, holder: str, at: float, error: str) -> Transition:
         """running -> retrying, due again at `at` (epoch seconds), ending the lease; one step."""
         return self._run_step(
-            command_id, holder, "retry", repr(at), RETRYING, (RUNNING,), {"last_error": error, "next_attempt_at": at}
+            command_id, holder, "retry", repr(at), RETRYING, (CommandState.RUNNING,), {"last_error": error, "next_attempt_at": at}
         )
 
     def finish(
@@ -472,15 +477,24 @@ class CancelQueue:
 
     def oldest_waiting_since(self) -> float | None:
         """When the oldest command at the head of a user's line was created (None: nothing waits)."""
+        created = [at for at in self.oldest_waiting_by_user().values() if at is not None]
+        return min(created) if created else None
+
+    def oldest_waiting_by_user(self) -> dict[str, float | None]:
+        """Per user with a line: when the command at its head was created (None: the line emptied
+        meanwhile, or the record is gone)."""
         users = [as_text(u) for u in self.connection.lrange(keys.FAIR_USERS, 0, -1)]
         pipe = self.connection.pipeline(transaction=False)
         for user in users:
             pipe.lindex(keys.fair_queue(user), 0)
-        heads = [as_text(head) for head in pipe.execute() if head is not None]
-        for head in heads:
+        heads = [(user, as_text(head)) for user, head in zip(users, pipe.execute()) if head is not None]
+        for _, head in heads:
             pipe.hget(keys.command(head), "created_at")
-        created = [float(value) for value in pipe.execute() if value is not None] if heads else []
-        return min(created) if created else None
+        created = pipe.execute() if heads else []
+        oldest: dict[str, float | None] = dict.fromkeys(users)
+        for (user, _), value in zip(heads, created):
+            oldest[user] = float(value) if value is not None else None
+        return oldest
 
     def due_at(self, command_id: str) -> float | None:
         score = self.connection.zscore(keys.DUE, command_id)

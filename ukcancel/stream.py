@@ -460,6 +460,21 @@ def dead_letter(fields: dict[str, str]) -> dict[str, str]:
     return letter
 
 
+def recent_dead_letters(connection: redis.Redis, count: int = 100) -> list[dict[str, Any]]:
+    """The newest `count` dead letters, newest first: id, reason (its JSON decoded, or the text
+    when it is not JSON) and the entry's other fields."""
+    letters = []
+    for entry_id, entry in connection.xrevrange(keys.DEADLETTER_STREAM, count=count):
+        data = {as_text(k): as_text(v) for k, v in entry.items()}
+        try:
+            reason = json.loads(data.get("reason", ""))
+        except ValueError:
+            reason = data.get("reason")
+        letters.append({"id": as_text(entry_id), "reason": reason,
+                        "fields": {k: v for k, v in data.items() if k != "reason"}})
+    return letters
+
+
 def _messages(messages: Any) -> dict[str, Any]:
     return messages if isinstance(messages, dict) else {"_schema": messages}
 

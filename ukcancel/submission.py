@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
+from ukcancel import keys
 from ukcancel.batch import Batch
 from ukcancel.command import CancelCommand
 from ukcancel.dispatch import DispatchError
@@ -27,7 +28,29 @@ from ukcancel.store import as_text
 from ukcancel.token import Principal
 
 if TYPE_CHECKING:
-    from ukcancel.runtime import Runtime
+    from ukcancel.batch import BatchRegistry
+    from ukcancel.command import CommandRegistry
+    from ukcancel.dispatch import Dispatch
+    from ukcancel.queue import CancelQueue
+    from ukcancel.settings import Settings
+
+
+class SubmissionParts(Protocol):
+    """What submitting needs of a process's objects (a `ukcancel.runtime.Runtime` has them all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def connection(self) -> redis.Redis: ...
+    @property
+    def registry(self) -> CommandRegistry: ...
+    @property
+    def queue(self) -> CancelQueue: ...
+    @property
+    def batches(self) -> BatchRegistry: ...
+    @property
+    def dispatch(self) -> Dispatch: ...
+
 
 # A round is lost only when another submission wrote the key between WATCH and EXEC; the next
 # round then finds that key. More rounds than this means the key is being released and retaken.
@@ -59,6 +82,11 @@ class Reservation:
     key: str
     fingerprint: str = ""
 
+    @classmethod
+    def idempotency_key(cls, token_name: str, key: str, fingerprint: str) -> Reservation:
+        """The reservation of an Idempotency-Key, scoped to the token that sent it."""
+        return cls(keys.idempotency(token_name, key), fingerprint)
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -78,7 +106,7 @@ def new_command(caller: Principal, request: dict[str, Any]) -> CancelCommand:
 
 
 def submit(
-    runtime: Runtime, caller: Principal, request: dict[str, Any], reservation: Reservation | None = None
+    runtime: SubmissionParts, caller: Principal, request: dict[str, Any], reservation: Reservation | None = None
 ) -> Submission:
     """Store and dispatch the command `request` asks for, or find the one `reservation` names.
 
@@ -108,7 +136,7 @@ def submit(
     raise redis.WatchError(f"reservation {reservation.key} kept changing")
 
 
-def _reserve_and_enqueue(runtime: Runtime, command: CancelCommand, reservation: Reservation, value: str) -> str | None:
+def _reserve_and_enqueue(runtime: SubmissionParts, command: CancelCommand, reservation: Reservation, value: str) -> str | None:
     """Write reservation + command atomically and dispatch; the value already held if taken."""
     with runtime.connection.pipeline(transaction=True) as pipe:
         pipe.watch(reservation.key)
@@ -121,7 +149,7 @@ def _reserve_and_enqueue(runtime: Runtime, command: CancelCommand, reservation: 
     return None
 
 
-def enqueue(runtime: Runtime, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
+def enqueue(runtime: SubmissionParts, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
     """Store `commands` with their places in line (executing `pipeline` with them), and send turns.
 
     Once this returns the commands exist and are queued, whatever the broker said: a broker that
@@ -130,7 +158,7 @@ def enqueue(runtime: Runtime, commands: Sequence[CancelCommand], pipeline: redis
     runtime.queue.enqueue(commands, pipeline)
 
 
-def enqueue_batch(runtime: Runtime, batch: Batch, commands: list[CancelCommand],
+def enqueue_batch(runtime: SubmissionParts, batch: Batch, commands: list[CancelCommand],
                   pipeline: redis.client.Pipeline | None = None) -> Batch:
     """The batch, its commands and their places in line in one transaction (`pipeline`, when the
     caller has watched keys on it); then its turns."""
@@ -140,7 +168,7 @@ def enqueue_batch(runtime: Runtime, batch: Batch, commands: list[CancelCommand],
     return batch
 
 
-def start_expansion(runtime: Runtime, batch: Batch) -> Batch:
+def start_expansion(runtime: SubmissionParts, batch: Batch) -> Batch:
     """Store an `all_active` batch (state expanding, no items) and have a worker find its items.
 
     A broker that refuses the expansion does not fail the batch: it is made overdue at once, so
@@ -157,5 +185,5 @@ def start_expansion(runtime: Runtime, batch: Batch) -> Batch:
     return batch
 
 
-def _release(runtime: Runtime, key: str, value: str) -> None:
+def _release(runtime: SubmissionParts, key: str, value: str) -> None:
     runtime.connection.register_script(_RELEASE)(keys=[key], args=[value])

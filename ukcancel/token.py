@@ -221,3 +221,8 @@ def _record(data: dict[str, str]) -> TokenRecord:
         callback_secret=data.get("callback_secret", ""),
     )
 
+
+def record_key(token_digest: str) -> str:
+    """The Redis key of the token record with this digest (for a script that reads it with another
+    step, as the API's rate-limit hit does)."""
+    return keys.token(token_digest)

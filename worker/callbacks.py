@@ -32,7 +32,7 @@ import requests
 from celery import Celery
 
 from ukcancel import __version__, callback
-from ukcancel.callback import CallbackOutbox
+from ukcancel.callback import CallbackOutbox, CallbackOutcome
 from ukcancel.command import CancelCommand
 from ukcancel.retry import TRANSIENT_STATUSES, backoff_delay
 from ukcancel.schemas import CancellationSchema
@@ -87,11 +87,11 @@ class CallbackDelivery:
         if attempt is None:
             attempt = int((command.callback or {}).get("attempts") or 0) + 1
         if not callback.host_allowed(command.callback_url, self.settings.callback_allowed_hosts):
-            return self._record(command_id, callback.REFUSED, attempt - 1, error="the callback host is not allowed")
+            return self._record(command_id, CallbackOutcome.REFUSED, attempt - 1, error="the callback host is not allowed")
         token = self.runtime.tokens.by_name(command.submitted_by or "")
         if token is None or not token.callback_secret:
             return self._record(
-                command_id, callback.REFUSED, attempt - 1,
+                command_id, CallbackOutcome.REFUSED, attempt - 1,
                 error="the submitting token was revoked: no secret to sign with",
             )
         body = callback_body(command)
@@ -113,19 +113,19 @@ class CallbackDelivery:
         except (requests.RequestException, BoundedHttpError) as exc:
             return self._retry_or_fail(command_id, attempt, None, f"{type(exc).__name__}: {exc}")
         if 200 <= response.status_code < 300:
-            return self._record(command_id, callback.DELIVERED, attempt, http_status=response.status_code)
+            return self._record(command_id, CallbackOutcome.DELIVERED, attempt, http_status=response.status_code)
         error = f"the receiver answered HTTP {response.status_code}"
         if response.status_code in TRANSIENT_STATUSES:
             return self._retry_or_fail(command_id, attempt, response.status_code, error)
         if 300 <= response.status_code < 400:
             error += " (redirects are not followed)"
-        return self._record(command_id, callback.FAILED, attempt, http_status=response.status_code, error=error)
+        return self._record(command_id, CallbackOutcome.FAILED, attempt, http_status=response.status_code, error=error)
 
     def _retry_or_fail(self, command_id: str, attempt: int, http_status: int | None, error: str) -> Attempt:
         if attempt >= self.settings.callback_max_attempts:
-            return self._record(command_id, callback.FAILED, attempt, http_status=http_status, error=error)
+            return self._record(command_id, CallbackOutcome.FAILED, attempt, http_status=http_status, error=error)
         delay = backoff_delay(attempt, self.settings.retry_base_seconds, self.settings.retry_max_delay_seconds)
-        return self._record(command_id, callback.PENDING, attempt, http_status=http_status, error=error, retry_in=delay)
+        return self._record(command_id, CallbackOutcome.PENDING, attempt, http_status=http_status, error=error, retry_in=delay)
 
     def _record(
         self,
@@ -141,7 +141,7 @@ class CallbackDelivery:
         outcome = {"status": status, "attempts": attempts, "http_status": http_status, "error": error, "at": now}
         # Settled outcomes leave the outbox; a retry stays in it, due again after the back-off.
         self.runtime.registry.record_callback(command_id, outcome, None if retry_in is None else now + retry_in)
-        if status in (callback.REFUSED, callback.FAILED):
+        if status in (CallbackOutcome.REFUSED, CallbackOutcome.FAILED):
             log.warning("callback of command %s %s: %s", command_id, status, error)
         return Attempt(outcome, retry_in)
 

@@ -22,7 +22,7 @@ import redis
 
 from ukcancel import lifecycle, logs, metrics
 from ukcancel import products as product_names
-from ukcancel.command import RUNNING, CancelCommand
+from ukcancel.command import CancelCommand, CommandState
 from ukcancel.fleet import UNWANTED_REASON, FleetGate, Permit, Wait
 from ukcancel.outcome import (
     ACTIVE_STATES,
@@ -174,7 +174,7 @@ class CancellationRun:
     def _perform(self, command: CancelCommand, claim: Claim) -> RunResult:
         # Taken over (or found "running"): the run that started it died, and its request may
         # have reached the server, so a "not cancelled" answer must be checked.
-        redelivered = claim.takeover or command.state == RUNNING
+        redelivered = claim.takeover or command.state == CommandState.RUNNING
         started = self.queue.start(command.id, self.holder)
         if not started.held:
             log.info("command %s: lease taken over before it started; the other run carries it", command.id)

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ukcancel import keys
 from ukcancel import products as product_names
 from ukcancel.jobs import JobCache, ListedJob, Listing, listed_jobs
 from ukcancel.settings import Settings
@@ -35,17 +34,9 @@ from ukcancel.worker.ukssdc import ServerError, UkssdcClient
 
 log = logging.getLogger(__name__)
 
-LISTED = "listed"
 # How many times a command looks again after waiting for another worker's listing, before it
 # asks the UKSSDC itself (that worker died, or its listing was unusable).
 WAIT_ROUNDS = 3
-
-# KEYS[1] the listing lease   ARGV[1] its holder
-# Deletes the lease only if this holder still has it (it may have expired and been taken since).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def resolution(job: ListedJob | None) -> tuple[list[str], bool]:
@@ -81,7 +72,6 @@ class ListingResolver:
         self.client = client
         self.call = call
         self.holder = holder or uuid.uuid4().hex
-        self._release = self.connection.register_script(_RELEASE)
         # As long as a permit's lease: one call, its connect and read timeouts, and a margin.
         self.lease_seconds = settings.ukssdc_connect_timeout_seconds + settings.ukssdc_timeout_seconds + 5
 
@@ -131,8 +121,7 @@ class ListingResolver:
         return all(job.flags is not None for job in listing.jobs)
 
     def _take_lease(self, user_id: str) -> bool:
-        return bool(self.connection.set(keys.jobs_listing(user_id), self.holder, nx=True,
-                                        ex=max(1, round(self.lease_seconds))))
+        return self.cache.take_listing_lease(user_id, self.holder, self.lease_seconds)
 
     def _fetch(self, user_id: str, leased: bool = True) -> list[ListedJob] | ServerError:
         try:
@@ -145,14 +134,13 @@ class ListingResolver:
             return jobs
         finally:
             if leased:
-                self._release(keys=[keys.jobs_listing(user_id)], args=[self.holder])
-                self.connection.publish(keys.jobs_events(user_id), LISTED)
+                self.cache.release_listing_lease(user_id, self.holder)
 
     def _wait_for_listing(self, user_id: str) -> None:
         """Until the worker holding the lease has saved its listing (or given up), at most a lease."""
-        with self.cache.events.watching(keys.jobs_events(user_id)) as waiter:
+        with self.cache.watching_jobs(user_id) as waiter:
             deadline = time.monotonic() + self.lease_seconds
-            while self.connection.exists(keys.jobs_listing(user_id)):
+            while self.cache.listing_lease_held(user_id):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or waiter.wait(remaining) is None:
                     log.warning("no listing of %s's jobs came from the worker asking for it", user_id)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ukcancel import keys
 from ukcancel.assemble import create_api, create_runtime
-from ukcancel.command import COMPLETED, QUEUED, RUNNING
+from ukcancel.command import COMPLETED, QUEUED, CommandState
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 
@@ -152,7 +152,7 @@ def test_a_completed_command_shows_its_tuple(api: Api) -> None:
     body = api.get(command_id).get_json()
     assert body["state"] == COMPLETED and body["attempts"] == 1
     assert body["result"] == [1, {"LightCurve": {"code": 0, "text": "Job cancelled OK"}}]
-    assert [h["state"] for h in body["history"]] == [QUEUED, RUNNING, COMPLETED]
+    assert [h["state"] for h in body["history"]] == [QUEUED, CommandState.RUNNING, COMPLETED]
 
 
 def test_an_admin_token_may_act_for_another_user(api: Api) -> None:
@@ -410,7 +410,7 @@ def test_withdraw_of_a_running_command_is_409(api: Api) -> None:
     api.runtime.registry.start_attempt(command_id)
     answer = problem(api.delete(command_id), 409)
     assert "running" in answer["detail"]
-    assert api.runtime.registry.get(command_id).state == RUNNING  # type: ignore[union-attr]
+    assert api.runtime.registry.get(command_id).state == CommandState.RUNNING  # type: ignore[union-attr]
 
 
 def test_withdraw_of_a_completed_command_is_409_and_keeps_the_result(api: Api) -> None:

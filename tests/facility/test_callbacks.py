@@ -218,7 +218,7 @@ def test_a_redirect_is_not_followed(finished: tuple[Facility, str], receiver: Re
     receiver.statuses = [302]
     outcome = deliver(facility, command_id, 1)
     assert outcome.retry_in is None
-    assert outcome.outcome["status"] == callback.FAILED and outcome.outcome["http_status"] == 302
+    assert outcome.outcome["status"] == callback.CallbackOutcome.FAILED and outcome.outcome["http_status"] == 302
     assert [r.path for r in receiver.received] == ["/hook"]  # never /redirected
 
 
@@ -226,9 +226,9 @@ def test_a_client_error_is_not_retried(finished: tuple[Facility, str], receiver:
     facility, command_id = finished
     receiver.statuses = [401]
     outcome = deliver(facility, command_id, 1)
-    assert outcome.retry_in is None and outcome.outcome["status"] == callback.FAILED
+    assert outcome.retry_in is None and outcome.outcome["status"] == callback.CallbackOutcome.FAILED
     recorded = facility.runtime.registry.get(command_id).callback  # type: ignore[union-attr]
-    assert recorded["status"] == callback.FAILED and recorded["http_status"] == 401
+    assert recorded["status"] == callback.CallbackOutcome.FAILED and recorded["http_status"] == 401
 
 
 def test_retries_stop_at_max_attempts(finished: tuple[Facility, str], receiver: Receiver) -> None:
@@ -237,7 +237,7 @@ def test_retries_stop_at_max_attempts(finished: tuple[Facility, str], receiver: 
     first, second, third = (deliver(facility, command_id, n) for n in (1, 2, 3))
     assert first.retry_in is not None and first.outcome["status"] == callback.PENDING
     assert second.retry_in is not None
-    assert third.retry_in is None and third.outcome == {**third.outcome, "status": callback.FAILED, "attempts": 3}
+    assert third.retry_in is None and third.outcome == {**third.outcome, "status": callback.CallbackOutcome.FAILED, "attempts": 3}
     assert len(receiver.received) == 3
 
 

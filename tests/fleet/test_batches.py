@@ -8,10 +8,10 @@ from typing import Any
 
 import fakeredis
 import pytest
-from flask.testing import FlaskClient
+from support import ApiClient  # tests/support.py
 
 from ukcancel import keys
-from ukcancel.assemble import create_api, create_runtime
+from ukcancel.assemble import create_runtime
 from ukcancel.batch import EXPANDING
 from ukcancel.embedded import EmbeddedWorker
 from ukcancel.fleet import FleetGate, Wait
@@ -26,26 +26,9 @@ ASTRO = "astro@example.org"
 OTHER = "other@example.org"
 
 
-class Api:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.client: FlaskClient = create_api(runtime=runtime).test_client()
-        self.tokens: dict[str, str] = {}
-
-    def token(self, user: str, admin: bool = False) -> str:
-        name = f"{user.split('@')[0]}{'-admin' if admin else ''}"
-        if name not in self.tokens:
-            self.tokens[name] = self.runtime.tokens.create(user, name=name, admin=admin)[0]
-        return self.tokens[name]
-
-    def post(self, body: Any, user: str = ASTRO, admin: bool = False) -> Any:
-        return self.client.post("/v1/batches", json=body, headers={"Authorization": f"Bearer {self.token(user, admin)}"})
-
-    def get(self, path: str, user: str = ASTRO, admin: bool = False) -> Any:
-        return self.client.get(path, headers={"Authorization": f"Bearer {self.token(user, admin)}"})
-
-    def delete(self, path: str, user: str = ASTRO) -> Any:
-        return self.client.delete(path, headers={"Authorization": f"Bearer {self.token(user)}"})
+class Api(ApiClient):
+    def post_batch(self, body: Any, user: str = ASTRO, admin: bool = False) -> Any:
+        return self.post("/v1/batches", body, user, admin)
 
 
 def settings_for(simulator: SimulatorServer, **changes: Any) -> Settings:
@@ -67,7 +50,9 @@ def idle_api(simulator: SimulatorServer) -> Api:
 
 
 def stored_keys(runtime: Runtime) -> list[str]:
-    return sorted(k.decode() for k in runtime.connection.keys("ukcancel:*") if not k.startswith(b"ukcancel:token"))
+    # Tokens, and the API process's own presence (`ukcancel.presence`), are not what a request stored.
+    return sorted(k.decode() for k in runtime.connection.keys("ukcancel:*")
+                  if not k.startswith((b"ukcancel:token", b"ukcancel:processes")))
 
 
 # -- validation --------------------------------------------------------------------------------------
@@ -78,7 +63,7 @@ def test_item_errors_are_reported_by_index_and_nothing_is_enqueued(idle_api: Api
     items[5] = {"job_id": 1003, "products": [], "callback_url": "http://example.org/"}
     before = stored_keys(idle_api.runtime)
 
-    response = idle_api.post({"items": items})
+    response = idle_api.post_batch({"items": items})
 
     assert response.status_code == 422
     assert response.content_type == "application/problem+json"
@@ -103,7 +88,7 @@ def test_item_errors_are_reported_by_index_and_nothing_is_enqueued(idle_api: Api
     ],
 )
 def test_malformed_batches_are_422_problems(idle_api: Api, body: Any, pointer: str) -> None:
-    response = idle_api.post(body)
+    response = idle_api.post_batch(body)
     assert response.status_code == 422, response.json
     assert pointer in [error["pointer"] for error in response.json["errors"]]
     assert idle_api.runtime.queue.depth() == {}
@@ -112,12 +97,12 @@ def test_malformed_batches_are_422_problems(idle_api: Api, body: Any, pointer: s
 def test_a_body_that_is_not_json_is_415_and_a_bare_list_is_422(idle_api: Api) -> None:
     headers = {"Authorization": f"Bearer {idle_api.token(ASTRO)}"}
     assert idle_api.client.post("/v1/batches", data="job_id=1", headers=headers).status_code == 415
-    assert idle_api.post([{"job_id": 1}]).status_code == 422
+    assert idle_api.post_batch([{"job_id": 1}]).status_code == 422
 
 
 def test_another_users_items_need_an_admin_token(idle_api: Api) -> None:
-    assert idle_api.post({"items": [{"job_id": 1004}], "user_id": OTHER}).status_code == 403
-    assert idle_api.post({"items": [{"job_id": 1004}], "user_id": OTHER}, admin=True).status_code == 202
+    assert idle_api.post_batch({"items": [{"job_id": 1004}], "user_id": OTHER}).status_code == 403
+    assert idle_api.post_batch({"items": [{"job_id": 1004}], "user_id": OTHER}, admin=True).status_code == 202
 
 
 # -- accepting ---------------------------------------------------------------------------------------
@@ -128,7 +113,7 @@ def test_accepting_ten_thousand_items_is_one_pipeline_and_a_turn_per_lane(
     api = Api(runtime)
     items = [{"job_id": 100_000 + i, "products": ["LightCurve", "StandardPos"] if i % 2 else "all"}
              for i in range(10_000)]
-    api.post({"items": items[:10]})  # warm-up: scripts loaded, connections open
+    api.post_batch({"items": items[:10]})  # warm-up: scripts loaded, connections open
     runtime.connection.delete("ukcancel")  # the Celery queue of the warm-up's turns
     runtime.queue.set_turns_on_their_way(0)  # as the reconciler would, seeing that queue empty
     executed: list[int] = []
@@ -141,7 +126,7 @@ def test_accepting_ten_thousand_items_is_one_pipeline_and_a_turn_per_lane(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(type(runtime.connection.pipeline(transaction=True)), "execute", counting_execute)
         began = time.perf_counter()
-        response = api.post({"items": items})
+        response = api.post_batch({"items": items})
         elapsed = time.perf_counter() - began
 
     record_property("accept_10000_items_seconds", round(elapsed, 3))  # measured, not asserted: see ops/bench
@@ -157,7 +142,7 @@ def test_accepting_ten_thousand_items_is_one_pipeline_and_a_turn_per_lane(
 
 # -- progress, results, long poll ------------------------------------------------------------------------
 def test_a_batch_runs_to_its_results_and_the_long_poll_returns_when_done(api: Api) -> None:
-    response = api.post({"items": [{"job_id": 1001, "products": ["lc"]}, {"job_id": 1003},
+    response = api.post_batch({"items": [{"job_id": 1001, "products": ["lc"]}, {"job_id": 1003},
                                    {"job_id": 1004, "products": "all"}]})
     assert response.status_code == 202
 
@@ -179,7 +164,7 @@ def test_a_batch_runs_to_its_results_and_the_long_poll_returns_when_done(api: Ap
 
 
 def test_items_are_paginated_with_a_cursor(idle_api: Api) -> None:
-    batch_id = idle_api.post({"items": [{"job_id": 2000 + i} for i in range(7)]}).json["id"]
+    batch_id = idle_api.post_batch({"items": [{"job_id": 2000 + i} for i in range(7)]}).json["id"]
     seen, cursor = [], "0"
     while cursor is not None:
         page = idle_api.get(f"/v1/batches/{batch_id}?limit=3&cursor={cursor}").json
@@ -195,7 +180,7 @@ def test_items_are_paginated_with_a_cursor(idle_api: Api) -> None:
 
 
 def test_a_long_poll_on_an_unfinished_batch_returns_after_the_wait(idle_api: Api) -> None:
-    batch_id = idle_api.post({"items": [{"job_id": 1001}]}).json["id"]
+    batch_id = idle_api.post_batch({"items": [{"job_id": 1001}]}).json["id"]
     began = time.monotonic()
     view = idle_api.get(f"/v1/batches/{batch_id}?wait=1").json
     assert 0.9 <= time.monotonic() - began < 5
@@ -203,15 +188,15 @@ def test_a_long_poll_on_an_unfinished_batch_returns_after_the_wait(idle_api: Api
 
 
 def test_eta_accounts_for_other_users_waiting_commands(idle_api: Api) -> None:
-    idle_api.post({"items": [{"job_id": 1004, "products": ["lc"]}] * 30}, user=OTHER)
-    batch_id = idle_api.post({"items": [{"job_id": 1001, "products": ["lc"]}] * 10}).json["id"]
+    idle_api.post_batch({"items": [{"job_id": 1004, "products": ["lc"]}] * 30}, user=OTHER)
+    batch_id = idle_api.post_batch({"items": [{"job_id": 1001, "products": ["lc"]}] * 10}).json["id"]
     # 10 own calls, and the other user gets a turn for each of them: 20 calls at 50/s.
     assert idle_api.get(f"/v1/batches/{batch_id}").json["eta_seconds"] == pytest.approx(0.4, abs=0.05)
 
 
 # -- isolation and withdrawal -------------------------------------------------------------------------------
 def test_another_users_batch_is_404_and_an_admin_sees_it(idle_api: Api) -> None:
-    batch_id = idle_api.post({"items": [{"job_id": 1001}]}).json["id"]
+    batch_id = idle_api.post_batch({"items": [{"job_id": 1001}]}).json["id"]
     assert idle_api.get(f"/v1/batches/{batch_id}", user=OTHER).status_code == 404
     assert idle_api.delete(f"/v1/batches/{batch_id}", user=OTHER).status_code == 404
     assert idle_api.get(f"/v1/batches/{batch_id}", user=OTHER, admin=True).status_code == 200
@@ -221,7 +206,7 @@ def test_another_users_batch_is_404_and_an_admin_sees_it(idle_api: Api) -> None:
 
 def test_delete_withdraws_every_item_not_started(idle_api: Api) -> None:
     runtime = idle_api.runtime
-    batch_id = idle_api.post({"items": [{"job_id": 2001 + i} for i in range(4)]}).json["id"]
+    batch_id = idle_api.post_batch({"items": [{"job_id": 2001 + i} for i in range(4)]}).json["id"]
     claim = runtime.queue.claim("a-worker-turn")  # a worker takes the first item and starts it
     assert claim is not None and claim.command_id == runtime.batches.command_ids(batch_id)[0]
     runtime.registry.start_attempt(claim.command_id)
@@ -241,7 +226,7 @@ def test_delete_withdraws_every_item_not_started(idle_api: Api) -> None:
 
 # -- all_active --------------------------------------------------------------------------------------------
 def test_all_active_cancels_exactly_the_active_products_of_the_users_jobs(api: Api, simulator: SimulatorServer) -> None:
-    response = api.post({"all_active": True})
+    response = api.post_batch({"all_active": True})
     assert response.status_code == 202
     assert response.json["state"] == EXPANDING and response.json["total"] == 0
 
@@ -260,7 +245,7 @@ def test_all_active_cancels_exactly_the_active_products_of_the_users_jobs(api: A
 
 
 def test_all_active_finds_products_that_listoldjobs_cannot_flag(api: Api) -> None:
-    view = api.get(api.post({"all_active": True}, user=OTHER).headers["Location"] + "?wait=30", user=OTHER).json
+    view = api.get(api.post_batch({"all_active": True}, user=OTHER).headers["Location"] + "?wait=30", user=OTHER).json
     assert {item["job_id"]: item["products"] for item in view["items"]} == {
         1004: ["LightCurve", "Spectrum", "Image"],
         1005: ["StandardPos", "EnhancedPos", "SourceDet"],
@@ -268,7 +253,7 @@ def test_all_active_finds_products_that_listoldjobs_cannot_flag(api: Api) -> Non
 
 
 def test_all_active_for_an_unknown_user_fails_the_batch(api: Api) -> None:
-    location = api.post({"all_active": True}, user="nobody@example.org").headers["Location"]
+    location = api.post_batch({"all_active": True}, user="nobody@example.org").headers["Location"]
     view = api.get(location + "?wait=30", user="nobody@example.org").json
     assert view["state"] == "failed"
     assert "not recognised" in view["error"]
@@ -285,7 +270,7 @@ def test_the_expansion_takes_a_permit_for_every_call_and_carries_on_after_a_resc
 ) -> None:
     runtime = create_runtime(settings_for(simulator), fakeredis.FakeRedis(server=fakeredis.FakeServer()))
     runtime.queue.dispatch = lambda count: None  # no worker here: the expansion is run by hand
-    batch_id = Api(runtime).post({"all_active": True}).json["id"]
+    batch_id = Api(runtime).post_batch({"all_active": True}).json["id"]
     client = UkssdcClient(simulator.base_url, "1.12", 5, 5)
 
     with pytest.raises(Reschedule) as later:

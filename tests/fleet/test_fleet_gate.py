@@ -6,22 +6,12 @@ import fakeredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.fleet import CLOSED, FAILED, HALF_OPEN, OK, OPEN, SENT, FleetGate, Permit, Wait, rate_window
 from ukcancel.retry import CallFailure
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND, Settings
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_gate(clock: FakeClock, **settings: object) -> FleetGate:
@@ -39,7 +29,7 @@ def permit(gate: FleetGate) -> Permit:
 
 
 def test_breaker_opens_after_threshold_consecutive_failures_and_refuses_permits() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     for _ in range(2):
         gate.release(permit(gate), FAILED)
@@ -54,7 +44,7 @@ def test_breaker_opens_after_threshold_consecutive_failures_and_refuses_permits(
 
 
 def test_a_success_resets_the_count_of_consecutive_failures() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     for _ in range(2):
         gate.release(permit(gate), FAILED)
@@ -71,7 +61,7 @@ def open_breaker(gate: FleetGate) -> None:
 
 
 def test_after_the_cool_down_exactly_one_probe_and_its_success_closes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     open_breaker(gate)
     clock.now += 29.9
@@ -91,7 +81,7 @@ def test_after_the_cool_down_exactly_one_probe_and_its_success_closes() -> None:
 
 
 def test_a_failed_probe_opens_the_breaker_again_for_a_full_cool_down() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     open_breaker(gate)
     clock.now += 31
@@ -107,7 +97,7 @@ def test_a_failed_probe_opens_the_breaker_again_for_a_full_cool_down() -> None:
 
 
 def test_an_unused_probe_lets_the_next_caller_probe_and_tells_the_breaker_nothing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     open_breaker(gate)
     clock.now += 31
@@ -117,7 +107,7 @@ def test_an_unused_probe_lets_the_next_caller_probe_and_tells_the_breaker_nothin
 
 
 def test_an_unused_permit_does_not_reset_consecutive_failures() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     for _ in range(2):
         gate.release(permit(gate), FAILED)
@@ -127,7 +117,7 @@ def test_an_unused_permit_does_not_reset_consecutive_failures() -> None:
 
 
 def test_sliding_window_never_grants_more_than_the_rate_in_any_window() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=10.0, fleet_guard_seconds=0.1)
     granted: list[float] = []
     while clock.now < 1_000_010.0:
@@ -146,7 +136,7 @@ def test_sliding_window_never_grants_more_than_the_rate_in_any_window() -> None:
 
 
 def test_an_unused_permit_gives_its_place_in_the_window_back() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=2.0)
     gate.release_unused(permit(gate))
     permit(gate)
@@ -155,7 +145,7 @@ def test_an_unused_permit_gives_its_place_in_the_window_back() -> None:
 
 
 def test_in_flight_cap() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_max_in_flight=2)
     first, _ = permit(gate), permit(gate)
     outcome = gate.acquire(max_wait=0)
@@ -165,7 +155,7 @@ def test_in_flight_cap() -> None:
 
 
 def test_pause_holds_every_permit_until_it_ends_and_is_never_shortened() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     gate.pause(2.0)
     gate.pause(0.5)
@@ -178,7 +168,7 @@ def test_pause_holds_every_permit_until_it_ends_and_is_never_shortened() -> None
 
 
 def test_acquire_waits_within_max_wait() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.1)
     permit(gate)
     started = clock.now
@@ -188,7 +178,7 @@ def test_acquire_waits_within_max_wait() -> None:
 
 
 def test_run_time_configuration_is_read_at_every_acquire() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=1.0)
     permit(gate)
     assert isinstance(gate.acquire(max_wait=0), Wait)
@@ -210,7 +200,7 @@ def test_rate_window(rate: float, window: tuple[int, float]) -> None:
 
 def test_a_slow_rate_is_kept_exactly_not_rounded_up_to_one_call_a_second() -> None:
     """0.005/s was made 1/s by rounding: 20 UKSSDC calls in 21 s. Now one call in any 200 s."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=0.005, fleet_guard_seconds=0.04)
     granted: list[float] = []
     while clock.now < 1_000_000.0 + 1000:
@@ -231,7 +221,7 @@ def test_a_slow_rate_is_kept_exactly_not_rounded_up_to_one_call_a_second() -> No
 )
 def test_no_window_over_the_limit_at_any_accepted_rate(rate: float, asks: list[float], guard: float) -> None:
     """I4: at any accepted rate, k = max(1, floor(rate)) calls at most in any k / rate (+ guard) seconds."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=rate, fleet_guard_seconds=guard)
     calls, window = rate_window(rate)
     granted: list[float] = []
@@ -247,7 +237,7 @@ def test_no_window_over_the_limit_at_any_accepted_rate(rate: float, asks: list[f
 
 
 def test_rates_below_the_lowest_accepted_are_refused_with_a_clear_error() -> None:
-    gate = make_gate(FakeClock())
+    gate = make_gate(FakeClock(1_000_000.0))
     with pytest.raises(ValueError, match=f"at least {MIN_FLEET_RATE_PER_SECOND}"):
         gate.configure(rate_per_second=MIN_FLEET_RATE_PER_SECOND / 2)
     assert gate.configure(rate_per_second=MIN_FLEET_RATE_PER_SECOND).rate_per_second == MIN_FLEET_RATE_PER_SECOND
@@ -255,7 +245,7 @@ def test_rates_below_the_lowest_accepted_are_refused_with_a_clear_error() -> Non
 
 def test_a_late_release_of_another_permit_does_not_free_the_half_open_probe() -> None:
     """Any non-probe release used to delete the probe key, letting a second probe through."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     early = permit(gate)  # a call that started before the breaker opened
     open_breaker(gate)
@@ -271,7 +261,7 @@ def test_a_late_release_of_another_permit_does_not_free_the_half_open_probe() ->
 
 def test_a_call_ended_by_an_unexpected_error_still_counts_in_the_rate_window() -> None:
     """`permit()` used to give a sent call's place in the window back on any error but `CallFailure`."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.0)
     with pytest.raises(ZeroDivisionError), gate.permit(max_wait=0):
         raise ZeroDivisionError  # the request may have gone out before the worker failed
@@ -281,7 +271,7 @@ def test_a_call_ended_by_an_unexpected_error_still_counts_in_the_rate_window() -
 
 
 def test_a_retry_after_pauses_the_fleet_in_the_same_step_as_the_release() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock)
     with pytest.raises(CallFailure), gate.permit(max_wait=0):
         raise type("Busy", (CallFailure,), {"transient": True})("HTTP 503", retry_after=7.0, status_code=503)
@@ -290,7 +280,7 @@ def test_a_retry_after_pauses_the_fleet_in_the_same_step_as_the_release() -> Non
 
 
 def test_next_permit_in_tells_the_wait_and_takes_nothing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.0)
     assert gate.next_permit_in().seconds == 0
     permit(gate)
@@ -302,7 +292,7 @@ def test_next_permit_in_tells_the_wait_and_takes_nothing() -> None:
 
 
 def test_permits_are_paced_one_interval_apart_not_sent_in_a_burst() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=50.0, fleet_guard_seconds=0.02)
     granted: list[float] = []
     while clock.now < 1_000_004.0:
@@ -322,7 +312,7 @@ def test_permits_are_paced_one_interval_apart_not_sent_in_a_burst() -> None:
 
 
 def test_the_pacing_schedule_does_not_drift_when_permits_are_taken_late() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=50.0, fleet_guard_seconds=0.02)
     granted = 0
     while clock.now < 1_000_002.0:
@@ -337,7 +327,7 @@ def test_the_pacing_schedule_does_not_drift_when_permits_are_taken_late() -> Non
 
 
 def test_stamp_moves_a_permit_later_in_the_window_never_earlier() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.0)
     first = permit(gate)
     clock.now += 0.4  # the worker claims and reads its command before the call goes out
@@ -357,7 +347,7 @@ def test_work_withdrawn_while_it_waits_takes_no_permit_and_leaves_the_schedule_a
     from ukcancel import keys
     from ukcancel.fleet import UNWANTED_REASON
 
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=2.0, fleet_guard_seconds=0.0)
     permit(gate)  # the next permit is due one interval (0.5 s) later
     due_before = gate.connection.get(keys.FLEET_NEXT_DUE)
@@ -376,7 +366,7 @@ def test_work_withdrawn_while_it_waits_takes_no_permit_and_leaves_the_schedule_a
 
 
 def test_work_still_wanted_gets_its_permit_after_waiting() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     gate = make_gate(clock, fleet_rate_per_second=2.0, fleet_guard_seconds=0.0)
     permit(gate)
     assert isinstance(gate.acquire(max_wait=2.0, wanted=lambda: True), Permit)

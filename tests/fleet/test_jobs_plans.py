@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
+from support import ApiClient  # tests/support.py
 
 from ukcancel import keys
-from ukcancel.assemble import create_api, create_runtime
+from ukcancel.assemble import create_runtime
 from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
@@ -24,29 +24,7 @@ OTHER = "other@example.org"  # jobs 1004, 1005
 PROBLEM = "application/problem+json"
 
 
-class Api:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.client: FlaskClient = create_api(runtime=runtime).test_client()
-        self.tokens: dict[str, str] = {}
-
-    def token(self, user: str, admin: bool = False) -> str:
-        name = f"{user.split('@')[0]}{'-admin' if admin else ''}"
-        if name not in self.tokens:
-            self.tokens[name] = self.runtime.tokens.create(user, name=name, admin=admin)[0]
-        return self.tokens[name]
-
-    def headers(self, user: str, admin: bool) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(user, admin)}"}
-
-    def get(self, path: str, user: str = ASTRO, admin: bool = False, **params: Any) -> Any:
-        return self.client.get(path, query_string=params, headers=self.headers(user, admin))
-
-    def post(self, path: str, body: Any = None, user: str = ASTRO, admin: bool = False) -> Any:
-        if body is None:
-            return self.client.post(path, headers=self.headers(user, admin))
-        return self.client.post(path, json=body, headers=self.headers(user, admin))
-
+class Api(ApiClient):
     def jobs(self, user: str = ASTRO, **params: Any) -> dict[str, Any]:
         response = self.get("/v1/jobs", user, wait=30, **params)
         assert response.status_code == 200, response.get_data(as_text=True)

@@ -17,10 +17,11 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.assemble import create_runtime
-from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, RUNNING, CancelCommand
+from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, CancelCommand, CommandState
 from ukcancel.fleet import FAILED, UNUSED, FleetGate, Permit, Wait
 from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT, CONFIRMED_FINISHED_TEXT
 from ukcancel.products import normalise
@@ -70,17 +71,6 @@ class OpenGate(FleetGate):
 
     def stamp(self, permit: Permit) -> None:
         self.stamped.append(permit.id)
-
-
-
-class FakeClock:
-    """Time that moves only when a test says so (the schedule's and the records' clock)."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -180,7 +170,7 @@ def test_success_cancels_the_product_and_stores_the_guides_first_tuple(h: Harnes
     done = h.record(command)
     assert done.result == [1, {"LightCurve": {"code": 0, "text": CANCELLED_OK}}]
     assert done.state == COMPLETED and done.attempts == 1 and done.server_ok == 1
-    assert history(done) == [QUEUED, RUNNING, COMPLETED]
+    assert history(done) == [QUEUED, CommandState.RUNNING, COMPLETED]
     assert h.sim.state.product_state(1001, "lc") == -4
     assert h.sim.state.product_state(1001, "psf") == 2  # not asked for, untouched
     [call] = h.calls()
@@ -252,7 +242,7 @@ def test_503_twice_is_rescheduled_then_succeeds(h: Harness) -> None:
     done = h.record(command)
     assert done.result == [1, {"LightCurve": {"code": 0, "text": CANCELLED_OK}}]
     assert done.attempts == 3
-    assert history(done) == [QUEUED, RUNNING, RETRYING, RUNNING, RETRYING, RUNNING, COMPLETED]
+    assert history(done) == [QUEUED, CommandState.RUNNING, RETRYING, CommandState.RUNNING, RETRYING, CommandState.RUNNING, COMPLETED]
     assert len(h.calls()) == 3
     assert h.gate.released == [True, True, False]  # the breaker heard of both failures
 
@@ -405,7 +395,7 @@ def test_a_command_whose_lease_expired_is_taken_over_as_ambiguous(h: Harness) ->
     # The dead run's request was made outside this harness (by hand, above), so only the run that
     # took over counted one: an attempt is counted by the run that sends a request.
     assert done.ambiguous and done.attempts == 1
-    assert history(done) == [QUEUED, RUNNING, RUNNING, COMPLETED]
+    assert history(done) == [QUEUED, CommandState.RUNNING, CommandState.RUNNING, COMPLETED]
     assert history(done).count(COMPLETED) == 1
 
 

@@ -10,6 +10,7 @@ import fakeredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.command import (
@@ -17,27 +18,15 @@ from ukcancel.command import (
     COMPLETED,
     QUEUED,
     RETRYING,
-    RUNNING,
     TERMINAL,
     CancelCommand,
     CommandRegistry,
+    CommandState,
     Transition,
 )
 from ukcancel.listing import CommandFilter, CommandListing
 
 TTL = 3600
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float = 1.0) -> float:
-        self.now += seconds
-        return self.now
 
 
 @pytest.fixture
@@ -48,12 +37,12 @@ def connection() -> Iterator[fakeredis.FakeRedis]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture
-def registry(connection: fakeredis.FakeRedis, clock: Clock) -> CommandRegistry:
+def registry(connection: fakeredis.FakeRedis, clock: FakeClock) -> CommandRegistry:
     return CommandRegistry(connection, TTL, clock=clock)
 
 
@@ -68,7 +57,7 @@ def states(command: CancelCommand) -> list[str]:
 # ---- add / get -------------------------------------------------------------------------------
 
 
-def test_add_then_get_round_trips_every_field(registry: CommandRegistry, clock: Clock) -> None:
+def test_add_then_get_round_trips_every_field(registry: CommandRegistry, clock: FakeClock) -> None:
     added = new(registry, ["LightCurve", "StandardPos"])
     got = registry.get(added.id)
     assert got is not None
@@ -87,7 +76,7 @@ def test_all_is_stored_as_the_string_all(registry: CommandRegistry) -> None:
 
 def test_unknown_ids_read_as_none(registry: CommandRegistry) -> None:
     assert registry.get("0" * 32) is None
-    assert registry.transition("0" * 32, RUNNING, (QUEUED,)).state is None
+    assert registry.transition("0" * 32, CommandState.RUNNING, (QUEUED,)).state is None
     assert registry.wait_terminal("0" * 32, 5) is None
 
 
@@ -97,7 +86,7 @@ def test_get_many_keeps_order_and_marks_missing(registry: CommandRegistry) -> No
     assert [c.id if c else None for c in got] == [b.id, None, a.id]
 
 
-def test_the_users_index_lists_newest_first(registry: CommandRegistry, clock: Clock) -> None:
+def test_the_users_index_lists_newest_first(registry: CommandRegistry, clock: FakeClock) -> None:
     first = new(registry)
     clock.tick()
     second = new(registry)
@@ -128,7 +117,7 @@ def test_records_expire_after_the_ttl_and_terminal_renews_it(
 # ---- transitions ------------------------------------------------------------------------------
 
 
-def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegistry, clock: Clock) -> None:
+def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegistry, clock: FakeClock) -> None:
     command = new(registry)
     t0 = clock.now
     assert registry.start_attempt(command.id).moved
@@ -142,9 +131,9 @@ def test_the_normal_path_records_each_state_with_its_time(registry: CommandRegis
     assert got is not None
     assert got.history == [
         {"state": QUEUED, "at": t0},
-        {"state": RUNNING, "at": t0},
+        {"state": CommandState.RUNNING, "at": t0},
         {"state": RETRYING, "at": t1},
-        {"state": RUNNING, "at": t2},
+        {"state": CommandState.RUNNING, "at": t2},
         {"state": COMPLETED, "at": t3},
     ]
     assert got.state == COMPLETED and got.updated_at == t3
@@ -180,7 +169,7 @@ def test_a_completed_command_keeps_its_first_result_for_ever(registry: CommandRe
     got = registry.get(command.id)
     assert got is not None
     assert got.result == [1, {"first": True}]
-    assert states(got) == [QUEUED, RUNNING, COMPLETED]
+    assert states(got) == [QUEUED, CommandState.RUNNING, COMPLETED]
     assert got.settled == {}
 
 
@@ -198,7 +187,7 @@ def test_withdraw_only_from_queued(registry: CommandRegistry) -> None:
     running = new(registry)
     registry.start_attempt(running.id)
     refused = registry.withdraw(running.id)
-    assert not refused.moved and refused.state == RUNNING
+    assert not refused.moved and refused.state == CommandState.RUNNING
 
     retrying = new(registry)
     registry.start_attempt(retrying.id)
@@ -241,11 +230,11 @@ def test_transitions_publish_the_new_state(registry: CommandRegistry, connection
         if message:
             seen.append(message["data"].decode())
     pubsub.close()
-    assert seen == [RUNNING, COMPLETED]
+    assert seen == [CommandState.RUNNING, COMPLETED]
 
 
 # Random sequences of operations: states never move backwards, terminal is for ever.
-ORDER = {QUEUED: 0, RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
+ORDER = {QUEUED: 0, CommandState.RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
 OPERATIONS = ["start_attempt", "mark_retrying", "complete", "withdraw"]
 
 
@@ -332,7 +321,7 @@ def test_wait_terminal_times_out_with_the_command_as_it_stands_without_polling_t
     started = time.monotonic()
     got = registry.wait_terminal(command.id, timeout=1.5)
     elapsed = time.monotonic() - started
-    assert got is not None and got.state == RUNNING
+    assert got is not None and got.state == CommandState.RUNNING
     assert 1.4 <= elapsed < 4
     assert reads == [command.id]  # read once, then only the pub/sub socket until the deadline
 
@@ -356,7 +345,7 @@ def test_no_caller_can_move_a_terminal_command_even_by_listing_its_state(
         assert registry.complete(command.id, [1, {}]).moved
     else:
         assert registry.withdraw(command.id).moved
-    refused = registry.transition(command.id, RUNNING, (terminal,))
+    refused = registry.transition(command.id, CommandState.RUNNING, (terminal,))
     assert refused == Transition(False, terminal)
     assert registry.get(command.id).state == terminal
 
@@ -365,7 +354,7 @@ def test_no_caller_can_move_a_terminal_command_even_by_listing_its_state(
 
 
 def test_history_is_compact_and_keeps_every_time_to_the_microsecond(connection: fakeredis.FakeRedis) -> None:
-    clock = Clock(1_776_543_210.1234567)  # real-looking epoch times with sub-microsecond digits
+    clock = FakeClock(1_776_543_210.1234567)  # real-looking epoch times with sub-microsecond digits
     registry = CommandRegistry(connection, TTL, clock=clock)
     command = new(registry)
     times = [round(clock.now, 6)]
@@ -383,7 +372,7 @@ def test_history_is_compact_and_keeps_every_time_to_the_microsecond(connection: 
     assert all(len(value) <= 64 for value in raw.values())  # a listpack under Redis's default config
     got = registry.get(command.id)
     assert got is not None and got.id == command.id
-    assert [entry["state"] for entry in got.history] == [QUEUED, RUNNING, RETRYING, RUNNING, COMPLETED]
+    assert [entry["state"] for entry in got.history] == [QUEUED, CommandState.RUNNING, RETRYING, CommandState.RUNNING, COMPLETED]
     assert [entry["at"] for entry in got.history] == times
     assert got.created_at == times[0] and got.updated_at == times[-1]
 
@@ -400,7 +389,7 @@ def test_completion_drops_the_per_product_progress(registry: CommandRegistry, co
 
 
 def test_indexes_are_pruned_once_per_interval_not_on_every_insert(
-    registry: CommandRegistry, connection: fakeredis.FakeRedis, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    registry: CommandRegistry, connection: fakeredis.FakeRedis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = keys.user_commands("astro@example.org")
     first = new(registry)  # the process's first insert into the index prunes it

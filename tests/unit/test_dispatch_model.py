@@ -42,11 +42,21 @@ from fakeredis import FakeRedisConnection
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys, lifecycle, submission
 from ukcancel.batch import Batch, BatchRegistry
 from ukcancel.callback import DELIVERED, PENDING, CallbackOutbox
-from ukcancel.command import ABORTED, COMPLETED, QUEUED, RETRYING, RUNNING, TERMINAL, CancelCommand, CommandRegistry
+from ukcancel.command import (
+    ABORTED,
+    COMPLETED,
+    QUEUED,
+    RETRYING,
+    TERMINAL,
+    CancelCommand,
+    CommandRegistry,
+    CommandState,
+)
 from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import FleetGate, rate_window
 from ukcancel.queue import CancelQueue
@@ -59,7 +69,7 @@ EXAMPLES = int(os.environ.get("UKCANCEL_MODEL_EXAMPLES", "200"))
 USERS = ("a@example.org", "b@example.org", "c@example.org")
 SHORTS = ("lc", "spec", "psf")
 LONG = {"lc": "LightCurve", "spec": "Spectrum", "psf": "StandardPos"}
-RANK = {QUEUED: 0, RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
+RANK = {QUEUED: 0, CommandState.RUNNING: 1, RETRYING: 1, COMPLETED: 2, ABORTED: 2}
 OUTCOMES = ("ok", "ok", "ok", "transient", "busy", "read_timeout", "lost_reply", "code4")
 SETTINGS = Settings(
     fleet_rate_per_second=5.0,
@@ -82,17 +92,6 @@ SETTINGS = Settings(
 
 class WorkerDied(BaseException):
     """The worker process is gone (SIGKILL): nothing of it runs again, no `except Exception` sees it."""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
 
 
 @dataclass
@@ -179,7 +178,7 @@ class Call:
 class Ukssdc:
     """The server side: product states per job, and every request it received."""
 
-    clock: Clock
+    clock: FakeClock
     states: dict[int, dict[str, int]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     rate: float = SETTINGS.fleet_rate_per_second
@@ -262,7 +261,7 @@ class Parts:
     settings: Settings = SETTINGS
 
     @classmethod
-    def on(cls, connection: redis.Redis, clock: Clock, broker: Broker) -> Parts:
+    def on(cls, connection: redis.Redis, clock: FakeClock, broker: Broker) -> Parts:
         registry = CommandRegistry(connection, SETTINGS.result_ttl_seconds, clock=clock)
         queue = CancelQueue(connection, registry, broker.send_turns, lanes=SETTINGS.dispatch_lanes,
                             lease_seconds=SETTINGS.lease_seconds, clock=clock)
@@ -292,7 +291,7 @@ class DispatchModel(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.server = fakeredis.FakeServer()
         self.broker = Broker()
         self.parts = Parts.on(fault_connection(self.server, None), self.clock, self.broker)

@@ -14,10 +14,11 @@ from typing import Any
 
 import fakeredis
 import pytest
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys, plans, submission
 from ukcancel.batch import EXPANDING, Batch
-from ukcancel.command import COMPLETED, QUEUED, RETRYING, RUNNING, CancelCommand
+from ukcancel.command import COMPLETED, QUEUED, RETRYING, CancelCommand, CommandState
 from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import JobSelection
@@ -28,17 +29,6 @@ from ukcancel.settings import Settings
 from ukcancel.worker.cancellation import CancellationRun
 
 USER = "astro@example.org"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Broker:
@@ -70,8 +60,8 @@ class Broker:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -80,7 +70,7 @@ def broker() -> Broker:
 
 
 @pytest.fixture
-def runtime(clock: Clock, broker: Broker) -> Runtime:
+def runtime(clock: FakeClock, broker: Broker) -> Runtime:
     settings = Settings(fleet_rate_per_second=5.0, fleet_max_wait_seconds=2.0, lease_seconds=10.0,
                         breaker_cooldown_seconds=60.0)
     rt = Runtime(settings, fakeredis.FakeRedis(server=fakeredis.FakeServer()), dispatch=broker)
@@ -90,7 +80,7 @@ def runtime(clock: Clock, broker: Broker) -> Runtime:
     return rt
 
 
-def reconciler(runtime: Runtime, broker: Broker, clock: Clock) -> Reconciler:
+def reconciler(runtime: Runtime, broker: Broker, clock: FakeClock) -> Reconciler:
     return Reconciler(runtime.connection, runtime.queue, runtime.batches, broker, "r1", gate=runtime.gate,
                       max_wait=runtime.settings.fleet_max_wait_seconds, period_seconds=0.5, clock=clock)
 
@@ -103,7 +93,7 @@ def enqueue(runtime: Runtime, count: int = 1, **fields: Any) -> list[CancelComma
 
 # 1 --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["paused", "slow rate", "breaker open"])
-def test_1_a_fleet_that_must_wait_does_not_spin(runtime: Runtime, broker: Broker, clock: Clock, how: str) -> None:
+def test_1_a_fleet_that_must_wait_does_not_spin(runtime: Runtime, broker: Broker, clock: FakeClock, how: str) -> None:
     """`acquire` answered Wait at once and the lane sent its successor at once: thousands of turns."""
     if how == "paused":
         runtime.gate.pause(300)
@@ -147,7 +137,7 @@ class StubUkssdc:
 
 
 # 3 --------------------------------------------------------------------------------------------
-def test_3_a_takeover_then_two_transient_failures_never_strand_the_command(runtime: Runtime, clock: Clock) -> None:
+def test_3_a_takeover_then_two_transient_failures_never_strand_the_command(runtime: Runtime, clock: FakeClock) -> None:
     [command] = enqueue(runtime)
     queue = runtime.queue
     assert queue.claim("frozen").command_id == command.id  # type: ignore[union-attr]
@@ -157,7 +147,7 @@ def test_3_a_takeover_then_two_transient_failures_never_strand_the_command(runti
     assert takeover is not None and takeover.takeover
     assert queue.start(command.id, "heir").moved
     late = queue.retry_later(command.id, "frozen", clock.now + 1, "read timeout")  # the frozen call times out
-    assert not late.held and runtime.registry.state_of(command.id) == RUNNING  # refused, changed nothing
+    assert not late.held and runtime.registry.state_of(command.id) == CommandState.RUNNING  # refused, changed nothing
     heir = queue.retry_later(command.id, "heir", clock.now + 1, "read timeout")
     assert heir.held and heir.moved and runtime.registry.state_of(command.id) == RETRYING
     assert queue.due_at(command.id) == clock.now + 1  # on the due list: a turn will find it
@@ -167,7 +157,7 @@ def test_3_a_takeover_then_two_transient_failures_never_strand_the_command(runti
 
 # 4 --------------------------------------------------------------------------------------------
 def test_4_the_terminal_step_writes_the_results_entry_and_the_callback_outbox_itself(
-    runtime: Runtime, clock: Clock
+    runtime: Runtime, clock: FakeClock
 ) -> None:
     """The results entry and the callback were Python hooks after the transition: a worker killed
     between them lost both. Now nothing runs after the script: the one step carries them."""
@@ -204,7 +194,7 @@ def test_5_a_broker_that_is_down_loses_nothing_and_frees_no_idempotency_key(runt
 
 
 # 6 --------------------------------------------------------------------------------------------
-def test_6_an_all_active_batch_is_not_failed_by_a_broker_error(runtime: Runtime, broker: Broker, clock: Clock) -> None:
+def test_6_an_all_active_batch_is_not_failed_by_a_broker_error(runtime: Runtime, broker: Broker, clock: FakeClock) -> None:
     broker.down = True
     batch = submission.start_expansion(runtime, Batch(USER, state=EXPANDING))
     assert runtime.batches.get(batch.id).state == EXPANDING  # type: ignore[union-attr]
@@ -214,7 +204,7 @@ def test_6_an_all_active_batch_is_not_failed_by_a_broker_error(runtime: Runtime,
 
 
 # 8 --------------------------------------------------------------------------------------------
-def test_8_a_run_that_sent_no_request_counts_no_attempt(runtime: Runtime, clock: Clock) -> None:
+def test_8_a_run_that_sent_no_request_counts_no_attempt(runtime: Runtime, clock: FakeClock) -> None:
     """Starting counted an attempt: a run that died (or was deferred) before its request used one."""
     [command] = enqueue(runtime)
     runtime.queue.claim("dies-before-calling")
@@ -262,15 +252,15 @@ def test_10_concurrent_applies_answer_with_one_batch_that_exists(runtime: Runtim
     assert runtime.connection.hget(keys.plan(plan.id), "batch_id").decode() == answers[0][0]  # type: ignore[union-attr]
 
 
-def test_10_a_record_with_an_old_json_history_is_read_and_moves_on(runtime: Runtime, clock: Clock) -> None:
+def test_10_a_record_with_an_old_json_history_is_read_and_moves_on(runtime: Runtime, clock: FakeClock) -> None:
     [command] = enqueue(runtime)
-    old = [{"state": QUEUED, "at": clock.now}, {"state": RUNNING, "at": clock.now + 1.5}]
+    old = [{"state": QUEUED, "at": clock.now}, {"state": CommandState.RUNNING, "at": clock.now + 1.5}]
     runtime.connection.hset(keys.command(command.id), mapping={"history": json.dumps(old), "id": command.id})
     assert runtime.registry.get(command.id).history == old  # type: ignore[union-attr]
     clock.now += 3
     assert runtime.registry.complete(command.id, [1, {}]).moved
     done = runtime.registry.get(command.id)
     assert done is not None and done.state == COMPLETED
-    assert [entry["state"] for entry in done.history] == [QUEUED, RUNNING, COMPLETED]
+    assert [entry["state"] for entry in done.history] == [QUEUED, CommandState.RUNNING, COMPLETED]
     assert done.history[-1]["at"] == pytest.approx(clock.now)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+from support import FakeClock  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.batch import EXPANDING, Batch, BatchRegistry
@@ -15,14 +16,6 @@ from ukcancel.settings import Settings
 
 A, B = "a@example.org", "b@example.org"
 LEASE = 10.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Broker:
@@ -45,12 +38,12 @@ class Broker:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def queue(clock: Clock) -> CancelQueue:
+def queue(clock: FakeClock) -> CancelQueue:
     connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     registry = CommandRegistry(connection, 3600, clock=clock)
     return CancelQueue(connection, registry, lambda n: None, lanes=4, lease_seconds=LEASE, clock=clock)
@@ -77,7 +70,7 @@ def enqueue(queue: CancelQueue, user: str, count: int) -> list[str]:
     return [c.id for c in commands]
 
 
-def test_a_claim_leases_the_command_to_its_holder(queue: CancelQueue, clock: Clock) -> None:
+def test_a_claim_leases_the_command_to_its_holder(queue: CancelQueue, clock: FakeClock) -> None:
     [command] = enqueue(queue, A, 1)
     claim = queue.claim("turn-1")
     assert claim is not None and (claim.command_id, claim.found) == (command, WAITING)
@@ -86,7 +79,7 @@ def test_a_claim_leases_the_command_to_its_holder(queue: CancelQueue, clock: Clo
     assert queue.counts() == ScheduleCounts(0, 0, 0, 1, 0, LEASE)
 
 
-def test_only_the_holder_renews_or_releases_a_lease(queue: CancelQueue, clock: Clock) -> None:
+def test_only_the_holder_renews_or_releases_a_lease(queue: CancelQueue, clock: FakeClock) -> None:
     [command] = enqueue(queue, A, 1)
     queue.claim("turn-1")
     clock.now += 5
@@ -99,7 +92,7 @@ def test_only_the_holder_renews_or_releases_a_lease(queue: CancelQueue, clock: C
     assert queue.counts() == ScheduleCounts(0, 0, 0, 0, 0, None)
 
 
-def test_an_expired_lease_is_taken_over_first(queue: CancelQueue, clock: Clock) -> None:
+def test_an_expired_lease_is_taken_over_first(queue: CancelQueue, clock: FakeClock) -> None:
     first, second = enqueue(queue, A, 2)
     queue.claim("dead-turn")
     clock.now += LEASE + 0.001
@@ -111,7 +104,7 @@ def test_an_expired_lease_is_taken_over_first(queue: CancelQueue, clock: Clock) 
     assert queue.claim("next").command_id == second  # type: ignore[union-attr]
 
 
-def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(queue: CancelQueue, clock: Clock) -> None:
+def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(queue: CancelQueue, clock: FakeClock) -> None:
     retried, = enqueue(queue, A, 1)
     queue.claim("turn-1")
     assert retry(queue, retried, "turn-1", clock.now + 2.0)
@@ -125,7 +118,7 @@ def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(queue: Can
     assert queue.due_at(retried) is None
 
 
-def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(queue: CancelQueue, clock: Clock) -> None:
+def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(queue: CancelQueue, clock: FakeClock) -> None:
     [command] = enqueue(queue, A, 1)
     queue.claim("slow-turn")
     clock.now += LEASE + 1
@@ -136,7 +129,7 @@ def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(queue: CancelQueue
 
 
 def test_continue_lane_sends_a_successor_only_while_work_is_runnable_and_lanes_are_free(
-    queue: CancelQueue, clock: Clock
+    queue: CancelQueue, clock: FakeClock
 ) -> None:
     sent: list[int] = []
     queue.dispatch = sent.append
@@ -164,7 +157,7 @@ def test_missing_turns_fills_up_to_the_lanes() -> None:
     assert missing_turns(counts(expired=2), queued=0, lanes=6) == 2  # killed workers' commands
 
 
-def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: CancelQueue, clock: Clock) -> None:
+def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: CancelQueue, clock: FakeClock) -> None:
     broker = Broker()
     reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
     enqueue(queue, A, 3)  # their turns were lost (the queue's dispatch here sends none)
@@ -186,7 +179,7 @@ def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queu
     assert two.tick().held and second.sent == [1]
 
 
-def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: CancelQueue, clock: Clock) -> None:
+def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: CancelQueue, clock: FakeClock) -> None:
     broker = Broker()
     reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
     enqueue(queue, A, 1)
@@ -196,7 +189,7 @@ def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: Cance
     assert reconciler.tick().sent == 1
 
 
-def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queue: CancelQueue, clock: Clock) -> None:
+def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queue: CancelQueue, clock: FakeClock) -> None:
     registry = batches(queue)
     broker = Broker()
     reconciler = Reconciler(queue.connection, queue, registry, broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
@@ -222,7 +215,7 @@ def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queu
 
 
 def test_enqueue_sends_turns_only_for_lanes_neither_running_nor_covered_by_turns_on_their_way(
-    queue: CancelQueue, clock: Clock
+    queue: CancelQueue, clock: FakeClock
 ) -> None:
     sent: list[int] = []
     queue.dispatch = sent.append
@@ -248,7 +241,7 @@ def test_enqueue_sends_turns_only_for_lanes_neither_running_nor_covered_by_turns
     assert sent == [4, 1, 1]
 
 
-def test_runnable_now_sees_waiting_due_and_expired_work_only(queue: CancelQueue, clock: Clock) -> None:
+def test_runnable_now_sees_waiting_due_and_expired_work_only(queue: CancelQueue, clock: FakeClock) -> None:
     assert not queue.runnable_now()
     [command] = enqueue(queue, A, 1)
     assert queue.runnable_now()

@@ -36,18 +36,9 @@ def fleet(rate: float | None, in_flight: int | None, resume: bool, as_json: bool
     connection = connect_redis(settings)
     gate = FleetGate(connection, settings)
     lifted = gate.resume() if resume else None
-    limits = gate.configure(rate, in_flight) if rate is not None or in_flight is not None else gate.limits()
-    breaker = gate.breaker_state()
-    state = {
-        "rate_per_second": limits.rate_per_second,
-        "max_in_flight": limits.max_in_flight,
-        "in_flight": gate.in_flight(),
-        "paused_seconds": round(gate.paused_for(), 1),
-        "breaker": breaker["state"],
-        "breaker_failures": breaker["failures"],
-        "breaker_retry_in_seconds": round(float(breaker["retry_in"]), 1),
-        "processes": presence.report(connection),
-    }
+    if rate is not None or in_flight is not None:
+        gate.configure(rate, in_flight)
+    state = {**gate.status(), "processes": presence.report(connection)}
     if lifted is not None:
         state["resumed_seconds"] = round(lifted, 1)
     if as_json:
@@ -55,11 +46,11 @@ def fleet(rate: float | None, in_flight: int | None, resume: bool, as_json: bool
         return
     if lifted is not None:
         click.echo(f"resumed:         pause lifted ({lifted:.1f} s were left)" if lifted else "resumed:         no pause to lift")
-    click.echo(f"rate limit:      {limits.rate_per_second:g} calls/s (fleet-wide)")
-    click.echo(f"in-flight cap:   {limits.max_in_flight} (now {state['in_flight']})")
+    click.echo(f"rate limit:      {state['rate_per_second']:g} calls/s (fleet-wide)")
+    click.echo(f"in-flight cap:   {state['max_in_flight']} (now {state['in_flight']})")
     click.echo(f"paused:          {state['paused_seconds']:g} s left" if state["paused_seconds"] else "paused:          no")
-    retry = f", probe in {state['breaker_retry_in_seconds']:g} s" if breaker["state"] == "open" else ""
-    click.echo(f"circuit breaker: {breaker['state']} ({breaker['failures']} consecutive failures{retry})")
+    retry = f", probe in {state['breaker_retry_in_seconds']:g} s" if state["breaker"] == "open" else ""
+    click.echo(f"circuit breaker: {state['breaker']} ({state['breaker_failures']} consecutive failures{retry})")
     processes = state["processes"]
     counts = processes["counts"]
     click.echo(f"processes:       {counts['api']} API, {counts['worker']} worker, "

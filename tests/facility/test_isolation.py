@@ -78,6 +78,7 @@ ROUTES = [
     Route("withdraw-batch", "DELETE", "/v1/batches/{batch_id}", resource=own_batch),
     Route("jobs", "GET", "/v1/jobs?user_id={user_id}", resource=fresh_jobs, foreign=403),
     Route("plan", "POST", "/v1/plans", {"user_id": "{user_id}"}, resource=fresh_jobs, success=202, foreign=403),
+    Route("list-plans", "GET", "/v1/plans?user_id={user_id}", resource=own_plan, foreign=403),
     Route("read-plan", "GET", "/v1/plans/{plan_id}", resource=own_plan),
     Route("apply-plan", "POST", "/v1/plans/{plan_id}/apply", resource=own_plan, success=202),
 ]
@@ -132,6 +133,19 @@ def test_list_shows_only_the_callers_commands(facility: Facility) -> None:
     assert listed("bob") == bob_ids
     assert listed("ops") == alice_ids | bob_ids  # an admin without user_id: every user's
     assert listed("ops", f"?user_id={BOB}") == bob_ids
+
+
+def test_a_plan_listing_shows_only_the_callers_plans(facility: Facility) -> None:
+    alices = own_plan(facility, "alice")["plan_id"]
+    bobs = own_plan(facility, "bob")["plan_id"]
+
+    def listed(who: str) -> set[str]:
+        response = facility.call("GET", "/v1/plans", who)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return {item["id"] for item in response.get_json()["items"]}
+
+    assert alices in listed("alice") and bobs not in listed("alice")
+    assert bobs in listed("bob") and alices not in listed("bob")
 
 
 def test_admin_acts_for_another_user(facility: Facility) -> None:

@@ -67,16 +67,18 @@ Clock = Callable[[], float]
 
 # KEYS[1] the batch's item list (`keys.batch_items`)   KEYS[2] the batch user's waiting line (`keys.fair_queue`)
 # KEYS[3] the results stream   KEYS[4] the callback outbox
-# ARGV[1] key prefix of a command record (`keys.command("")`)   ARGV[2..] the arguments of
-# `transition` (`ukcancel.command.TRANSITION_LUA`) for a withdrawal, the command id left empty
+# ARGV[1] key prefix of a command record (`keys.command("")`)   ARGV[2] the batch's channel
+# ARGV[3..] the arguments of `transition` (`ukcancel.command.TRANSITION_LUA`) for a withdrawal, the
+# command id left empty
 # Every item still queued moves queued -> aborted through the one transition every command takes
-# (its results entry, its callback in the outbox and its news included); items in any other state
-# are left alone. Then one pass rebuilds the user's line without them (an LREM per item would be
+# (its results entry, its callback in the outbox and its own channel included); the batch's channel
+# hears one "aborted" for them all, not 10,000; items in any other state are left alone. Then one pass rebuilds the user's line without them (an LREM per item would be
 # O(items x line)). Command records are derived from ARGV[1] (a single Redis node, not a cluster).
 # Returns the ids it aborted.
 _WITHDRAW_QUEUED = TRANSITION_LUA + """
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-local args = {unpack(ARGV, 2)}
+local args = {unpack(ARGV, 3)}
+batch_news = false  -- the batch hears once, below, not once per item
 local aborted, gone = {}, {}
 for _, id in ipairs(ids) do
   args[1] = id
@@ -87,6 +89,7 @@ for _, id in ipairs(ids) do
   end
 end
 if #aborted > 0 then
+  redis.call('PUBLISH', ARGV[2], 'aborted')
   local line = redis.call('LRANGE', KEYS[2], 0, -1)
   local kept = {}
   for _, id in ipairs(line) do
@@ -267,7 +270,7 @@ class BatchRegistry:
         args = registry.transition_args("", ABORTED, (QUEUED,), fields=WITHDRAWAL_FIELDS)
         aborted = self._withdraw_queued(
             keys=[keys.batch_items(batch_id), keys.fair_queue(batch.user_id), keys.RESULTS_STREAM, keys.CALLBACK_OUTBOX],
-            args=[keys.command(""), *args],
+            args=[keys.command(""), keys.batch_events(batch_id), *args],
         )
         return [as_text(command_id) for command_id in aborted]
 

@@ -214,6 +214,7 @@ class CancelCommand:
 # the outbox (the outbox, not a hook after the script, so no crash in between can lose either).
 # Returns {1, state} when moved, {0, current state} when refused, {-1, ""} when there is no record.
 TRANSITION_LUA = """
+local batch_news = true  -- a script moving many items of one batch tells the batch once itself
 local function transition(key, results, outbox, a)
   local id, target, now = a[1], a[2], a[4]
   local current = redis.call('HGET', key, 'state')
@@ -251,7 +252,7 @@ local function transition(key, results, outbox, a)
         '{"status":"pending","attempts":0,"http_status":null,"error":null,"at":' .. now .. '}')
       redis.call('ZADD', outbox, now, id)
     end
-    if f[6] then redis.call('PUBLISH', 'ukcancel:events:batch:' .. f[6], target) end
+    if f[6] and batch_news then redis.call('PUBLISH', 'ukcancel:events:batch:' .. f[6], target) end
   end
   redis.call('PUBLISH', 'ukcancel:events:' .. id, target)
   return {1, target}

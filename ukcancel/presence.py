@@ -118,8 +118,8 @@ def _shown(settings: Settings, variable: str, field_name: str) -> str:
         value = getattr(settings, field_name)
     if value is None:
         text = ""
-    elif isinstance(value, tuple):
-        text = ",".join(value)
+    elif isinstance(value, tuple):  # hosts, pipelines, or (host, port) pairs of Sentinels
+        text = ",".join(":".join(map(str, item)) if isinstance(item, tuple) else str(item) for item in value)
     else:
         text = str(value)
     return digest(text) if READERS[variable].secret and text else text

@@ -85,7 +85,7 @@ def test_callback_is_signed_retried_and_recorded(
     make_worker_env: Callable[..., dict[str, str]],
 ) -> None:
     facility = build_facility(Settings(redis_url=redis_url, callback_allowed_hosts=(f"127.0.0.1:{receiver.port}",)))
-    worker_factory(make_worker_env(redis_url, simulator, UKCANCEL_CALLBACK_ALLOWED_HOSTS="127.0.0.1",
+    worker_factory(make_worker_env(redis_url, simulator, UKCANCEL_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{receiver.port}",
                                    UKCANCEL_CALLBACK_MAX_ATTEMPTS="5"))
     receiver.statuses = [500, 503]  # fails twice, then 200
     command_id = facility.submit("alice", {"job_id": 1001, "products": ["lc"], "callback_url": receiver.url()})

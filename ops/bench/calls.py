@@ -54,7 +54,7 @@ def _wait_expanded(runtime: Any, batch_id: str, timeout: float) -> bool:
 def calls_run(ctx: Context, n: int, form: str, workers: list[Any], prime: bool = False) -> dict[str, Any]:
     """One batch of `form` ("all" or "all_active") over n fresh jobs; the UKSSDC's log, analysed."""
     from ukcancel import submission
-    from ukcancel.batch import EXPANDING, RUNNING, Batch
+    from ukcancel.batch import EXPANDING, Batch, BatchState
     from ukcancel.command import CancelCommand
 
     store, sim = ctx.store, ctx.simulator()
@@ -74,7 +74,7 @@ def calls_run(ctx: Context, n: int, form: str, workers: list[Any], prime: bool =
     if form == "all":
         commands = [CancelCommand(job_id=FIRST_JOB + i, user_id=user, products="all", submitted_by="bench-calls")
                     for i in range(n)]
-        batch = submission.enqueue_batch(runtime, Batch(user, "bench-calls", state=RUNNING), commands)
+        batch = submission.enqueue_batch(runtime, Batch(user, "bench-calls", state=BatchState.RUNNING), commands)
         ids = [c.id for c in commands]
     else:
         batch = submission.start_expansion(runtime, Batch(user, "bench-calls", state=EXPANDING))

@@ -116,13 +116,7 @@ class TokenRegistry:
         """The record of the token with this SHA-256 (a console session holds the digest, never the token)."""
         if not re.fullmatch(r"[0-9a-f]{64}", token_digest or ""):
             return None
-        raw = self.connection.hgetall(keys.token(token_digest))
-        if not raw:
-            return None
-        data = as_text_dict(raw)
-        if not hmac.compare_digest(data.get("digest", ""), token_digest):
-            return None
-        return _record(data)
+        return record_of(self.connection.hgetall(keys.token(token_digest)), token_digest)
 
     def by_name(self, name: str) -> TokenRecord | None:
         token_digest = self.connection.hget(keys.TOKENS, name)

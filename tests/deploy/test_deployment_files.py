@@ -112,12 +112,16 @@ def _interpolated_variables(text: str) -> set[str]:
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
-    """The service's environment as `docker compose` makes it with nothing set in the shell: each
-    ``${VAR:-default}`` (or ``${VAR-default}``, ``${VAR}``) becomes its default, or empty."""
     environment = service.get("environment") or {}
     if isinstance(environment, list):
         environment = dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
-    return {str(key): "" if value is None else _interpolated(str(value)) for key, value in environment.items()}
+    return {str(key): "" if value is None else str(value) for key, value in environment.items()}
+
+
+def _run_environment(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment as `docker compose` runs it with nothing set in the shell: each
+    ``${VAR:-default}`` (or ``${VAR-default}``, ``${VAR}``) becomes its default, or empty."""
+    return {key: _interpolated(value) for key, value in _environment(service).items()}
 
 
 def _interpolated(value: str) -> str:

@@ -34,7 +34,7 @@ import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from test_deployment_files import _argv, _environment, _services
+from test_deployment_files import _argv, _run_environment, _services
 
 from ukcancel import __version__
 from ukcancel.client import Client, as_tuple
@@ -333,7 +333,7 @@ def test_a_cancellation_through_the_image(
 
     # The compose environment of the parts, pointed at this test's Redis database and the simulator.
     # The worker's metrics port too: a free one here, since the parts share the host's network.
-    env = {**_environment(services["worker"]), "REDIS_URL": redis_url, "UKSSDC_BASE_URL": sim_url,
+    env = {**_run_environment(services["worker"]), "REDIS_URL": redis_url, "UKSSDC_BASE_URL": sim_url,
            "UKCANCEL_WORKER_CONCURRENCY": "2", "UKCANCEL_RETRY_BASE_SECONDS": "0.05",
            "UKCANCEL_RETRY_MAX_DELAY_SECONDS": "0.5", "UKCANCEL_WORKER_METRICS_PORT": str(_free_port())}
     multiproc = env["PROMETHEUS_MULTIPROC_DIR"]
@@ -341,7 +341,7 @@ def test_a_cancellation_through_the_image(
     # The compose api command, bound to a free loopback port instead of 0.0.0.0:8000.
     api_argv = _argv(services["api"]["command"])
     api_argv[api_argv.index("--bind") + 1] = f"127.0.0.1:{api_port}"
-    api = buildah.start("api", api_argv, {**env, **_environment(services["api"]), "REDIS_URL": redis_url,
+    api = buildah.start("api", api_argv, {**env, **_run_environment(services["api"]), "REDIS_URL": redis_url,
                                           "UKSSDC_BASE_URL": sim_url}, tmpfs=(multiproc,))
     parts = [simulator, worker, api]
 

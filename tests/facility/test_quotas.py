@@ -103,7 +103,9 @@ def on_redis(redis_url: str) -> Iterator[Facility]:
     built.runtime.connection.close()
 
 
-def test_withdrawing_a_ten_thousand_item_batch_is_one_script_well_under_a_second(on_redis: Facility) -> None:
+def test_withdrawing_a_ten_thousand_item_batch_is_one_script(on_redis: Facility) -> None:
+    """One round trip for 10,000 items (it took 9-12 s one transition at a time). How long the script
+    takes is a benchmark's figure; the bound here only catches a step that grew out of proportion."""
     runtime = on_redis.runtime
     single = submission.submit(runtime, _alice(on_redis), {"job_id": 1001, "products": "all"}).command
     commands = [CancelCommand(job_id=1000 + i % 3, user_id=ALICE, products="all", submitted_by="alice") for i in range(10_000)]
@@ -113,11 +115,15 @@ def test_withdrawing_a_ten_thousand_item_batch_is_one_script_well_under_a_second
     runtime.queue.remove_waiting(commands[17])  # as a worker's claim takes it out of line
     reference = commands[18].id
     with runtime.registry.events.watching(keys.batch_events(batch.id)) as waiter:
+        calls = _commands_sent(runtime.connection)
         began = time.perf_counter()
         aborted = runtime.batches.withdraw_queued(batch.id, runtime.registry)
         took = time.perf_counter() - began
+        # The batch's record, then the one script (sent again once if Redis had to load it first).
+        sent = calls()
+        assert sent[0] == "HGETALL" and set(sent[1:]) <= {"EVALSHA", "SCRIPT LOAD"} and sent.count("EVALSHA") <= 2
         heard = waiter.wait(2)
-    assert took < 0.8, took  # about 0.2 s here; the issue measured 9-12 s through one transition per item
+    assert took < 5.0, took  # 0.6-0.8 s here with every item's results entry and news
     assert len(aborted) == 9_999 and started not in aborted and aborted[0] == commands[0].id
     assert heard is not None and heard[0] == ["aborted"]  # one notice for the batch's long polls
     assert runtime.connection.xlen(keys.RESULTS_STREAM) == 9_999  # one results entry each, in the same step
@@ -133,6 +139,19 @@ def test_withdrawing_a_ten_thousand_item_batch_is_one_script_well_under_a_second
     assert set(mine) - {b"batch_id"} == set(theirs)
     assert mine[b"last_error"] == theirs[b"last_error"] and mine[b"state"] == theirs[b"state"]
     assert runtime.batches.withdraw_queued(batch.id, runtime.registry) == []  # nothing queued is left
+
+
+def _commands_sent(connection: Any) -> Callable[[], list[str]]:
+    """From now on, the names of the commands `connection` sends (a script is one)."""
+    sent: list[str] = []
+    original = connection.execute_command
+
+    def recording(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return original(*args, **options)
+
+    connection.execute_command = recording
+    return lambda: list(sent)
 
 
 def _alice(facility: Facility):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The helpers test modules share: one API test client and one fake clock.
+"""The helpers test modules share: one API test client, one fake clock, the busiest-window count.
 
 They live here, not in a conftest.py, because a test module can import a module but not reliably a
 conftest (pytest imports every directory's conftest.py under the one name ``conftest``);
@@ -63,3 +63,13 @@ class ApiClient:
 
     def delete(self, path: str, user: str = ASTRO, admin: bool = False) -> Any:
         return self.client.delete(path, headers=self.headers(user, admin))
+
+
+def busiest_window(times: list[float], window: float = 1.0) -> int:
+    """The most calls received in any sliding window of `window` seconds (`times` sorted)."""
+    most, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

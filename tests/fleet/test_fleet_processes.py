@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from processes import wait_for
+from support import busiest_window  # tests/support.py
 
 from ukcancel.assemble import create_runtime
 from ukcancel.command import CancelCommand
@@ -38,24 +39,12 @@ def submit(rt: Runtime, user: str, job_ids: list[int], products: list[str] | str
     return [c.id for c in commands]
 
 
-
-
 def all_completed(rt: Runtime, ids: list[str]) -> Callable[[], bool]:
     return lambda: all(c is not None and c.state == "completed" for c in rt.registry.get_many(ids))
 
 
 def cancel_times(simulator: SimulatorServer) -> list[float]:
     return sorted(entry["t"] for entry in simulator.state.log() if entry["endpoint"] == CANCEL)
-
-
-def busiest_window(times: list[float], window: float = 1.0) -> int:
-    """The most calls received in any sliding window of `window` seconds."""
-    most, start = 0, 0
-    for end in range(len(times)):
-        while times[end] - times[start] >= window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def test_rate_limit_holds_across_two_worker_processes(

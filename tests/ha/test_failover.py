@@ -20,6 +20,7 @@ import redis
 import requests
 from processes import clean_environment, start_in_own_group, stop_group, wait_for
 from sentinels import SentinelSet  # tests/ha/sentinels.py
+from support import busiest_window  # tests/support.py
 from werkzeug.serving import make_server
 
 from ukcancel import keys
@@ -60,15 +61,6 @@ class Api:
 
     def stop(self) -> None:
         self.server.shutdown()
-
-
-def busiest_window(times: list[float], window: float = 1.0) -> int:
-    most, start = 0, 0
-    for end in range(len(times)):
-        while times[end] - times[start] >= window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def lc_cancelled(command: dict[str, Any]) -> bool:

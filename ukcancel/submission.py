@@ -24,30 +24,23 @@ from ukcancel import keys
 from ukcancel.batch import Batch
 from ukcancel.command import CancelCommand
 from ukcancel.dispatch import DispatchError
+from ukcancel.lifecycle import WithdrawParts
 from ukcancel.store import as_text
 from ukcancel.token import Principal
 
 if TYPE_CHECKING:
-    from ukcancel.batch import BatchRegistry
-    from ukcancel.command import CommandRegistry
     from ukcancel.dispatch import Dispatch
-    from ukcancel.queue import CancelQueue
     from ukcancel.settings import Settings
 
 
-class SubmissionParts(Protocol):
-    """What submitting needs of a process's objects (a `ukcancel.runtime.Runtime` has them all)."""
+class SubmissionParts(WithdrawParts, Protocol):
+    """What submitting needs of a process's objects (a `ukcancel.runtime.Runtime` has them all):
+    a withdrawal's registry, queue and batches, and these."""
 
     @property
     def settings(self) -> Settings: ...
     @property
     def connection(self) -> redis.Redis: ...
-    @property
-    def registry(self) -> CommandRegistry: ...
-    @property
-    def queue(self) -> CancelQueue: ...
-    @property
-    def batches(self) -> BatchRegistry: ...
     @property
     def dispatch(self) -> Dispatch: ...
 

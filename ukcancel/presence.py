@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -164,12 +165,37 @@ def forget(connection: redis.Redis, name: str) -> None:
 
 class Publisher:
     """Publishes a process's presence at most every `HEARTBEAT_SECONDS` (for call sites that run
-    often, such as the API's requests); `beat()` never raises for Redis being away."""
+    often, such as the API's requests); `beat()` never raises for Redis being away.
+
+    `start_beating()` publishes from a daemon thread (a greenlet under gevent) as well: an API
+    process that serves no request for a while (gunicorn's other worker, when one takes every
+    connection) is still live, not aged out of `ukcancel fleet` and `/readyz`."""
 
     def __init__(self, connection: redis.Redis, role: str, settings: Settings, name: str | None = None) -> None:
         self.connection, self.role, self.settings = connection, role, settings
         self.name = name or process_name(role)
         self._last = float("-inf")
+        self._beating: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start_beating(self) -> threading.Thread:
+        """Beat every heartbeat from now on, in the process that calls it (after gunicorn's fork),
+        until `stop_beating()`; a second call starts no second beat."""
+        if self._beating is None:
+
+            def beat_until_stopped() -> None:
+                while not self._stop.is_set():
+                    self.beat(force=True)
+                    self._stop.wait(HEARTBEAT_SECONDS)
+
+            self._beating = threading.Thread(target=beat_until_stopped, name="ukcancel-presence", daemon=True)
+            self._beating.start()
+        return self._beating
+
+    def stop_beating(self) -> None:
+        self._stop.set()
+        if self._beating is not None:
+            self._beating.join(HEARTBEAT_SECONDS)
 
     def beat(self, force: bool = False) -> None:
         now = time.monotonic()

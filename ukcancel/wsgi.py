@@ -12,4 +12,7 @@ app = create_api(settings)
 # The key layout of this release (`ukcancel.layout`): migrated once across the fleet, or the
 # process refuses to start (LayoutTooNew names both versions).
 ensure_layout_at_start(app.extensions["ukcancel"].connection)
+# This process's presence every heartbeat, whether or not it serves requests (gunicorn loads
+# this module in each worker, after the fork).
+app.extensions["ukcancel_presence"].start_beating()
 gunicorn_errors.install()  # gunicorn's own 400/414/431 answers as problems, like the application's

@@ -86,3 +86,20 @@ def test_agreeing_processes_report_no_problem_and_secrets_are_only_hashed(redis_
 
 def test_every_setting_says_which_process_reads_it() -> None:
     assert sorted(presence.READERS) == sorted(variable for variable, _, _ in Settings.ENVIRONMENT)
+
+
+def test_an_api_process_that_serves_no_request_is_still_live(redis_url: str) -> None:
+    """gunicorn's second worker may serve nothing while the first takes every connection: its
+    presence comes from its own beat (`ukcancel.wsgi` starts it), not from requests."""
+    runtime = create_runtime(Settings(redis_url=redis_url))
+    app = create_api(runtime=runtime)
+    publisher = app.extensions["ukcancel_presence"]
+    assert presence.live_processes(runtime.connection) == []
+    beating = publisher.start_beating()
+    try:
+        wait_for(lambda: [p.name for p in presence.live_processes(runtime.connection)] == [publisher.name], 10,
+                 "the API's presence without a request")
+        assert publisher.start_beating() is beating  # one beat a process
+    finally:
+        publisher.stop_beating()
+    assert not beating.is_alive()

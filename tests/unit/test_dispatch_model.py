@@ -2,7 +2,8 @@
 
 The real core classes (the schedule, the command records and their Lua transitions, the fleet gate,
 the reconciler, the callback outbox, `CancellationRun`) run on one fakeredis server with Lua and
-one injected clock. Around them, in this file only:
+one injected clock, which is also the fakeredis server's own (its key expiries, `redis_time_is`), so
+an example replays exactly however slowly the machine runs it. Around them, in this file only:
 
 - a broker of anonymous turns that can refuse sends (`Broker`);
 - a UKSSDC that keeps each job's product states and answers each call as scripted: a reply, a
@@ -33,12 +34,15 @@ import contextlib
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import redis
 from fakeredis import FakeRedisConnection
+from fakeredis._socket import _base as fakeredis_socket
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -118,6 +122,19 @@ class FaultPlan:
         if self.trips == self.at and self.kind == "die_after":
             self.dead = True
             raise WorkerDied
+
+
+@contextlib.contextmanager
+def redis_time_is(clock: FakeClock) -> Iterator[None]:
+    """fakeredis expires keys (a `PX` the gate or the reconciler sets) by the model's clock rather than
+    the wall clock: otherwise a slow run expires a key a fast run did not, the same steps meet
+    another state, and Hypothesis cannot replay an example."""
+    wall = fakeredis_socket.time
+    fakeredis_socket.time = SimpleNamespace(time=clock)  # the module reads only time.time()
+    try:
+        yield
+    finally:
+        fakeredis_socket.time = wall
 
 
 def fault_connection(server: fakeredis.FakeServer, plan: FaultPlan | None) -> redis.Redis:
@@ -292,6 +309,8 @@ class DispatchModel(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         self.clock = FakeClock()
+        self.redis_time = contextlib.ExitStack()
+        self.redis_time.enter_context(redis_time_is(self.clock))
         self.server = fakeredis.FakeServer()
         self.broker = Broker()
         self.parts = Parts.on(fault_connection(self.server, None), self.clock, self.broker)
@@ -331,7 +350,9 @@ class DispatchModel(RuleBasedStateMachine):
         self.next_job += 1
         active = [s for s in products if s != "psf"]
         self.ukssdc.add_job(job_id, active, [s for s in products if s == "psf"])
-        command = CancelCommand(job_id=job_id, user_id=user, products=[LONG[s] for s in products],
+        # Ids in submission order, not random: Redis orders ties by member, and a replayed example
+        # must meet the same order (Hypothesis refuses a rule choice that depends on chance).
+        command = CancelCommand(job_id=job_id, user_id=user, products=[LONG[s] for s in products], id=f"{job_id:032x}",
                                 callback_url="https://receiver.example.org/hook" if callback else None)
         return command
 
@@ -345,7 +366,8 @@ class DispatchModel(RuleBasedStateMachine):
     @rule(user=st.sampled_from(USERS), size=st.integers(1, 6))
     def submit_batch(self, user: str, size: int) -> None:
         commands = [self._new_command(user, ["lc", "spec"], False) for _ in range(size)]
-        submission.enqueue_batch(RuntimeView(self.parts), Batch(user), commands)  # type: ignore[arg-type]
+        batch = Batch(user, id=f"{(1 << 120) + self.next_job:032x}")  # apart from the commands' ids
+        submission.enqueue_batch(RuntimeView(self.parts), batch, commands)  # type: ignore[arg-type]
         self._accepted(commands)
 
     def _accepted(self, commands: list[CancelCommand]) -> None:
@@ -359,7 +381,7 @@ class DispatchModel(RuleBasedStateMachine):
     @precondition(lambda self: self.commands)
     @rule(data=st.data())
     def withdraw(self, data: st.DataObject) -> None:
-        command_id = data.draw(st.sampled_from(sorted(self.commands)))
+        command_id = data.draw(st.sampled_from(list(self.commands)))
         command = self.parts.registry.get(command_id)
         assert command is not None
         outcome = lifecycle.withdraw(RuntimeView(self.parts), command)  # type: ignore[arg-type]
@@ -526,6 +548,10 @@ class DispatchModel(RuleBasedStateMachine):
     def teardown(self) -> None:
         if not hasattr(self, "clock"):
             return
+        with self.redis_time:  # the wall clock is fakeredis's again however the drain ends
+            self._drain()
+
+    def _drain(self) -> None:
         for frozen in self.frozen:
             frozen.client.thaw.set()
             frozen.thread.join(10)

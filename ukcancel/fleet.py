@@ -244,7 +244,12 @@ class FleetGate:
         return self.limits()
 
     # -- permits ---------------------------------------------------------------------------
-    def acquire(self, max_wait: float | None = None, wanted: Callable[[], bool] | None = None) -> Permit | Wait:
+    def acquire(
+        self,
+        max_wait: float | None = None,
+        wanted: Callable[[], bool] | None = None,
+        while_waiting: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+    ) -> Permit | Wait:
         """A permit, waiting up to `max_wait` seconds for one; otherwise how long to wait and why.
 
         A wait longer than what is left of `max_wait` is answered at once, without sleeping: the
@@ -252,23 +257,29 @@ class FleetGate:
         `wanted` is asked after each wait: once the work is gone (withdrawn, or finished by another
         run) the answer is `Wait(0, UNWANTED_REASON)` and no permit is taken, so a withdrawn
         command never spends one of the fleet's calls, nor moves its pacing schedule on.
+        `while_waiting` is entered before the first sleep and left when the wait ends (a turn
+        covers its lane only while it really waits). Each acquire is one observation of
+        `ukcancel_permit_wait_seconds`: granted, or deferred.
         """
         max_wait = self.settings.fleet_max_wait_seconds if max_wait is None else max_wait
         started = self.clock()
         deadline = started + max_wait
         waited = False
-        while True:
-            if waited and wanted is not None and not wanted():
-                return Wait(0.0, UNWANTED_REASON)
-            outcome = self._try(uuid.uuid4().hex)
-            if isinstance(outcome, Permit):
-                metrics.PERMIT_WAIT_SECONDS.labels("granted").observe(self.clock() - started)
-                return outcome
-            if self.clock() + outcome.seconds > deadline:
-                metrics.PERMIT_WAIT_SECONDS.labels("deferred").observe(self.clock() - started)
-                return outcome
-            self.sleep(outcome.seconds)
-            waited = True
+        with contextlib.ExitStack() as waiting:
+            while True:
+                if waited and wanted is not None and not wanted():
+                    return Wait(0.0, UNWANTED_REASON)
+                outcome = self._try(uuid.uuid4().hex)
+                if isinstance(outcome, Permit):
+                    metrics.PERMIT_WAIT_SECONDS.labels("granted").observe(self.clock() - started)
+                    return outcome
+                if self.clock() + outcome.seconds > deadline:
+                    metrics.PERMIT_WAIT_SECONDS.labels("deferred").observe(self.clock() - started)
+                    return outcome
+                if not waited and while_waiting is not None:
+                    waiting.enter_context(while_waiting())
+                self.sleep(outcome.seconds)
+                waited = True
 
     def next_permit_in(self) -> Wait:
         """How long until a permit could be granted, and why (0 seconds: now); takes nothing."""

@@ -114,10 +114,10 @@ class CancellationRun:
             metrics.EMPTY_TURNS.inc()
             return RunResult(None, None)
         max_wait = self.settings.fleet_max_wait_seconds
-        outcome = self.gate.acquire(0)  # a permit free now needs no waiting (the usual case under load)
-        if isinstance(outcome, Wait) and outcome.seconds <= max_wait:
-            with self.queue.waiting_for_permit(self.holder, max_wait):  # it covers its lane while it waits
-                outcome = self.gate.acquire(max_wait, wanted=self.queue.runnable_now)
+        # While it waits (not when a permit is free at once, the usual case under load) the turn
+        # covers its lane, so the reconciler sends no other for it.
+        outcome = self.gate.acquire(max_wait, wanted=self.queue.runnable_now,
+                                    while_waiting=lambda: self.queue.waiting_for_permit(self.holder, max_wait))
         if isinstance(outcome, Wait):
             # No permit in time, or the work went away: nothing was claimed. The turn ends without
             # a successor; the reconciler sends one once the gate says a permit is near, so a

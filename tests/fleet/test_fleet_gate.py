@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import fakeredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import FakeClock  # tests/support.py
 
-from ukcancel import keys
+from ukcancel import keys, metrics
 from ukcancel.fleet import CLOSED, FAILED, HALF_OPEN, OK, OPEN, SENT, FleetGate, Permit, Wait, rate_window
 from ukcancel.retry import CallFailure
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND, Settings
@@ -175,6 +178,32 @@ def test_acquire_waits_within_max_wait() -> None:
     assert isinstance(gate.acquire(max_wait=0.5), Wait)
     assert isinstance(gate.acquire(max_wait=2.0), Permit)
     assert clock.now - started == pytest.approx(1.1)
+
+
+def test_one_acquire_is_one_observation_and_covers_only_its_wait() -> None:
+    """A turn asks once: a wait then a grant is one "granted" (not also a "deferred"), and its
+    `while_waiting` context is entered only around the sleep."""
+    clock = FakeClock(1_000_000.0)
+    gate = make_gate(clock, fleet_rate_per_second=1.0, fleet_guard_seconds=0.1)
+    waits: list[str] = []
+
+    @contextlib.contextmanager
+    def covering() -> Iterator[None]:
+        waits.append("entered")
+        yield
+        waits.append("left")
+
+    counts = {o: _count(o) for o in ("granted", "deferred")}
+    assert isinstance(gate.acquire(max_wait=0, while_waiting=covering), Permit) and waits == []
+    assert isinstance(gate.acquire(max_wait=2.0, while_waiting=covering), Permit)
+    assert waits == ["entered", "left"]
+    assert isinstance(gate.acquire(max_wait=0.5, while_waiting=covering), Wait) and waits == ["entered", "left"]
+    assert _count("granted") - counts["granted"] == 2 and _count("deferred") - counts["deferred"] == 1
+
+
+def _count(outcome: str) -> float:
+    return next((s.value for s in metrics.PERMIT_WAIT_SECONDS.collect()[0].samples
+                 if s.name.endswith("_count") and s.labels.get("outcome") == outcome), 0.0)
 
 
 def test_run_time_configuration_is_read_at_every_acquire() -> None:

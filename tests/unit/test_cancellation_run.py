@@ -55,7 +55,8 @@ class OpenGate(FleetGate):
         self.paused: list[float] = []
         self.clock = lambda: 1000.0  # what `FleetGate.permit` reads to turn a Retry-After into a pause
 
-    def acquire(self, max_wait: float | None = None, wanted: Callable[[], bool] | None = None) -> Permit | Wait:
+    def acquire(self, max_wait: float | None = None, wanted: Callable[[], bool] | None = None,
+                while_waiting: object = None) -> Permit | Wait:
         if self.wait is not None:
             return self.wait
         self.acquired += 1

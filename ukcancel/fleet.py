@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -47,7 +48,26 @@ from ukcancel.retry import CallFailure, Rand, Reschedule, spread
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND, Settings
 from ukcancel.store import as_text, as_text_dict
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+class BreakerState(StrEnum):
+    """The circuit breaker's state, as `ukcancel fleet`, the console and the metrics show it."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"  # the cool-down is over: one probe call at a time
+
+
+class CallOutcome(StrEnum):
+    """How the call made under a permit went, as the permit is given back (`FleetGate.release`)."""
+
+    OK = "ok"
+    FAILED = "failed"  # a transient failure: the breaker counts it
+    SENT = "sent"  # sent, its outcome unknown: it stays in the rate window, the breaker is not told
+    UNUSED = "unused"  # no call was made: its place in the rate window goes back to the fleet
+
+
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+OK, FAILED, SENT, UNUSED = CallOutcome.OK, CallOutcome.FAILED, CallOutcome.SENT, CallOutcome.UNUSED
 PAUSED_REASON = "fleet paused by the UKSSDC's Retry-After"
 UNWANTED_REASON = "the work was withdrawn or finished while it waited"
 HEARTBEAT_SECONDS = 5.0
@@ -152,7 +172,6 @@ end
 return 1
 """
 
-OK, FAILED, SENT, UNUSED = "ok", "failed", "sent", "unused"
 # The longest window of any accepted rate (one call in 1 / MIN_FLEET_RATE_PER_SECOND seconds), plus a
 # second: how long the log of calls outlives the last one.
 CALL_LOG_SECONDS = 1 / MIN_FLEET_RATE_PER_SECOND + 1.0
@@ -344,9 +363,8 @@ class FleetGate:
         """
         self.connection.zadd(keys.FLEET_CALLS, {permit.id: self.clock()}, xx=True, gt=True)
 
-    def release(self, permit: Permit, outcome: str, *, pause_until: float | None = None) -> None:
-        """Give the permit back: `OK`, `FAILED` (a transient failure), `SENT` (outcome unknown) or
-        `UNUSED` (no call made: its place in the rate window goes back to the fleet)."""
+    def release(self, permit: Permit, outcome: CallOutcome, *, pause_until: float | None = None) -> None:
+        """Give the permit back, saying how its call went (`CallOutcome`)."""
         self._release(
             keys=[keys.FLEET_INFLIGHT, keys.FLEET_CALLS, keys.FLEET_BREAKER, keys.FLEET_PROBE, keys.FLEET_PAUSED_UNTIL],
             args=[

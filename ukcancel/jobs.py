@@ -27,27 +27,24 @@ import redis
 
 from ukcancel import keys
 from ukcancel import products as product_names
+from ukcancel.codes import ACTIVE_STATES, CANCELLED_STATES, FINAL_STATES, FINISHED_STATES, ProductState
 from ukcancel.events import EventListener
-from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.store import as_text, as_text_dict
 
 Clock = Callable[[], float]
 
-# checkProductStatus.php's state codes and what they mean.
+# checkProductStatus.php's state codes (`ukcancel.codes`) and what they mean.
 STATE_TEXTS: dict[int, str] = {
-    -4: "Cancelled by the user",
-    -3: "Ran, but built nothing",
-    -2: "Failed (internal error)",
-    -1: "Failed (internal error)",
-    1: "Requested, not yet queued",
-    2: "Queued",
-    3: "Running",
-    4: "Completed",
-    5: "Waiting for the standard position",
+    ProductState.CANCELLED_BY_USER: "Cancelled by the user",
+    ProductState.BUILT_NOTHING: "Ran, but built nothing",
+    ProductState.FAILED_INTERNAL: "Failed (internal error)",
+    ProductState.FAILED_TO_START: "Failed (internal error)",
+    ProductState.REQUESTED: "Requested, not yet queued",
+    ProductState.QUEUED: "Queued",
+    ProductState.RUNNING: "Running",
+    ProductState.COMPLETED: "Completed",
+    ProductState.WAITING_FOR_POSITION: "Waiting for the standard position",
 }
-FINISHED_STATES = frozenset({4, -1, -2, -3})
-CANCELLED_STATES = frozenset({-4})
-FINAL_STATES = FINISHED_STATES | CANCELLED_STATES
 # The `state` filter: a name -> the product states it selects.
 STATE_FILTERS: dict[str, frozenset[int]] = {
     "active": ACTIVE_STATES,

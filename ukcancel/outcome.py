@@ -21,18 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ukcancel.codes import ACTIVE_STATES as ACTIVE_STATES  # re-exported: its readers import it from here
-from ukcancel.codes import CancelCode, ProductState
+from ukcancel.codes import CancelCode
 from ukcancel.products import SHORT_TO_LONG
 
-# The UKSSDC's codes live in `ukcancel.codes`; these names are the ones the worker reads.
-CANCELLED = CancelCode.CANCELLED
-NOT_CANCELLED_FINISHED = CancelCode.NOT_CANCELLED_FINISHED
-NO_RECORD = CancelCode.NO_RECORD
-NOT_CANCELLED_UNKNOWN = CancelCode.NOT_CANCELLED_UNKNOWN
-OUTCOME_UNKNOWN = CancelCode.OUTCOME_UNKNOWN
 PRODUCT_CODES = frozenset(CancelCode)
-CANCELLED_BY_USER = ProductState.CANCELLED_BY_USER
 
 CONFIRMED_CANCELLED_TEXT = "Job cancelled OK (confirmed by a status check)"
 CONFIRMED_FINISHED_TEXT = "Job could not be cancelled - it has already finished (confirmed by a status check)"
@@ -122,7 +114,7 @@ def parse_cancel_reply(payload: Mapping[str, Any], asked: list[str]) -> CancelRe
 
 def aggregate_status(outcomes: Mapping[str, ProductOutcome]) -> int:
     """1 when every product was cancelled, 2 when the server processed it and one was not."""
-    return 1 if outcomes and all(o.code == CANCELLED for o in outcomes.values()) else 2
+    return 1 if outcomes and all(o.code == CancelCode.CANCELLED for o in outcomes.values()) else 2
 
 
 def processed_tuple(outcomes: Mapping[str, ProductOutcome]) -> list[Any]:

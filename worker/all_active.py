@@ -29,10 +29,10 @@ from celery import Celery
 from ukcancel import keys
 from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
+from ukcancel.codes import ACTIVE_STATES
 from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import ListedJob
-from ukcancel.outcome import ACTIVE_STATES
 from ukcancel.retry import Rand, Reschedule, backoff_delay
 from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task

@@ -22,17 +22,12 @@ import redis
 
 from ukcancel import lifecycle, logs, metrics
 from ukcancel import products as product_names
+from ukcancel.codes import ACTIVE_STATES, CancelCode, ProductState
 from ukcancel.command import CancelCommand, CommandState
 from ukcancel.fleet import UNWANTED_REASON, FleetGate, Permit, Wait
 from ukcancel.outcome import (
-    ACTIVE_STATES,
-    CANCELLED,
-    CANCELLED_BY_USER,
     CONFIRMED_CANCELLED_TEXT,
     CONFIRMED_FINISHED_TEXT,
-    NO_RECORD,
-    NOT_CANCELLED_FINISHED,
-    OUTCOME_UNKNOWN,
     ProductOutcome,
     error_tuple,
     processed_tuple,
@@ -280,7 +275,7 @@ class CancellationRun:
                 )
         if unlisted:
             # "all" for a job listOldJobs did not show: drop what the job never had.
-            settled = {s: o for s, o in settled.items() if o.code != NO_RECORD}
+            settled = {s: o for s, o in settled.items() if o.code != CancelCode.NO_RECORD}
         ordered = {short: settled[short] for short in resolved if short in settled}
         return processed_tuple(ordered), server_ok
 
@@ -306,7 +301,8 @@ class CancellationRun:
         doubtful = [
             short
             for short, outcome in outcomes.items()
-            if outcome.code == OUTCOME_UNKNOWN or (outcome.code == NOT_CANCELLED_FINISHED and command.ambiguous)
+            if outcome.code == CancelCode.OUTCOME_UNKNOWN
+            or (outcome.code == CancelCode.NOT_CANCELLED_FINISHED and command.ambiguous)
         ]
         for short, outcome in outcomes.items():
             if short not in doubtful:
@@ -319,13 +315,13 @@ class CancellationRun:
         still_unknown: list[str] = []
         for short in doubtful:
             reported, state = outcomes[short], states.get(short)
-            if state == CANCELLED_BY_USER:
+            if state == ProductState.CANCELLED_BY_USER:
                 # Our earlier request (or this one, code 4) did cancel it.
-                settled[short] = ProductOutcome(CANCELLED, CONFIRMED_CANCELLED_TEXT)
-            elif reported.code == NOT_CANCELLED_FINISHED:
+                settled[short] = ProductOutcome(CancelCode.CANCELLED, CONFIRMED_CANCELLED_TEXT)
+            elif reported.code == CancelCode.NOT_CANCELLED_FINISHED:
                 settled[short] = reported
             elif state is not None and state not in ACTIVE_STATES:
-                settled[short] = ProductOutcome(NOT_CANCELLED_FINISHED, CONFIRMED_FINISHED_TEXT)
+                settled[short] = ProductOutcome(CancelCode.NOT_CANCELLED_FINISHED, CONFIRMED_FINISHED_TEXT)
             elif state in ACTIVE_STATES:
                 still_unknown.append(short)
             else:

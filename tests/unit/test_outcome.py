@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from ukcancel.codes import CancelCode
 from ukcancel.outcome import (
-    CANCELLED,
     PRODUCT_CODES,
     CancelReply,
     ProductOutcome,
@@ -262,7 +262,7 @@ def test_nothing_to_report_is_not_a_success() -> None:
 def test_status_is_1_exactly_when_every_code_is_0(codes: dict[str, int]) -> None:
     outcomes = {short: ProductOutcome(code, f"text {code}") for short, code in codes.items()}
     status, detail = processed_tuple(outcomes)
-    assert status == (1 if all(code == CANCELLED for code in codes.values()) else 2)
+    assert status == (1 if all(code == CancelCode.CANCELLED for code in codes.values()) else 2)
     assert aggregate_status(outcomes) == status
     # Keyed by long name, in the order given, with the code and text of each product.
     assert list(detail) == [SHORT_TO_LONG[short] for short in codes]

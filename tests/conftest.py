@@ -41,7 +41,9 @@ from processes import (  # ops/bench/processes.py, on the path by pyproject.toml
 )
 from support import ApiClient, FakeClock  # tests/support.py
 
+from ukcancel.assemble import create_runtime
 from ukcancel.runtime import Runtime
+from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer, SimulatorState
 
 REDIS_DATABASES = range(9, 16)
@@ -259,6 +261,15 @@ def make_worker_env() -> Callable[..., dict[str, str]]:
 def fake_clock() -> FakeClock:
     """Time that moves only when the test says so."""
     return FakeClock()
+
+
+@pytest.fixture
+def api_runtime(redis_url: str, simulator: SimulatorServer) -> Iterator[Runtime]:
+    """The API's side (records, dispatch) on the test's Redis, with the simulator as its UKSSDC: what
+    a test with worker processes submits through."""
+    runtime = create_runtime(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url))
+    yield runtime
+    runtime.connection.close()
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
-"""The base of every task of the service (Celery's `task_cls`), as Celery's guide shows with its DatabaseTask.
+"""The base of every task of the service (Celery's `task_cls`), as Celery's guide shows with its
+DatabaseTask, and the app that gives tasks their runtime.
 
-It holds what a task needs, built lazily once per process (so prefork children build their own
-HTTP sessions), and the options that make a killed worker lose nothing.
+A task's resources are properties of `ServiceTask`, built lazily once per process (so prefork
+children build their own HTTP sessions): the runtime the composition root gave the app
+(`ServiceCelery.use`), its gate, and the UKSSDC client. It also carries the options that make a
+killed worker lose nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ class ServiceRequest(Request):
         self._connection_errors = (*self._connection_errors, AttributeError)
 
 
+class ServiceCelery(Celery):
+    """The service's Celery app; `ukcancel.assemble` gives it the runtime its tasks work with."""
+
+    _runtime: Runtime | None = None
+
+    def use(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("this Celery app was given no runtime (ukcancel.assemble.create_runtime gives one)")
+        return self._runtime
+
+
 class ServiceTask(Task):
     # Acknowledged only once the task has finished; a worker killed mid-task puts the message back.
     acks_late = True
@@ -45,7 +63,10 @@ class ServiceTask(Task):
 
     @functools.cached_property
     def runtime(self) -> Runtime:
-        return self.app.runtime  # type: ignore[no-any-return]  # set by `ukcancel.assemble`
+        app = self.app
+        if not isinstance(app, ServiceCelery):
+            raise TypeError(f"a service task runs on a ServiceCelery app, not {type(app).__name__}")
+        return app.runtime
 
     @functools.cached_property
     def gate(self) -> FleetGate:

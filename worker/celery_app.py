@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import Celery, bootsteps
+from celery import bootsteps
 from celery.worker.consumer import Consumer
 from kombu import Queue
 
@@ -34,7 +34,7 @@ from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
 from ukcancel.worker import all_active, callbacks, jobs, tasks
-from ukcancel.worker.base_task import ServiceTask
+from ukcancel.worker.base_task import ServiceCelery, ServiceTask
 from ukcancel.worker.bounded_http import BoundedHttp
 from ukcancel.worker.callbacks import CallbackSender
 from ukcancel.worker.metrics import MetricsEndpoint
@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 
 QUEUE = tasks.TURN_QUEUE
 QUEUES = (tasks.TURN_QUEUE, tasks.CONTROL_QUEUE)
-
-
-class ServiceCelery(Celery):
-    """The service's Celery app; its tasks work with `runtime`, which the assembly sets."""
-
-    runtime: Runtime
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
@@ -22,10 +22,13 @@ from kombu.exceptions import ChannelError, KombuError
 
 from ukcancel.dispatch import DispatchError
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
-from ukcancel.worker.base_task import ServiceTask, service_task
+from ukcancel.worker.base_task import ServiceCelery, ServiceTask, service_task
 from ukcancel.worker.callbacks import DELIVER_CALLBACK
 from ukcancel.worker.cancellation import CancellationRun
 from ukcancel.worker.jobs import REFRESH_JOBS
+
+if TYPE_CHECKING:
+    from ukcancel.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,15 @@ class CeleryDispatch:
     def refresh_jobs(self, user_id: str) -> None:
         with _as_dispatch_error():
             self.app.send_task(REFRESH_JOBS, args=[user_id])
+
+
+def celery_of(runtime: Runtime) -> ServiceCelery:
+    """The Celery app a runtime dispatches through: what a worker process runs, and what an
+    embedded worker or a test's purge works on."""
+    dispatch = runtime.dispatch
+    if not isinstance(dispatch, CeleryDispatch) or not isinstance(dispatch.app, ServiceCelery):
+        raise ValueError(f"this runtime does not dispatch through the service's Celery app ({type(dispatch).__name__})")
+    return dispatch.app
 
 
 @contextlib.contextmanager

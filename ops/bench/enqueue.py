@@ -27,7 +27,7 @@ from harness import (
 
 def bench_enqueue(ctx: Context) -> dict[str, Any]:
     from ukcancel import keys
-    from ukcancel.worker.tasks import RUN_NEXT
+    from ukcancel.worker.tasks import RUN_NEXT, celery_of
 
     n = 1000 if ctx.quick else 3000
     out: dict[str, Any] = {"n": n, "runs": []}
@@ -37,7 +37,7 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
     # Bare Celery: the same N "turn" messages, sent from this process to the same broker.
     def bare(threads: int) -> dict[str, Any]:
         store.reset()
-        app = store.runtime.celery
+        app = celery_of(store.runtime)
         for _ in range(50):  # warm: connection pool, producer, exchange declaration
             app.send_task(RUN_NEXT)
         store.redis.delete(queue_key)

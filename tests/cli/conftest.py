@@ -16,11 +16,11 @@ from werkzeug.serving import make_server
 
 from ukcancel.assemble import create_api, create_runtime
 from ukcancel.cli import main
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.fleet import live_workers
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
+from ukcancel.worker.embedded import EmbeddedWorker
 
 ASTRO = "astro@example.org"
 

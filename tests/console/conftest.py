@@ -16,10 +16,11 @@ import pytest
 from werkzeug.serving import make_server
 
 from ukcancel.assemble import create_api, create_runtime
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
+from ukcancel.worker.embedded import EmbeddedWorker
+from ukcancel.worker.tasks import celery_of
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -57,7 +58,7 @@ def site(simulator: SimulatorServer) -> Iterator[Site]:
         thread.join(5)
         # Tasks sent while no worker ran (refreshes) would wait in the in-memory broker, which every
         # embedded runtime of this process shares, for a later test's worker: drop them.
-        runtime.celery.control.purge()
+        celery_of(runtime).control.purge()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from ukcancel.assemble import create_api
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 from ukcancel.worker.celery_app import QUEUE
+from ukcancel.worker.tasks import celery_of
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +32,9 @@ def test_rabbitmq_broker_runs_commands_and_retries(
     assert settings.effective_broker_url == rabbitmq_url
     app = create_api(settings)
     runtime = app.extensions["ukcancel"]
-    assert runtime.celery.conf.broker_url == rabbitmq_url
+    assert celery_of(runtime).conf.broker_url == rabbitmq_url
     # The queue name is fixed: start from an empty one, whatever an earlier run left there.
-    with runtime.celery.connection_for_write() as connection:
+    with celery_of(runtime).connection_for_write() as connection:
         channel = connection.default_channel
         channel.queue_declare(QUEUE, durable=True, auto_delete=False)
         channel.queue_purge(QUEUE)

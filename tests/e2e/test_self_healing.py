@@ -33,7 +33,7 @@ from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
-from ukcancel.worker.tasks import CONTROL_QUEUE, TURN_QUEUE
+from ukcancel.worker.tasks import CONTROL_QUEUE, TURN_QUEUE, celery_of
 
 pytestmark = pytest.mark.e2e
 
@@ -258,8 +258,7 @@ def default_env(redis_url: str, simulator: SimulatorServer, broker_url: str | No
 
 def purge_rabbitmq(api: Api) -> None:
     """The queue names are fixed: start from empty ones, whatever an earlier run left there."""
-    assert api.runtime.celery is not None
-    with api.runtime.celery.connection_for_write() as connection:
+    with celery_of(api.runtime).connection_for_write() as connection:
         channel = connection.default_channel
         for name in (TURN_QUEUE, CONTROL_QUEUE):
             channel.queue_declare(name, durable=True, auto_delete=False)

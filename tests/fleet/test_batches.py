@@ -13,13 +13,13 @@ from support import ApiClient  # tests/support.py
 from ukcancel import keys
 from ukcancel.assemble import create_runtime
 from ukcancel.batch import EXPANDING
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.fleet import FleetGate, Wait
 from ukcancel.retry import Reschedule
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
 from ukcancel.worker.all_active import ActiveJobsExpansion
+from ukcancel.worker.embedded import EmbeddedWorker
 from ukcancel.worker.ukssdc import UkssdcClient
 
 ASTRO = "astro@example.org"

@@ -14,10 +14,11 @@ from support import ApiClient  # tests/support.py
 
 from ukcancel import keys
 from ukcancel.assemble import create_runtime
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
+from ukcancel.worker.embedded import EmbeddedWorker
+from ukcancel.worker.tasks import celery_of
 
 ASTRO = "astro@example.org"  # jobs 1001 (lc 3, psf 2), 1002 (lc 2, spec 2, psf 4, xastrom 5), 1003 (lc 4, spec 4)
 OTHER = "other@example.org"  # jobs 1004, 1005
@@ -47,7 +48,7 @@ def settings_for(simulator: SimulatorServer, **changes: Any) -> Settings:
 def working(runtime: Runtime) -> EmbeddedWorker:
     """An embedded worker for `runtime`, after dropping what earlier tests left in the in-memory broker
     (which every embedded runtime of the process shares): these tests count the UKSSDC's calls."""
-    runtime.celery.control.purge()
+    celery_of(runtime).control.purge()
     return EmbeddedWorker(runtime)
 
 

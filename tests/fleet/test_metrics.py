@@ -9,11 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ukcancel.assemble import create_api, create_runtime
 from ukcancel.command import CancelCommand
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.fleet import FleetGate, Permit
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
+from ukcancel.worker.embedded import EmbeddedWorker
 
 ASTRO = "astro@example.org"
 

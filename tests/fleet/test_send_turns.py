@@ -8,7 +8,7 @@ from ukcancel.assemble import create_runtime
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.worker.celery_app import QUEUE
-from ukcancel.worker.tasks import CONTROL_QUEUE, send_turns
+from ukcancel.worker.tasks import CONTROL_QUEUE, celery_of, send_turns
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def test_every_turn_is_sent_and_counted_as_queued(runtime: Runtime) -> None:
     assert runtime.dispatch.queued_turns() == 0  # no queue declared yet
     for count in (1, 2, 6):
         runtime.connection.delete(QUEUE)
-        send_turns(runtime.celery, count)
+        send_turns(celery_of(runtime), count)
         assert runtime.connection.llen(QUEUE) == count
         assert runtime.dispatch.queued_turns() == count
 

@@ -30,7 +30,7 @@ from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
 from ukcancel.store import as_text, as_text_dict
-from ukcancel.worker.tasks import CONTROL_QUEUE, TURN_QUEUE
+from ukcancel.worker.tasks import CONTROL_QUEUE, TURN_QUEUE, celery_of
 
 pytestmark = pytest.mark.e2e
 
@@ -85,8 +85,7 @@ def resumed_after(times: list[float], killed_at: float) -> float:
 
 
 def purge_rabbitmq(runtime: Runtime) -> None:
-    assert runtime.celery is not None
-    with runtime.celery.connection_for_write() as connection:
+    with celery_of(runtime).connection_for_write() as connection:
         channel = connection.default_channel
         for name in (TURN_QUEUE, CONTROL_QUEUE):
             channel.queue_declare(name, durable=True, auto_delete=False)

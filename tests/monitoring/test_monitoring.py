@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ukcancel.assemble import create_api, create_runtime
 from ukcancel.command import CancelCommand
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
+from ukcancel.worker.embedded import EmbeddedWorker
 
 MONITORING = Path(__file__).resolve().parents[2] / "ops" / "monitoring"
 ALERTS = {"UkcancelBreakerOpen", "UkcancelNoLiveWorker", "UkcancelOldestWaitingTooOld",

@@ -17,10 +17,10 @@ import pytest
 from support import FakeClock  # tests/support.py
 
 from ukcancel import keys, plans, submission
+from ukcancel.assemble import build_runtime
 from ukcancel.batch import EXPANDING, Batch
 from ukcancel.command import COMPLETED, QUEUED, RETRYING, CancelCommand, CommandState
 from ukcancel.dispatch import DispatchError
-from ukcancel.fleet import FleetGate
 from ukcancel.jobs import JobSelection
 from ukcancel.outcome import CancelReply, ProductOutcome
 from ukcancel.reconciler import Reconciler
@@ -73,11 +73,8 @@ def broker() -> Broker:
 def runtime(clock: FakeClock, broker: Broker) -> Runtime:
     settings = Settings(fleet_rate_per_second=5.0, fleet_max_wait_seconds=2.0, lease_seconds=10.0,
                         breaker_cooldown_seconds=60.0)
-    rt = Runtime(settings, fakeredis.FakeRedis(server=fakeredis.FakeServer()), dispatch=broker)
-    for part in (rt.queue, rt.registry, rt.batches, rt.plans):
-        part.clock = clock
-    rt.gate = FleetGate(rt.connection, settings, clock=clock, sleep=clock.sleep)
-    return rt
+    return build_runtime(settings, fakeredis.FakeRedis(server=fakeredis.FakeServer()), broker, clock=clock,
+                         sleep=clock.sleep)
 
 
 def reconciler(runtime: Runtime, broker: Broker, clock: FakeClock) -> Reconciler:

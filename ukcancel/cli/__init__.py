@@ -95,10 +95,10 @@ def _serve_embedded(settings: Settings, host: str, port: int, local_user: str, w
 
     from ukcancel import logs
     from ukcancel.assemble import create_api, create_runtime
-    from ukcancel.embedded import EmbeddedWorker
     from ukcancel.settings import PRODUCTION_BASE_URL
     from ukcancel.simulator import SimulatorServer, SimulatorState
     from ukcancel.stream import CommandStreamConsumer
+    from ukcancel.worker.embedded import EmbeddedWorker
 
     with ExitStack() as running:
         if with_simulator:
@@ -140,6 +140,7 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     from ukcancel.failover import MasterWatch
     from ukcancel.worker import logs as worker_logs
     from ukcancel.worker.celery_app import QUEUES
+    from ukcancel.worker.tasks import celery_of
 
     worker_logs.install(settings)
     runtime = create_runtime(settings)
@@ -149,7 +150,7 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str) -> None:
     argv = ["worker", "--loglevel=INFO", f"--queues={','.join(QUEUES)}", f"--pool={pool}",
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip", "--without-mingle",
             *ctx.args]
-    runtime.celery.worker_main(argv)  # type: ignore[union-attr]
+    celery_of(runtime).worker_main(argv)
 
 
 @main.command()

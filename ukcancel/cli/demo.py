@@ -14,9 +14,9 @@ from werkzeug.serving import make_server
 
 from ukcancel.assemble import create_api, create_runtime
 from ukcancel.client import Client
-from ukcancel.embedded import EmbeddedWorker
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer, SimulatorState
+from ukcancel.worker.embedded import EmbeddedWorker
 
 DEMO_USER = "astro@example.org"
 DEMO_JOB = 1001

@@ -13,16 +13,15 @@ from types import TracebackType
 from celery.worker import WorkController
 
 from ukcancel.runtime import Runtime
+from ukcancel.worker.tasks import celery_of
 
 
 class EmbeddedWorker:
     """A Celery worker running inside this process, on the runtime's own Celery app."""
 
     def __init__(self, runtime: Runtime, concurrency: int = 4) -> None:
-        if runtime.celery is None:
-            raise ValueError("runtime has no Celery app")
         self.runtime = runtime
-        app = runtime.celery
+        app = celery_of(runtime)
         # The in-memory transport polls; poll often so the demo answers promptly.
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "polling_interval": 0.05}
         # The thread pool looks tasks up in Celery's default app; the tasks are this app's alone

@@ -26,6 +26,7 @@ from ukcancel.service.batch_schemas import (
 )
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
+from ukcancel.service.rate_limit import waiting_at_hit
 from ukcancel.service.replicas import require_replicas
 from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.token import Principal
@@ -106,7 +107,8 @@ class Batches(MethodView):
         """Enqueue a batch of cancellations, or of every active product of the user (`all_active`)."""
         caller = principal()
         user_id = caller.acting_for(request_data["user_id"])
-        get_quotas().check_batch(user_id, 0 if request_data["all_active"] else len(request_data["items"]))
+        get_quotas().check_batch(user_id, 0 if request_data["all_active"] else len(request_data["items"]),
+                                 waiting_at_hit(user_id))
         if request_data["all_active"]:
             batch = submission.start_expansion(get_runtime(), Batch(user_id, caller.token_name, state=EXPANDING))
         else:

@@ -20,6 +20,7 @@ from ukcancel.schemas import CancellationRequestSchema, CancellationSchema, subm
 from ukcancel.service.auth import authenticate, principal
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
+from ukcancel.service.rate_limit import waiting_at_hit
 from ukcancel.service.replicas import require_replicas
 from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.service.schemas import (
@@ -116,7 +117,8 @@ class Cancellations(MethodView):
     ) -> tuple[dict[str, str], int, dict[str, str]] | Response:
         """Enqueue a cancel command for one job."""
         caller = principal()
-        get_quotas().check_commands(caller.acting_for(request_data.get("user_id")))
+        user_id = caller.acting_for(request_data.get("user_id"))
+        get_quotas().check_commands(user_id, waiting=waiting_at_hit(user_id))
         key = headers["idempotency_key"]
         reservation = submission.Reservation.idempotency_key(caller.token_name, key, body_digest()) if key else None
         try:

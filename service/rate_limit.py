@@ -8,7 +8,8 @@ API does, and its anonymous requests (the sign-in page) by address in a bucket o
 flood of bad API tokens from behind the same reverse proxy locks no console user out. Over the limit: 429 problem+json with `Retry-After`. The probes, the
 OpenAPI document and its /docs page are never limited.
 
-Cost: one Redis round trip per request, for the token and the limit together. Flask-Limiter's
+Cost: one Redis round trip per request, for the token, the limit and the length of the token
+user's waiting line (which the queued-commands quota of a POST reads, `waiting_at_hit`) together. Flask-Limiter's
 fixed window spends one on the hit and two more on the window's count and expiry for the
 `X-RateLimit-*` headers, and the token lookup would be one more before it (the bucket is the
 token's name). Here a request with a bearer token gets a provisional bucket naming the token's
@@ -31,6 +32,7 @@ from flask_limiter.util import get_remote_address
 from limits.storage import RedisStorage
 
 from ukcancel import keys
+from ukcancel.quota import WAITING_LINE_PREFIX
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import bearer_record, bearer_token, looked_up, remember_record
 from ukcancel.service.docs import is_docs_path
@@ -52,27 +54,37 @@ return {current, redis.call('TTL', KEYS[1])}
 # KEYS[1] the token's record (ukcancel:token:{digest})
 # ARGV[1] the token's digest   ARGV[2] the counter key up to the bucket   ARGV[3] the counter key
 # after the bucket   ARGV[4] the bucket when the token is unknown (addr:{client address})
-# ARGV[5] window length (s)   ARGV[6] amount
+# ARGV[5] window length (s)   ARGV[6] amount   ARGV[7] the key prefix of the users' waiting lines
 # The token's bucket is its name, known only once its record is read, so the counter's key is
-# built here from ARGV[2..4] (not in KEYS: this service runs on one Redis server, not a cluster).
+# built here from ARGV[2..4] (not in KEYS: this service runs on one Redis server, not a cluster);
+# so is the token's user's line, whose length the queued-commands quota reads (`ukcancel.quota`).
 # The same fixed-window increment as _HIT. Returns {count, window's remaining seconds, the
-# record's fields as HGETALL gives them (empty when the bucket is the address)}.
+# record's fields as HGETALL gives them (empty when the bucket is the address), the commands
+# waiting in the token user's line (-1 when the token is unknown)}.
 _HIT_WITH_TOKEN = """
 local fields = redis.call('HGETALL', KEYS[1])
-local name
+local name, user
 for i = 1, #fields, 2 do
   if fields[i] == 'name' then name = fields[i + 1] end
+  if fields[i] == 'user_id' then user = fields[i + 1] end
   if fields[i] == 'digest' and fields[i + 1] ~= ARGV[1] then fields = {}; name = nil; break end
 end
 local bucket = ARGV[4]
-if name then bucket = 'token:' .. name else fields = {} end
+local waiting = -1
+if name then
+  bucket = 'token:' .. name
+  if user then waiting = redis.call('LLEN', ARGV[7] .. user) end
+else
+  fields = {}
+end
 local counter = ARGV[2] .. bucket .. ARGV[3]
 local current = redis.call('INCRBY', counter, ARGV[6])
 if current == tonumber(ARGV[6]) then redis.call('EXPIRE', counter, ARGV[5]) end
-return {current, redis.call('TTL', counter), fields}
+return {current, redis.call('TTL', counter), fields, waiting}
 """
 
 _WINDOWS = "ukcancel_rate_windows"  # flask.g attribute: key -> (count, window end) seen by this request
+_WAITING = "ukcancel_rate_waiting"  # flask.g attribute: user id -> commands in the user's line at the hit
 _PENDING = "ukcancel_rate_pending"  # flask.g attribute: (provisional bucket, token digest, address bucket)
 PENDING_PREFIX = "bearer:"  # a provisional bucket: "bearer:{digest}", replaced by the hit script
 
@@ -96,10 +108,13 @@ class OneTripRedisStorage(RedisStorage):
         if pending is not None and pending[0] in key:
             provisional, token_digest, address = pending
             head, tail = self.prefixed_key(key).split(provisional, 1)
-            count, ttl, fields = self.lua_hit_with_token(
-                [record_key(token_digest)], [token_digest, head, tail, address, expiry, amount]
+            count, ttl, fields, waiting = self.lua_hit_with_token(
+                [record_key(token_digest)], [token_digest, head, tail, address, expiry, amount, WAITING_LINE_PREFIX]
             )
-            remember_record(record_of(dict(zip(fields[::2], fields[1::2])), token_digest))
+            record = record_of(dict(zip(fields[::2], fields[1::2])), token_digest)
+            remember_record(record)
+            if record is not None and int(waiting) >= 0:
+                g.setdefault(_WAITING, {})[record.user_id] = int(waiting)
         else:
             count, ttl = self.lua_hit_window([self.prefixed_key(key)], [expiry, amount])
         if has_request_context():
@@ -113,6 +128,13 @@ class OneTripRedisStorage(RedisStorage):
     def get_expiry(self, key: str) -> float:
         seen = _seen(key)
         return seen[1] if seen is not None else super().get_expiry(key)
+
+
+def waiting_at_hit(user_id: str) -> int | None:
+    """The commands waiting in `user_id`'s line as this request's rate-limit hit read them (the
+    token's own user only), so the queued-commands quota costs no round trip of its own; None
+    when the hit did not read that line."""
+    return g.get(_WAITING, {}).get(user_id) if has_request_context() else None
 
 
 def _seen(key: str) -> tuple[int, float] | None:

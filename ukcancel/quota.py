@@ -30,6 +30,9 @@ from ukcancel import keys
 from ukcancel.settings import Settings
 
 HOUR = 3600.0
+# The key prefix of the users' waiting lines: the API's rate-limit script reads the caller's line
+# in the same round trip as its token (`ukcancel.service.rate_limit`), and passes the count here.
+WAITING_LINE_PREFIX = keys.fair_queue("")
 # Longest a long-poll slot counts if its request died without giving it back.
 POLL_SLOT_SECONDS = 600
 
@@ -78,10 +81,11 @@ class Quotas:
         self._take_poll = connection.register_script(_TAKE_POLL)
         self._give_poll = connection.register_script(_GIVE_POLL)
 
-    def check_commands(self, user_id: str, adding: int = 1) -> None:
-        """Room in the user's line for `adding` more commands."""
+    def check_commands(self, user_id: str, adding: int = 1, waiting: int | None = None) -> None:
+        """Room in the user's line for `adding` more commands; `waiting`: its length if already read."""
         allowed = self.settings.quota_queued_commands
-        waiting = int(self.connection.llen(keys.fair_queue(user_id)))
+        if waiting is None:
+            waiting = int(self.connection.llen(keys.fair_queue(user_id)))
         if waiting + adding > allowed:
             raise QuotaExceeded(
                 "queued_commands", "UKCANCEL_QUOTA_QUEUED_COMMANDS", allowed, waiting,
@@ -90,7 +94,7 @@ class Quotas:
                 "wait for some to run, or withdraw some.",
             )
 
-    def check_batch(self, user_id: str, items: int) -> None:
+    def check_batch(self, user_id: str, items: int, waiting: int | None = None) -> None:
         """Room for one more batch this hour, and in the user's line for its `items`."""
         allowed = self.settings.quota_batches_per_hour
         made = int(self.connection.zcount(keys.user_batches(user_id), repr(self.clock() - HOUR), "+inf"))
@@ -101,7 +105,7 @@ class Quotas:
                 f"hour, the limit is {allowed} (UKCANCEL_QUOTA_BATCHES_PER_HOUR).",
             )
         if items:
-            self.check_commands(user_id, items)
+            self.check_commands(user_id, items, waiting)
 
     def check_plan(self, user_id: str) -> None:
         """Room for one more plan this hour."""

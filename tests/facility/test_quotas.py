@@ -48,6 +48,28 @@ def test_queued_commands_over_the_quota_are_429_naming_it(limited: Callable[...,
     assert facility.runtime.connection.llen(keys.fair_queue(ALICE)) == 3
 
 
+def test_the_queued_commands_quota_reads_the_line_in_the_rate_limits_round_trip(
+    limited: Callable[..., Facility],
+) -> None:
+    """The token's own line is counted by the rate-limit hit: a POST sends no LLEN of its own. An
+    admin acting for another user has that user's line read apart, and the quota still holds."""
+    facility = limited(quota_queued_commands=2)
+    calls = _commands_sent(facility.runtime.connection)
+    facility.submit("alice")
+    assert "LLEN" not in calls()
+    facility.submit("alice")
+    assert_quota_problem(facility.call("POST", "/v1/cancellations", "alice", {"job_id": 1001}),
+                         "queued_commands", "UKCANCEL_QUOTA_QUEUED_COMMANDS", 2)
+    assert "LLEN" not in calls()
+    acting = {"job_id": 1001, "user_id": ALICE}
+    assert_quota_problem(facility.call("POST", "/v1/cancellations", "ops", acting),
+                         "queued_commands", "UKCANCEL_QUOTA_QUEUED_COMMANDS", 2)
+    assert calls().count("LLEN") == 1
+    batch = facility.call("POST", "/v1/batches", "alice", {"items": [{"job_id": 1004}]})
+    assert_quota_problem(batch, "queued_commands", "UKCANCEL_QUOTA_QUEUED_COMMANDS", 2)
+    assert calls().count("LLEN") == 1
+
+
 def test_batches_per_hour_over_the_quota_are_429(limited: Callable[..., Facility]) -> None:
     facility = limited(quota_batches_per_hour=2)
     for _ in range(2):

@@ -26,8 +26,11 @@ def is_long_poll() -> bool:
         return False
     if request.path.startswith("/console/"):
         return bool(request.headers.get("X-Console-Live")) or request.endpoint in CONSOLE_LIVE_ENDPOINTS
+    # Most requests have no query string: answered without parsing one (probes run thousands a second).
+    if not request.query_string or not request.path.startswith("/v1/"):
+        return False
     wait = request.args.get("wait", "")
-    return wait.strip() not in ("", "0") and request.path.startswith("/v1/")
+    return wait.strip() not in ("", "0")
 
 
 def poller() -> str | None:

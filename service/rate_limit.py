@@ -177,8 +177,8 @@ def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
     # would read as "come back later" to clients that honour it.
     @app.after_request
     def retry_after_only_when_told_to_wait(response: Response) -> Response:
-        if response.status_code not in (429, 503):
-            response.headers.pop("Retry-After", None)
+        if response.status_code not in (429, 503) and "Retry-After" in response.headers:
+            del response.headers["Retry-After"]
         return response
 
     limiter = Limiter(

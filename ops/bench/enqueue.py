@@ -187,7 +187,7 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
         run["cpu_bound_per_second"] = 1000 * (os.cpu_count() or 2) / (run["server_cpu_ms_per_cmd"]
                                                                       + run["redis_cpu_ms_per_cmd"])
     # Judged on the requests client (the brief's client): werkzeug x1 when it reaches 1,000/s,
-    # else the best `ukcancel serve` (gunicorn gthread, 2 workers) run.
+    # else the best `ukcancel serve` (gunicorn, 2 gevent workers) run.
     werk = api_runs[0]
     chosen = werk if werk["per_second"] >= 1000 else max(
         (r for r in api_runs if r["kind"] == "gunicorn" and r["client"] == "requests"), key=lambda r: r["per_second"])
@@ -238,7 +238,7 @@ def bench_enqueue(ctx: Context) -> dict[str, Any]:
                  "the turn message); its client CPU column is the whole enqueue cost. "
                  "Real HTTP over 127.0.0.1, keep-alive; client = this process, "
                  "one thread per connection. werkzeug x1 = werkzeug threaded server, 1 process, HTTP/1.1; gunicorn x2 "
-                 "= `ukcancel serve --workers 2` (gthread, 16 threads, access log on). Client, server and Redis share "
+                 "= `ukcancel serve --workers 2` (gevent workers, the app's request log). Client, server and Redis share "
                  "the 2 cores. 'busiest gunicorn worker' = its share of the server's CPU (50% = balanced). "
                  "'2-core CPU bound' = 2000 / (server + Redis CPU ms per cmd): the ceiling with a free client and "
                  "even balance. 'other procs' = CPU used meanwhile by processes not of this benchmark. The last row is "

@@ -287,7 +287,8 @@ class Api:
             self.label = "werkzeug threaded server, 1 process (HTTP/1.1 keep-alive)"
         else:
             argv = ukcancel_argv("serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers))
-            self.label = f"`ukcancel serve`: gunicorn gthread, {workers} workers x 16 threads, access log on"
+            # As `ukcancel serve` starts it (ukcancel.cli.gunicorn_server): gevent workers, one log line a request.
+            self.label = f"`ukcancel serve`: gunicorn, {workers} gevent workers, the app's request log"
         self.workers = workers if kind == "gunicorn" else 1
         self.children = children
         self.child = children.start(f"api-{kind}", argv, env)

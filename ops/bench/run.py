@@ -18,7 +18,7 @@
    paused with 1,000 waiting, and at 0.2 calls/s with 1,000 waiting.
 
 Everything runs on 127.0.0.1 only: the API (werkzeug threaded server and `ukcancel serve`, i.e.
-gunicorn gthread), `ukcancel worker` processes and `ukcancel simulator` are subprocesses of this
+gunicorn with gevent workers), `ukcancel worker` processes and `ukcancel simulator` are subprocesses of this
 script, each in its own process group, and are stopped on exit (also on Ctrl-C / SIGTERM).
 Redis database 7 (by default) is flushed at the start and the end, and emptied between
 measurements (kombu's binding keys kept); database 0 is refused. Benchmark 4 measures memory on

@@ -208,7 +208,7 @@ class BatchRegistry:
     def add(self, batch: Batch, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> Batch:
         """Write a new batch and its item order into `pipeline`, marking each command as its item.
 
-        The caller then hands the same pipeline to `CancelQueue.enqueue(commands, pipeline)`, so
+        The caller then hands the same pipeline to `CancelQueue.stage(commands, pipeline)`, so
         the batch, its commands and their places in line are written in one round trip.
         """
         batch.created_at = self.clock()

@@ -319,10 +319,12 @@ def apply(runtime: PlanParts, plan: Plan, submitted_by: str | None) -> tuple[str
             if named is not None:  # a concurrent apply made the plan's batch first
                 return named, False
             batch = Batch(plan.user_id, submitted_by, state=BatchState.RUNNING, id=batch_id)
+            staged = submission.stage_batch(runtime, batch, commands, pipe)
             try:
-                submission.enqueue_batch(runtime, batch, commands, pipe)
+                results = pipe.execute()
             except redis.WatchError:
                 continue  # the plan changed between WATCH and EXEC: read it again
+        staged.send_turns(results)
         return batch_id, True
     raise redis.WatchError(f"plan {plan.id} kept changing")
 

@@ -248,6 +248,20 @@ class ScheduleCounts:
         return self.waiting + self.due_now + self.expired_leases
 
 
+@dataclass(frozen=True)
+class StagedCommands:
+    """Commands `CancelQueue.stage` wrote into a caller's pipeline: once the caller has executed
+    it, `send_turns(results)` sends the turns they need (from the reads staged with them)."""
+
+    queue: CancelQueue
+    count: int
+    reads_at: int  # where the staged reads' replies are in the pipeline's results
+
+    def send_turns(self, results: Sequence[Any]) -> None:
+        running, on_their_way = results[self.reads_at], results[self.reads_at + 1]
+        self.queue.send_turns_for(self.count, int(running), int(on_their_way or 0))
+
+
 class CancelQueue:
     """The schedule: enqueues commands, hands them to turns, leases, reschedules and releases them.
 
@@ -279,16 +293,25 @@ class CancelQueue:
         self._runnable = connection.register_script(_RUNNABLE)
 
     # -- in -----------------------------------------------------------------------------------
-    def enqueue(self, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
+    def enqueue(self, commands: Sequence[CancelCommand]) -> None:
         """Store the commands and their places in line in one round trip, then send turns for them.
 
         A broker that refuses the turns loses nothing: the commands are queued in Redis, and the
         reconciler sends their turns once the broker takes them again (logged, not raised).
         """
-        pipe = pipeline if pipeline is not None else self.connection.pipeline(transaction=True)
+        with self.connection.pipeline(transaction=True) as pipe:
+            staged = self.stage(commands, pipe)
+            results = pipe.execute()
+        staged.send_turns(results)
+
+    def stage(self, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> StagedCommands:
+        """Add the commands' records and places in line to `pipeline`, which the caller executes
+        (rq's convention: a method given a pipeline never executes it), with the reads that decide
+        their turns; the caller then hands the pipeline's results to `StagedCommands.send_turns`.
+        In a caller's WATCH/MULTI transaction the commands exist exactly when its EXEC succeeds."""
         by_user: dict[str, list[str]] = defaultdict(list)
         for command in commands:
-            self.registry.add(command, pipe)
+            self.registry.add(command, pipeline)
             by_user[command.user_id].append(command.id)
         for user_id, ids in by_user.items():
             # Lua's unpack() takes a few thousand values at most (a 10,000-item batch would fail).
@@ -297,21 +320,25 @@ class CancelQueue:
                 # EVAL, not a registered script: redis-py checks a pipeline's registered scripts with
                 # SCRIPT EXISTS before every execute, one more round trip per enqueue. The text is
                 # sent with the call, so a server that lost its script cache still runs it.
-                pipe.eval(_PUSH, 2, keys.fair_queue(user_id), keys.FAIR_USERS, user_id, *chunk)
+                pipeline.eval(_PUSH, 2, keys.fair_queue(user_id), keys.FAIR_USERS, user_id, *chunk)
         # Read in the same transaction, after the push: every lane running now will see these
         # commands when it finishes and send its successor, and every turn on its way will claim
         # them, so only lanes that neither covers need a new turn (most enqueues under load send none).
-        pipe.zcount(keys.LEASES, f"({self.clock()!r}", "+inf")
-        pipe.get(keys.TURNS_ON_THEIR_WAY)
-        *_, running, on_their_way = pipe.execute()
-        covered = int(running) + int(on_their_way or 0)
-        turns = min(len(commands), self.lanes - min(self.lanes, covered))
+        reads_at = len(pipeline)
+        pipeline.zcount(keys.LEASES, f"({self.clock()!r}", "+inf")
+        pipeline.get(keys.TURNS_ON_THEIR_WAY)
+        return StagedCommands(self, len(commands), reads_at)
+
+    def send_turns_for(self, count: int, running: int, on_their_way: int) -> None:
+        """Turns for `count` new commands, for the lanes that neither a running command nor a turn
+        on its way covers; a broker that refuses them is logged (the reconciler sends them later)."""
+        turns = min(count, self.lanes - min(self.lanes, running + on_their_way))
         if turns:
             try:
                 self.send_turns(turns)
             except DispatchError as exc:
                 log.warning("%d command(s) queued; their turns wait for the broker (the reconciler sends them): %s",
-                            len(commands), exc)
+                            count, exc)
 
     def send_turns(self, count: int) -> None:
         """Send `count` turns, counted as on their way until each makes its first claim.

@@ -25,6 +25,7 @@ from ukcancel.batch import Batch
 from ukcancel.command import CancelCommand
 from ukcancel.dispatch import DispatchError
 from ukcancel.lifecycle import WithdrawParts
+from ukcancel.queue import StagedCommands
 from ukcancel.store import as_text
 from ukcancel.token import Principal
 
@@ -138,27 +139,36 @@ def _reserve_and_enqueue(runtime: SubmissionParts, command: CancelCommand, reser
             return as_text(held)
         pipe.multi()
         pipe.set(reservation.key, value, ex=runtime.settings.result_ttl_seconds)
-        enqueue(runtime, [command], pipe)  # EXEC; WatchError if the key moved since WATCH
+        staged = runtime.queue.stage([command], pipe)
+        results = pipe.execute()  # WatchError if the key moved since WATCH: nothing was written
+    staged.send_turns(results)
     return None
 
 
-def enqueue(runtime: SubmissionParts, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline | None = None) -> None:
-    """Store `commands` with their places in line (executing `pipeline` with them), and send turns.
+def enqueue(runtime: SubmissionParts, commands: Sequence[CancelCommand]) -> None:
+    """Store `commands` with their places in line, and send turns.
 
     Once this returns the commands exist and are queued, whatever the broker said: a broker that
     refused their turns only delays them (the reconciler sends turns for queued work).
     """
-    runtime.queue.enqueue(commands, pipeline)
+    runtime.queue.enqueue(commands)
 
 
-def enqueue_batch(runtime: SubmissionParts, batch: Batch, commands: list[CancelCommand],
-                  pipeline: redis.client.Pipeline | None = None) -> Batch:
-    """The batch, its commands and their places in line in one transaction (`pipeline`, when the
-    caller has watched keys on it); then its turns."""
-    pipe = pipeline if pipeline is not None else runtime.connection.pipeline(transaction=True)
-    runtime.batches.add(batch, commands, pipe)
-    enqueue(runtime, commands, pipe)
+def enqueue_batch(runtime: SubmissionParts, batch: Batch, commands: list[CancelCommand]) -> Batch:
+    """The batch, its commands and their places in line in one transaction; then its turns."""
+    with runtime.connection.pipeline(transaction=True) as pipe:
+        staged = stage_batch(runtime, batch, commands, pipe)
+        results = pipe.execute()
+    staged.send_turns(results)
     return batch
+
+
+def stage_batch(runtime: SubmissionParts, batch: Batch, commands: list[CancelCommand],
+                pipeline: redis.client.Pipeline) -> StagedCommands:
+    """The batch and its commands written into `pipeline` (a transaction the caller has watched
+    keys on, and executes); the caller then sends their turns with the pipeline's results."""
+    runtime.batches.add(batch, commands, pipeline)
+    return runtime.queue.stage(commands, pipeline)
 
 
 def start_expansion(runtime: SubmissionParts, batch: Batch) -> Batch:

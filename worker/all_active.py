@@ -99,11 +99,13 @@ class ActiveJobsExpansion:
                 return None
             pipe.multi()
             self.batches.finish_expansion(self.batch_id, commands, pipe)
+            staged = self.runtime.queue.stage(commands, pipe)
             try:
-                self.runtime.queue.enqueue(commands, pipe)
+                results = pipe.execute()
             except redis.WatchError:
                 log.info("batch %s: another expansion got there first", self.batch_id)
                 return None
+        staged.send_turns(results)
         log.info("batch %s: %d jobs with active products", self.batch_id, len(commands))
         return len(commands)
 

@@ -131,12 +131,16 @@ def test_claim_on_an_empty_queue_takes_nothing(queue: CancelQueue) -> None:
     assert queue.depth() == {}
 
 
-def test_enqueue_into_a_given_pipeline_executes_it(queue: CancelQueue) -> None:
+def test_staging_into_a_given_pipeline_leaves_its_execution_to_the_caller(queue: CancelQueue) -> None:
+    """rq's convention: a method given a pipeline never executes it."""
     pipe = queue.connection.pipeline(transaction=True)
     batch = commands(A, 2)
-    queue.dispatch = lambda n: None
-    queue.enqueue(batch, pipeline=pipe)
-    assert queue.registry.get(batch[0].id) is not None  # enqueue executes the pipeline it was given
+    sent: list[int] = []
+    queue.dispatch = sent.append
+    staged = queue.stage(batch, pipe)
+    assert queue.registry.get(batch[0].id) is None and sent == []  # nothing written, no turn yet
+    staged.send_turns(pipe.execute())
+    assert queue.registry.get(batch[0].id) is not None and sent == [2]
     assert drain(queue) == [c.id for c in batch]
 
 

@@ -31,8 +31,7 @@ from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import RedisStorage
 
-from ukcancel import keys
-from ukcancel.quota import WAITING_LINE_PREFIX
+from ukcancel.quota import API_RATE_LIMIT_PREFIX, WAITING_LINE_PREFIX
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import bearer_record, bearer_token, looked_up, remember_record
 from ukcancel.service.docs import is_docs_path
@@ -196,7 +195,7 @@ def install_rate_limit(app: Flask, runtime: Runtime) -> Limiter:
         # The runtime's own pool: the same database as the records, and fakeredis when embedded.
         storage_options={"connection_pool": runtime.connection.connection_pool},  # type: ignore[dict-item]
         strategy="fixed-window",
-        key_prefix=keys.API_LIMITER_PREFIX,
+        key_prefix=API_RATE_LIMIT_PREFIX,
         headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
     )
     limiter.request_filter(lambda: request.path in OPEN_PATHS or is_docs_path(request.path))

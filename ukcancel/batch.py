@@ -37,6 +37,7 @@ from ukcancel.command import (
     WITHDRAWAL_FIELDS,
     CancelCommand,
     CommandRegistry,
+    with_constants,
 )
 from ukcancel.events import EventListener
 from ukcancel.outcome import result_status, withdrawn_tuple
@@ -75,7 +76,7 @@ Clock = Callable[[], float]
 # hears one "aborted" for them all, not 10,000; items in any other state are left alone. Then one pass rebuilds the user's line without them (an LREM per item would be
 # O(items x line)). Command records are derived from ARGV[1] (a single Redis node, not a cluster).
 # Returns the ids it aborted.
-_WITHDRAW_QUEUED = TRANSITION_LUA + """
+_WITHDRAW_QUEUED = TRANSITION_LUA + with_constants("""
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 local args = {unpack(ARGV, 3)}
 batch_news = false  -- the batch hears once, below, not once per item
@@ -83,13 +84,13 @@ local aborted, gone = {}, {}
 for _, id in ipairs(ids) do
   args[1] = id
   local key = ARGV[1] .. id
-  if redis.call('HGET', key, 'state') == 'queued' and transition(key, KEYS[3], KEYS[4], args)[1] == 1 then
+  if redis.call('HGET', key, 'state') == $QUEUED and transition(key, KEYS[3], KEYS[4], args)[1] == 1 then
     aborted[#aborted + 1] = id
     gone[id] = true
   end
 end
 if #aborted > 0 then
-  redis.call('PUBLISH', ARGV[2], 'aborted')
+  redis.call('PUBLISH', ARGV[2], $ABORTED)
   local line = redis.call('LRANGE', KEYS[2], 0, -1)
   local kept = {}
   for _, id in ipairs(line) do
@@ -103,7 +104,7 @@ if #aborted > 0 then
   end
 end
 return aborted
-"""
+""")
 
 
 def new_batch_id() -> str:
@@ -234,11 +235,21 @@ class BatchRegistry:
         if command_ids:
             pipeline.expire(items, self.ttl_seconds)
 
+    def watch_expanding(self, batch_id: str, pipeline: redis.client.Pipeline) -> bool:
+        """Watch the batch's record on `pipeline` and start its transaction if the batch is still
+        expanding (True); a finish or any progress by another expansion in between then makes the
+        caller's EXEC fail with `WatchError`, so a batch is expanded at most once."""
+        pipeline.watch(keys.batch(batch_id))
+        if as_text(pipeline.hget(keys.batch(batch_id), "state") or "") != EXPANDING:
+            return False
+        pipeline.multi()
+        return True
+
     def finish_expansion(self, batch_id: str, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> None:
         """An expansion found these commands: record them as the items and start running.
 
-        Written into `pipeline` (executed by `CancelQueue.enqueue` with the commands); announced
-        on the batch channel so long polls waiting for the expansion wake up.
+        Written into `pipeline` (the caller stages the commands with `CancelQueue.stage` and
+        executes it); announced on the batch channel so long polls waiting for the expansion wake up.
         """
         for command in commands:
             command.batch_id = batch_id

@@ -14,6 +14,7 @@ them. Every transition is one Lua script, so a check and its write cannot interl
 from __future__ import annotations
 
 import json
+import string
 import threading
 import time
 import uuid
@@ -47,7 +48,7 @@ QUEUED, RETRYING, COMPLETED, ABORTED = (
 STATES = tuple(state.value for state in CommandState)
 TERMINAL = frozenset({COMPLETED, ABORTED})
 ACTIVE = frozenset({QUEUED, CommandState.RUNNING, RETRYING})
-ACTIVE_STATES = (QUEUED, CommandState.RUNNING, RETRYING)  # in order, for a transition's allowed states
+ACTIVE_IN_ORDER = (QUEUED, CommandState.RUNNING, RETRYING)  # in order, for a transition's allowed states
 
 Clock = Callable[[], float]
 RESULTS_MAXLEN = 100_000  # ~ entries kept in ``ukcancel:results``
@@ -65,6 +66,20 @@ PRUNE_MEMORY = 10_000
 # microsecond (the registry's clock is rounded to it), so the offsets restore them exactly.
 HISTORY_CODES = {QUEUED: "q", CommandState.RUNNING: "r", RETRYING: "t", COMPLETED: "c", ABORTED: "a"}
 _HISTORY_STATES = {code: state for state, code in HISTORY_CODES.items()}
+
+
+
+def with_constants(script: str) -> str:
+    """`script` (Lua) with the Python constants it names filled in, so no state name, history code
+    or channel prefix is written twice: ``$QUEUED``, ``$COMPLETED`` and ``$ABORTED`` (quoted state
+    names), ``$HISTORY_CODES`` (a Lua table of `HISTORY_CODES`), ``$COMMAND_EVENTS`` and
+    ``$BATCH_EVENTS`` (the quoted prefixes of a command's and a batch's pub/sub channel)."""
+    codes = ", ".join(f"{state} = '{code}'" for state, code in HISTORY_CODES.items())
+    return string.Template(script).substitute(
+        QUEUED=f"'{QUEUED}'", COMPLETED=f"'{COMPLETED}'", ABORTED=f"'{ABORTED}'",
+        HISTORY_CODES="{" + codes + "}",
+        COMMAND_EVENTS=f"'{keys.command_events('')}'", BATCH_EVENTS=f"'{keys.batch_events('')}'",
+    )
 
 
 def new_command_id() -> str:
@@ -213,14 +228,14 @@ class CancelCommand:
 # results-stream entry and, when it has a callback URL, marks the callback pending and puts it in
 # the outbox (the outbox, not a hook after the script, so no crash in between can lose either).
 # Returns {1, state} when moved, {0, current state} when refused, {-1, ""} when there is no record.
-TRANSITION_LUA = """
+TRANSITION_LUA = with_constants("""
 local batch_news = true  -- a script moving many items of one batch tells the batch once itself
 local function transition(key, results, outbox, a)
   local id, target, now = a[1], a[2], a[4]
   local current = redis.call('HGET', key, 'state')
   if not current then return {-1, ''} end
   -- Terminal is final whatever the caller allows: no duplicate delivery or race reopens it.
-  if current == 'completed' or current == 'aborted' then return {0, current} end
+  if current == $COMPLETED or current == $ABORTED then return {0, current} end
   local allowed = false
   for s in string.gmatch(a[3], '[^,]+') do
     if s == current then allowed = true end
@@ -233,7 +248,7 @@ local function transition(key, results, outbox, a)
     else redis.call('HSET', key, a[i], a[i + 1]) end
   end
   -- "<code><microseconds since created_at>", as `encode_history` writes it
-  local codes = {queued = 'q', running = 'r', retrying = 't', completed = 'c', aborted = 'a'}
+  local codes = $HISTORY_CODES
   local at = tonumber(now)
   local created = tonumber(redis.call('HGET', key, 'created_at')) or at
   local offset = math.floor(at * 1000000 + 0.5) - math.floor(created * 1000000 + 0.5)
@@ -241,7 +256,7 @@ local function transition(key, results, outbox, a)
   local history = redis.call('HGET', key, 'history')
   if (not history) or history == '' then history = entry else history = history .. ',' .. entry end
   redis.call('HSET', key, 'history', history)
-  if target == 'completed' or target == 'aborted' then
+  if target == $COMPLETED or target == $ABORTED then
     redis.call('EXPIRE', key, tonumber(a[6]))
     local f = redis.call('HMGET', key, 'user_id', 'job_id', 'result', 'last_error', 'callback_url', 'batch_id')
     local fields = {'command_id', id, 'user_id', f[1], 'job_id', f[2], 'state', target, 'result', f[3] or 'null'}
@@ -252,12 +267,12 @@ local function transition(key, results, outbox, a)
         '{"status":"pending","attempts":0,"http_status":null,"error":null,"at":' .. now .. '}')
       redis.call('ZADD', outbox, now, id)
     end
-    if f[6] and batch_news then redis.call('PUBLISH', 'ukcancel:events:batch:' .. f[6], target) end
+    if f[6] and batch_news then redis.call('PUBLISH', $BATCH_EVENTS .. f[6], target) end
   end
-  redis.call('PUBLISH', 'ukcancel:events:' .. id, target)
+  redis.call('PUBLISH', $COMMAND_EVENTS .. id, target)
   return {1, target}
 end
-"""
+""")
 
 # KEYS[1] command hash   KEYS[2] results stream   KEYS[3] callback outbox
 # ARGV: the arguments of `transition` (see TRANSITION_LUA).
@@ -269,9 +284,9 @@ _TRANSITION = TRANSITION_LUA + "return transition(KEYS[1], KEYS[2], KEYS[3], ARG
 # Writes progress fields only while the command is not terminal and, when a holder is named, only
 # while that holder has the command's lease (a run whose lease was taken over writes nothing).
 # Returns 1 if written.
-_PROGRESS = """
+_PROGRESS = with_constants("""
 local current = redis.call('HGET', KEYS[1], 'state')
-if (not current) or current == 'completed' or current == 'aborted' then return 0 end
+if (not current) or current == $COMPLETED or current == $ABORTED then return 0 end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 for i = 4, #ARGV, 2 do
@@ -279,7 +294,7 @@ for i = 4, #ARGV, 2 do
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 1
-"""
+""")
 
 
 # KEYS[1] command hash   KEYS[2] callback outbox
@@ -457,7 +472,7 @@ class CommandRegistry:
 
         Workers complete through `ukcancel.queue.CancelQueue.finish`, which also checks the lease.
         """
-        return self.transition(command_id, COMPLETED, ACTIVE_STATES, fields=completion_fields(result, server_ok, error))
+        return self.transition(command_id, COMPLETED, ACTIVE_IN_ORDER, fields=completion_fields(result, server_ok, error))
 
     def withdraw(self, command_id: str) -> Transition:
         """queued -> aborted; refused once a worker has started it."""

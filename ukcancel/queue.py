@@ -57,7 +57,7 @@ import redis
 
 from ukcancel import keys
 from ukcancel.command import (
-    ACTIVE_STATES,
+    ACTIVE_IN_ORDER,
     COMPLETED,
     QUEUED,
     RETRYING,
@@ -67,6 +67,7 @@ from ukcancel.command import (
     CommandState,
     Transition,
     completion_fields,
+    with_constants,
 )
 from ukcancel.dispatch import DispatchError
 from ukcancel.store import as_text
@@ -159,7 +160,7 @@ return 1
 # (moved to retrying, or already elsewhere: never left on no list); "finish" needs no more turns.
 # Returns the transition's reply, or {-2, ""} when this holder no longer has the lease (taken over:
 # the run that holds it decides; this one changes nothing).
-_STEP = TRANSITION_LUA + """
+_STEP = TRANSITION_LUA + with_constants("""
 local id = ARGV[4]
 if redis.call('HGET', KEYS[2], id) ~= ARGV[1] then return {-2, ''} end
 local reply = transition(KEYS[4], KEYS[5], KEYS[6], {unpack(ARGV, 4)})
@@ -167,12 +168,12 @@ if ARGV[2] ~= 'start' then
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   local state = reply[2]
-  if ARGV[2] == 'retry' and reply[1] ~= -1 and state ~= 'completed' and state ~= 'aborted' then
+  if ARGV[2] == 'retry' and reply[1] ~= -1 and state ~= $COMPLETED and state ~= $ABORTED then
     redis.call('ZADD', KEYS[3], ARGV[3], id)
   end
 end
 return reply
-"""
+""")
 
 # KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users   KEYS[4] turns waiting for a permit
 # ARGV[1] now   ARGV[2] key prefix of the per-user lists
@@ -446,7 +447,7 @@ class CancelQueue:
         """Complete with the final tuple (results entry and callback outbox in the same step) and end
         the lease. A command already terminal keeps its first result; its lease ends all the same."""
         fields = completion_fields(result, server_ok, error)
-        return self._run_step(command_id, holder, "finish", "", COMPLETED, ACTIVE_STATES, fields)
+        return self._run_step(command_id, holder, "finish", "", COMPLETED, ACTIVE_IN_ORDER, fields)
 
     def _run_step(
         self,

@@ -33,6 +33,9 @@ HOUR = 3600.0
 # The key prefix of the users' waiting lines: the API's rate-limit script reads the caller's line
 # in the same round trip as its token (`ukcancel.service.rate_limit`), and passes the count here.
 WAITING_LINE_PREFIX = keys.fair_queue("")
+# The prefix of the API rate limit's counters (one budget per token, `UKCANCEL_API_RATE_LIMIT`),
+# which Flask-Limiter names itself under it (`ukcancel.service.rate_limit`).
+API_RATE_LIMIT_PREFIX = keys.API_LIMITER_PREFIX
 # Longest a long-poll slot counts if its request died without giving it back.
 POLL_SLOT_SECONDS = 600
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Celery
 
-from ukcancel import keys
 from ukcancel import products as product_names
 from ukcancel.batch import EXPANDING
 from ukcancel.codes import ACTIVE_STATES
@@ -34,7 +33,6 @@ from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import ListedJob
 from ukcancel.retry import Rand, Reschedule, backoff_delay
-from ukcancel.store import as_text
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.listing_resolver import ListingResolver
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
@@ -94,10 +92,8 @@ class ActiveJobsExpansion:
         # At most once per batch, though the reconciler may have sent a second expansion: the batch
         # record is watched, so a finish (or any progress) by another run in between aborts this one.
         with self.runtime.connection.pipeline(transaction=True) as pipe:
-            pipe.watch(keys.batch(self.batch_id))
-            if as_text(pipe.hget(keys.batch(self.batch_id), "state") or "") != EXPANDING:
+            if not self.batches.watch_expanding(self.batch_id, pipe):
                 return None
-            pipe.multi()
             self.batches.finish_expansion(self.batch_id, commands, pipe)
             staged = self.runtime.queue.stage(commands, pipe)
             try:

@@ -9,25 +9,16 @@ from it) and a string literal holding ``ukcancel:`` (docstrings, which describe 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("service", "worker")
 PREFIX = "ukcancel:"
 
-# file -> (the key uses it may keep, why). Each is a debt, not a licence: nothing else may be added.
-KNOWN_EXCEPTIONS: dict[str, tuple[set[str], str]] = {
-    "service/rate_limit.py": (
-        {"keys.API_LIMITER_PREFIX"},
-        "the prefix is handed to Flask-Limiter, which names its own keys; the module is being "
-        "changed by the performance work, so the prefix moves to a core function after it lands",
-    ),
-    "worker/all_active.py": (
-        {"keys.batch"},
-        "the expansion WATCHes the batch's record in its own transaction; the module is being "
-        "changed by the performance work, so the watch moves into BatchRegistry after it lands",
-    ),
-}
+# No file is excused (the last two were: the rate limit's prefix is now
+# `ukcancel.quota.API_RATE_LIMIT_PREFIX`, and an expansion watches its batch through
+# `BatchRegistry.watch_expanding`).
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -64,20 +55,13 @@ def key_uses(source: str, filename: str = "<source>") -> list[str]:
     return sorted(found)
 
 
-def _name(use: str) -> str:
-    return use.rpartition(" (line ")[0]
-
-
 def findings() -> dict[str, list[str]]:
-    """file (relative to the root) -> its key uses not excused by `KNOWN_EXCEPTIONS`."""
+    """file (relative to the root) -> its key uses."""
     result: dict[str, list[str]] = {}
     for layer in LAYERS:
         for path in sorted((ROOT / layer).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
-            allowed = KNOWN_EXCEPTIONS.get(relative, (set(), ""))[0]
-            # a file with excused uses needs the module, so its import is excused with them
-            excused = allowed | ({"from ukcancel import keys"} if allowed else set())
-            uses = [use for use in key_uses(path.read_text(), relative) if _name(use) not in excused]
+            uses = key_uses(path.read_text(), relative)
             if uses:
                 result[relative] = uses
     return result
@@ -85,12 +69,6 @@ def findings() -> dict[str, list[str]]:
 
 def test_no_key_name_outside_the_core() -> None:
     assert findings() == {}
-
-
-def test_the_known_exceptions_name_real_files() -> None:
-    for relative, (names, reason) in KNOWN_EXCEPTIONS.items():
-        assert (ROOT / relative).is_file(), relative
-        assert names and reason
 
 
 def test_the_check_finds_each_way_of_naming_a_key() -> None:
@@ -111,3 +89,17 @@ def read(connection, user):
         "from ukcancel.keys import DUE (line 3)",
         "keys.DUE (line 8)",
     ]
+
+
+def test_no_lua_script_repeats_a_state_name_or_a_key_prefix() -> None:
+    """Lua in the core names command states and channel prefixes through
+    `ukcancel.command.with_constants` (filled in from the Python constants), never as literals."""
+    literal = re.compile(r"'(ukcancel:[^']*|queued|running|retrying|completed|aborted)'")
+    found = []
+    for layer in ("ukcancel", *LAYERS):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and "redis.call" in node.value:
+                    found += [f"{path.relative_to(ROOT)}:{node.lineno}: {hit}" for hit in literal.findall(node.value)]
+    assert found == []
+    assert literal.search("redis.call('HGET', k, 'state') == 'completed'")  # the check sees one

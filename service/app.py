@@ -11,13 +11,13 @@ from werkzeug.exceptions import Forbidden, InternalServerError, ServiceUnavailab
 from ukcancel import __version__, presence
 from ukcancel.quota import QuotaExceeded
 from ukcancel.runtime import Runtime
-from ukcancel.service import batches, cancellations, console, docs, health, jobs, metrics, request_log
+from ukcancel.service import batches, cancellations, console, docs, health, http_metrics, jobs, request_log
 from ukcancel.service.auth import SECURITY_SCHEME
+from ukcancel.service.current import attach_runtime
 from ukcancel.service.long_polls import install_long_poll_cap
 from ukcancel.service.openapi import DocumentPlugin
 from ukcancel.service.problems import ProblemApi, problem_response
 from ukcancel.service.rate_limit import install_rate_limit
-from ukcancel.service.runtime import attach_runtime
 from ukcancel.token import NotPermitted
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ def create_app(runtime: Runtime) -> Flask:
     # This API process's presence (version, settings that must agree), at most every heartbeat.
     app.extensions["ukcancel_presence"] = beat = presence.Publisher(runtime.connection, presence.API, runtime.settings)
     app.before_request(lambda: beat.beat())
-    metrics.count_requests(app)
+    http_metrics.count_requests(app)
     request_log.install(app)
     install_rate_limit(app, runtime)
     install_long_poll_cap(app)
     api = ProblemApi(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
-    for blueprint in (cancellations.blp, batches.blp, jobs.jobs_blp, jobs.plans_blp, metrics.blp):
+    for blueprint in (cancellations.blp, batches.blp, jobs.jobs_blp, jobs.plans_blp, http_metrics.blp):
         api.register_blueprint(blueprint)
     # Probes stay open: they declare no security requirement in the OpenAPI document.
     api.register_blueprint(health.blp)

@@ -6,7 +6,7 @@ from flask import g, request
 from werkzeug.exceptions import Unauthorized
 
 from ukcancel import logs
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.current import get_runtime
 from ukcancel.token import Principal, TokenRecord
 
 SECURITY_SCHEME = {"type": "http", "scheme": "bearer", "description": "A token issued by `ukcancel token create`."}

@@ -14,7 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from ukcancel.batch import BATCH_STATES, RESULT_STATUSES
 from ukcancel.command import STATES
 from ukcancel.schemas import CancellationRequestSchema, EpochTime, ResultTuple
-from ukcancel.service.schemas import WaitQuerySchema
+from ukcancel.service.http_schemas import WaitQuerySchema
 
 MAX_ITEMS = 10_000
 MAX_PAGE = 1000

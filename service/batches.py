@@ -24,11 +24,11 @@ from ukcancel.service.batch_schemas import (
     BatchRequestSchema,
     BatchSchema,
 )
+from ukcancel.service.current import get_quotas, get_runtime
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
 from ukcancel.service.rate_limit import waiting_at_hit
 from ukcancel.service.replicas import require_replicas
-from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.token import Principal
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches of cancel commands")

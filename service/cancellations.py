@@ -18,18 +18,18 @@ from ukcancel.command import QUEUED, CancelCommand
 from ukcancel.listing import CommandFilter, CommandListing
 from ukcancel.schemas import CancellationRequestSchema, CancellationSchema, submission_policy
 from ukcancel.service.auth import authenticate, principal
-from ukcancel.service.openapi import Blueprint, problems
-from ukcancel.service.problems import require_json_body
-from ukcancel.service.rate_limit import waiting_at_hit
-from ukcancel.service.replicas import require_replicas
-from ukcancel.service.runtime import get_quotas, get_runtime
-from ukcancel.service.schemas import (
+from ukcancel.service.current import get_quotas, get_runtime
+from ukcancel.service.http_schemas import (
     AcceptedSchema,
     CancellationListQuerySchema,
     CancellationPageSchema,
     IdempotencyHeaderSchema,
     WaitQuerySchema,
 )
+from ukcancel.service.openapi import Blueprint, problems
+from ukcancel.service.problems import require_json_body
+from ukcancel.service.rate_limit import waiting_at_hit
+from ukcancel.service.replicas import require_replicas
 from ukcancel.token import Principal
 
 blp = Blueprint("cancellations", __name__, url_prefix="/v1/cancellations", description="Cancel commands")

@@ -55,10 +55,10 @@ from ukcancel.quota import QuotaExceeded
 from ukcancel.schemas import CancellationSchema
 from ukcancel.service.batches import batch_view, visible_batch
 from ukcancel.service.cancellations import listing_scope, visible_command
+from ukcancel.service.current import get_quotas, get_runtime
+from ukcancel.service.http_schemas import CancellationListQuerySchema
 from ukcancel.service.job_schemas import JobFilterSchema, PlanRequestSchema
 from ukcancel.service.jobs import apply_plan, jobs_view, plan_view, read_plan, selection_of, visible_plan
-from ukcancel.service.runtime import get_quotas, get_runtime
-from ukcancel.service.schemas import CancellationListQuerySchema
 from ukcancel.sessions import ConsoleSessions
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
 from ukcancel.stream import recent_dead_letters

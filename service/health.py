@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 
 from ukcancel import __version__, presence
 from ukcancel.fleet import live_workers
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.current import get_runtime
 
 blp = Blueprint("health", __name__, description="Probes")
 

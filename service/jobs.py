@@ -23,6 +23,7 @@ from ukcancel.jobs import JobSelection
 from ukcancel.plans import COMPUTING, Plan
 from ukcancel.runtime import Runtime
 from ukcancel.service.auth import authenticate, principal
+from ukcancel.service.current import get_quotas, get_runtime
 from ukcancel.service.job_schemas import (
     JobsQuerySchema,
     JobsSchema,
@@ -36,7 +37,6 @@ from ukcancel.service.job_schemas import (
 )
 from ukcancel.service.openapi import Blueprint, problems
 from ukcancel.service.problems import require_json_body
-from ukcancel.service.runtime import get_quotas, get_runtime
 from ukcancel.token import Principal
 
 jobs_blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Your UKSSDC jobs and their product states")

@@ -14,7 +14,7 @@ import redis
 from flask import Flask, g, request, session
 
 from ukcancel.service.auth import bearer_record
-from ukcancel.service.runtime import get_quotas, get_runtime
+from ukcancel.service.current import get_quotas, get_runtime
 
 CONSOLE_LIVE_ENDPOINTS = frozenset({"console.jobs_table", "console.plan_live", "console.command_live",
                                     "console.batch_live"})

@@ -20,7 +20,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from webargs.flaskparser import FlaskParser
 
-from ukcancel.service.schemas import ProblemSchema
+from ukcancel.service.http_schemas import ProblemSchema
 
 MEDIA_TYPE = "application/problem+json"
 

@@ -17,8 +17,8 @@ from flask import Response, json, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from ukcancel.service.http_schemas import ProblemSchema
 from ukcancel.service.openapi import MEDIA_TYPE
-from ukcancel.service.schemas import ProblemSchema
 
 
 def problem_response(status: int, title: str, detail: str | None = None, headers: Mapping[str, str] | None = None,

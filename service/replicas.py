@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from werkzeug.exceptions import ServiceUnavailable
 
-from ukcancel.service.runtime import get_runtime
+from ukcancel.service.current import get_runtime
 from ukcancel.store import ReplicasUnconfirmed, confirm_replicas
 
 

@@ -2,7 +2,7 @@
 
 When a command with a `callback_url` becomes terminal, the transition script itself marks its
 callback pending and puts it in the outbox (``ukcancel:callbacks:due``, `CallbackOutbox`); the
-reconciler's sweep hands what is due to a worker's callback sender (`ukcancel.worker.callbacks`),
+reconciler's sweep hands what is due to a worker's callback sender (`ukcancel.worker.callback_sender`),
 which POSTs the command (as `GET /v1/cancellations/{id}` shows it) to that URL, signed by the
 Standard Webhooks scheme:
 

@@ -20,7 +20,7 @@ that found no permit ends without a successor; when a permit is near but not fre
 is enough to take it. So a waiting fleet costs a tick's few Redis commands, not a busy loop.
 
 Last, it sweeps the callback outbox: callbacks due now are leased and offered to this worker's
-callback sender (`ukcancel.worker.callbacks.CallbackSender`), which delivers them on threads of
+callback sender (`ukcancel.worker.callback_sender.CallbackSender`), which delivers them on threads of
 its own.
 """
 

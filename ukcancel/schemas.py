@@ -3,7 +3,7 @@
 A cancellation request is loaded by `CancellationRequestSchema` whether it came as an HTTP body
 or a stream entry; a command is shown by `CancellationSchema` in `GET /v1/cancellations/{id}`
 and in a callback's body alike. The HTTP layer's own schemas (query strings, headers, pages) are
-in `ukcancel.service.schemas`. Each schema is the single source of validation, serialisation and
+in `ukcancel.service.http_schemas`. Each schema is the single source of validation, serialisation and
 the OpenAPI document.
 """
 

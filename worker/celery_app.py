@@ -33,11 +33,11 @@ from ukcancel.failover import MasterWatch
 from ukcancel.fleet import HEARTBEAT_SECONDS, forget_worker, record_heartbeat
 from ukcancel.reconciler import Reconciler
 from ukcancel.settings import Settings
-from ukcancel.worker import all_active, callbacks, jobs, tasks
+from ukcancel.worker import all_active, callback_sender, jobs_refresh, tasks
 from ukcancel.worker.base_task import ServiceCelery, ServiceTask
 from ukcancel.worker.bounded_http import BoundedHttp
-from ukcancel.worker.callbacks import CallbackSender
-from ukcancel.worker.metrics import MetricsEndpoint
+from ukcancel.worker.callback_sender import CallbackSender
+from ukcancel.worker.metrics_server import MetricsEndpoint
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime
@@ -200,6 +200,6 @@ def create_celery(settings: Settings) -> ServiceCelery:
     app.steps["worker"].add(MetricsEndpoint)
     tasks.register_tasks(app)
     all_active.register_all_active(app)
-    callbacks.register_callback_tasks(app)
-    jobs.register_jobs_tasks(app)
+    callback_sender.register_callback_tasks(app)
+    jobs_refresh.register_jobs_tasks(app)
     return app

@@ -23,9 +23,9 @@ from kombu.exceptions import ChannelError, KombuError
 from ukcancel.dispatch import DispatchError
 from ukcancel.worker.all_active import EXPAND_ALL_ACTIVE
 from ukcancel.worker.base_task import ServiceCelery, ServiceTask, service_task
-from ukcancel.worker.callbacks import DELIVER_CALLBACK
+from ukcancel.worker.callback_sender import DELIVER_CALLBACK
 from ukcancel.worker.cancellation import CancellationRun
-from ukcancel.worker.jobs import REFRESH_JOBS
+from ukcancel.worker.jobs_refresh import REFRESH_JOBS
 
 if TYPE_CHECKING:
     from ukcancel.runtime import Runtime

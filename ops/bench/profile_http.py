@@ -42,7 +42,7 @@ RATE_HZ = 500
 # Inclusive share of these, matched on "function (file" of a frame.
 PARTS = {
     "request log (service/request_log.py)": "request_log.py",
-    "metrics (service/metrics.py)": "service/metrics.py",
+    "metrics (service/http_metrics.py)": "service/http_metrics.py",
     "rate limit (flask_limiter)": "flask_limiter/",
     "authentication (service/auth.py)": "service/auth.py",
     "enqueue (ukcancel/submission.py)": "submission.py",

@@ -19,7 +19,7 @@ from ukcancel import callback
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
 from ukcancel.worker.bounded_http import BoundedHttp
-from ukcancel.worker.callbacks import CallbackDelivery, callback_body
+from ukcancel.worker.callback_sender import CallbackDelivery, callback_body
 
 
 @dataclass
@@ -274,8 +274,8 @@ def test_a_slow_receiver_holds_two_sender_threads_at_most_and_no_longer_than_the
     receiver host, each bounded by a wall-clock deadline however the receiver trickles."""
     import socket
 
-    from ukcancel.worker import callbacks as deliveries
-    from ukcancel.worker.callbacks import CallbackSender
+    from ukcancel.worker import callback_sender as deliveries
+    from ukcancel.worker.callback_sender import CallbackSender
 
     monkeypatch.setattr(deliveries, "DEADLINE_SECONDS", 2.0)
     trickling = socket.socket()

@@ -254,7 +254,7 @@ def expand(runtime: Runtime) -> tuple[str, int | None]:
 
 
 def test_all_active_reuses_states_read_within_the_ttl(runtime: Runtime, simulator: SimulatorServer) -> None:
-    from ukcancel.worker.jobs import JobsRefresh
+    from ukcancel.worker.jobs_refresh import JobsRefresh
 
     clock = Clock(runtime.registry.clock())
     runtime.jobs.clock = clock

@@ -20,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import Unauthorized
 
 from ukcancel import metrics
+from ukcancel.service.current import get_runtime
 from ukcancel.service.openapi import problems
-from ukcancel.service.runtime import get_runtime
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 

@@ -78,15 +78,16 @@ class AcceptedSchema(Schema):
     state = fields.String()
 
 
+def wait_field(description: str) -> fields.Integer:
+    """`?wait=N`: seconds a long poll may wait, 0 to 60."""
+    return fields.Integer(load_default=0, validate=validate.Range(min=0, max=60), metadata={"description": description})
+
+
 class WaitQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    wait = fields.Integer(
-        load_default=0,
-        validate=validate.Range(min=0, max=60),
-        metadata={"description": "Seconds to wait for a terminal state (of a batch: of every item; long poll), at most 60."},
-    )
+    wait = wait_field("Seconds to wait for a terminal state (of a batch: of every item; long poll), at most 60.")
 
 
 class FieldErrorSchema(Schema):

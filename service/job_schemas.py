@@ -14,6 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from ukcancel.jobs import STATE_FILTERS
 from ukcancel.plans import PLAN_STATES
 from ukcancel.schemas import MAX_JOB_ID, EpochTime, long_product_names
+from ukcancel.service.http_schemas import wait_field
 
 MAX_SELECTED_IDS = 1000
 
@@ -160,11 +161,7 @@ class PlanQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    wait = fields.Integer(
-        load_default=0,
-        validate=validate.Range(min=0, max=60),
-        metadata={"description": "Seconds to wait (at most 60) for the plan to be computed (long poll)."},
-    )
+    wait = wait_field("Seconds to wait (at most 60) for the plan to be computed (long poll).")
 
 
 class PlanListQuerySchema(Schema):

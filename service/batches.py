@@ -71,7 +71,7 @@ def batch_view(batch: Batch, cursor: int = 0, limit: int = 100) -> dict[str, Any
         breaker = gate.breaker_state()
         blocked_for = max(gate.paused_for(), float(breaker["retry_in"]) if breaker["state"] == OPEN else 0.0)
         eta = estimate_seconds(
-            progress, rt.queue.depth(), batch.user_id, gate.limits().rate_per_second, blocked_for
+            progress, rt.schedule.depth(), batch.user_id, gate.limits().rate_per_second, blocked_for
         )
     items = rt.batches.items(batch.id, cursor, limit) if cursor < batch.total else []
     following = cursor + len(items)

@@ -304,7 +304,7 @@ def home() -> Any:
         return redirect(url_for("console.jobs"))
     connection = get_runtime().connection
     return render_template("console/admin_home.html", fleet=presence.report(connection), state=fleet_state(),
-                           waiting=sum(get_runtime().queue.depth().values()))
+                           waiting=sum(get_runtime().schedule.depth().values()))
 
 
 @blp.route("/<path:anything>")
@@ -557,10 +557,10 @@ def workers() -> str:
 def queues() -> str:
     require_admin()
     rt = get_runtime()
-    oldest = rt.queue.oldest_waiting_by_user()
+    oldest = rt.schedule.oldest_waiting_by_user()
     rows = [{"user_id": user_id, "waiting": waiting, "oldest": oldest.get(user_id)}
-            for user_id, waiting in sorted(rt.queue.depth().items())]
-    return render_template("console/queues.html", rows=rows, due=rt.queue.counts().due)
+            for user_id, waiting in sorted(rt.schedule.depth().items())]
+    return render_template("console/queues.html", rows=rows, due=rt.schedule.counts().due)
 
 
 @blp.route("/admin/deadletters")

@@ -28,8 +28,8 @@ from ukcancel.events import EventListener
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import JobCache
 from ukcancel.plans import PlanRegistry
-from ukcancel.queue import CancelQueue
 from ukcancel.runtime import Runtime
+from ukcancel.schedule import Schedule
 from ukcancel.service.app import create_app
 from ukcancel.settings import Settings
 from ukcancel.store import connect_redis
@@ -56,7 +56,7 @@ def build_runtime(
         dispatch=dispatch,
         events=events,
         registry=registry,
-        queue=CancelQueue(connection, registry, dispatch.send_turns, lanes=settings.dispatch_lanes,
+        schedule=Schedule(connection, registry, dispatch.send_turns, lanes=settings.dispatch_lanes,
                           lease_seconds=settings.lease_seconds, clock=clock),
         tokens=TokenRegistry(connection),
         batches=BatchRegistry(connection, settings.result_ttl_seconds, clock=clock,

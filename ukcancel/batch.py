@@ -209,7 +209,7 @@ class BatchRegistry:
     def add(self, batch: Batch, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> Batch:
         """Write a new batch and its item order into `pipeline`, marking each command as its item.
 
-        The caller then hands the same pipeline to `CancelQueue.stage(commands, pipeline)`, so
+        The caller then hands the same pipeline to `Schedule.stage(commands, pipeline)`, so
         the batch, its commands and their places in line are written in one round trip.
         """
         batch.created_at = self.clock()
@@ -248,7 +248,7 @@ class BatchRegistry:
     def finish_expansion(self, batch_id: str, commands: Sequence[CancelCommand], pipeline: redis.client.Pipeline) -> None:
         """An expansion found these commands: record them as the items and start running.
 
-        Written into `pipeline` (the caller stages the commands with `CancelQueue.stage` and
+        Written into `pipeline` (the caller stages the commands with `Schedule.stage` and
         executes it); announced on the batch channel so long polls waiting for the expansion wake up.
         """
         for command in commands:

@@ -216,7 +216,7 @@ class CancelCommand:
 
 
 # The one transition every script that moves a command runs (`_TRANSITION` here, the lease-checked
-# steps of `ukcancel.queue`, a batch's withdrawal in `ukcancel.batch`): a Lua function prepended to
+# steps of `ukcancel.schedule`, a batch's withdrawal in `ukcancel.batch`): a Lua function prepended to
 # those scripts, so a check, its write and what a terminal state must bring with it happen in one
 # atomic step.
 #   key: the command hash   results: the results stream   outbox: the callback outbox
@@ -470,7 +470,7 @@ class CommandRegistry:
     ) -> Transition:
         """Store the final tuple; a command that is already terminal keeps its first result.
 
-        Workers complete through `ukcancel.queue.CancelQueue.finish`, which also checks the lease.
+        Workers complete through `ukcancel.schedule.Schedule.finish`, which also checks the lease.
         """
         return self.transition(command_id, COMPLETED, ACTIVE_IN_ORDER, fields=completion_fields(result, server_ok, error))
 

@@ -35,7 +35,7 @@ Commands (`ukcancel.command.CommandRegistry`)
                                           so a delivery lost with its worker is sent again); the outcome
                                           of a delivery takes it out, or moves it to its retry time.
 
-The schedule (`ukcancel.queue.CancelQueue`): the service's Redis, not the broker, decides what runs.
+The schedule (`ukcancel.schedule.Schedule`): the service's Redis, not the broker, decides what runs.
 A Celery message is an anonymous turn; a turn claims, in this order, an expired lease, a due
 command, then the oldest waiting command of the next user in the round-robin ring.
     ``ukcancel:fair:users``               list, round-robin ring of user ids with waiting commands.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ukcancel import metrics
 from ukcancel.command import CancelCommand, Transition
-from ukcancel.queue import CancelQueue
+from ukcancel.schedule import Schedule
 
 if TYPE_CHECKING:
     from ukcancel.batch import BatchRegistry
@@ -26,13 +26,13 @@ class WithdrawParts(Protocol):
     @property
     def registry(self) -> CommandRegistry: ...
     @property
-    def queue(self) -> CancelQueue: ...
+    def schedule(self) -> Schedule: ...
     @property
     def batches(self) -> BatchRegistry: ...
 
 
 def finish(
-    queue: CancelQueue,
+    schedule: Schedule,
     command_id: str,
     holder: str,
     result: list[Any],
@@ -42,7 +42,7 @@ def finish(
 ) -> Transition:
     """Store the final tuple and end the lease, while `holder` has it (a command already terminal
     keeps its first result)."""
-    done = queue.finish(command_id, holder, result, server_ok=server_ok, error=error)
+    done = schedule.finish(command_id, holder, result, server_ok=server_ok, error=error)
     if done.moved:
         metrics.count_result(result)
     return done
@@ -55,7 +55,7 @@ def withdraw(runtime: WithdrawParts, command: CancelCommand) -> Transition:
     """
     outcome = runtime.registry.withdraw(command.id)
     if outcome.moved:
-        runtime.queue.remove_waiting(command)
+        runtime.schedule.remove_waiting(command)
     return outcome
 
 

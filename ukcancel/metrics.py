@@ -45,7 +45,7 @@ from ukcancel.outcome import result_status
 from ukcancel.store import as_text
 
 if TYPE_CHECKING:
-    from ukcancel.queue import CancelQueue
+    from ukcancel.schedule import Schedule
     from ukcancel.settings import Settings
 
 UKSSDC_CALLS = Counter(
@@ -134,7 +134,7 @@ class StoreParts(Protocol):
     @property
     def connection(self) -> Any: ...
     @property
-    def queue(self) -> CancelQueue: ...
+    def schedule(self) -> Schedule: ...
     @property
     def gate(self) -> GateReadings: ...
 
@@ -170,7 +170,7 @@ class StoreCollector(Collector):
 
     def _compute(self) -> Iterator[Metric]:
         yield self._commands_by_state()
-        lines = [waiting for waiting in self.runtime.queue.depth().values() if waiting]
+        lines = [waiting for waiting in self.runtime.schedule.depth().values() if waiting]
         yield GaugeMetricFamily(
             "ukcancel_queue_depth", "Commands waiting for a worker, all users' lines together.", value=sum(lines)
         )
@@ -210,8 +210,8 @@ class StoreCollector(Collector):
 
     def _schedule(self) -> Iterator[Metric]:
         """The dispatch schedule: due commands, leases, and how long the oldest command has waited."""
-        queue = self.runtime.queue
-        counts = queue.counts()
+        schedule = self.runtime.schedule
+        counts = schedule.counts()
         due = GaugeMetricFamily("ukcancel_schedule_due", "Commands on the due list (retries).", labels=["when"])
         due.add_metric(["now"], counts.due_now)
         due.add_metric(["later"], counts.due_later)
@@ -220,11 +220,11 @@ class StoreCollector(Collector):
         leases.add_metric(["live"], counts.live_leases)
         leases.add_metric(["expired"], counts.expired_leases)
         yield leases
-        oldest = queue.oldest_waiting_since()
+        oldest = schedule.oldest_waiting_since()
         yield GaugeMetricFamily(
             "ukcancel_oldest_waiting_seconds",
             "Age of the oldest command waiting in a user's line (0 when none waits).",
-            value=max(0.0, queue.clock() - oldest) if oldest is not None else 0.0,
+            value=max(0.0, schedule.clock() - oldest) if oldest is not None else 0.0,
         )
 
     def _commands_by_state(self) -> GaugeMetricFamily:

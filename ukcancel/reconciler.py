@@ -38,7 +38,7 @@ from ukcancel import keys, metrics
 from ukcancel.batch import BatchRegistry
 from ukcancel.callback import CallbackOutbox
 from ukcancel.fleet import FleetGate
-from ukcancel.queue import CancelQueue, ScheduleCounts
+from ukcancel.schedule import Schedule, ScheduleCounts
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Reconciler:
     def __init__(
         self,
         connection: redis.Redis,
-        queue: CancelQueue,
+        schedule: Schedule,
         batches: BatchRegistry,
         sender: TurnSender,
         name: str,
@@ -116,7 +116,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.connection = connection
-        self.queue = queue
+        self.schedule = schedule
         self.batches = batches
         self.sender = sender
         self.name = name
@@ -141,7 +141,7 @@ class Reconciler:
             return TickReport(held=False)
         expansions = self._resend_overdue_expansions()
         callbacks = self._sweep_callbacks()
-        counts = self.queue.counts()
+        counts = self.schedule.counts()
         if counts.runnable == 0:
             return TickReport(True, counts, expansions=expansions, callbacks=callbacks)
         wait = self.gate.next_permit_in()
@@ -149,10 +149,10 @@ class Reconciler:
             log.debug("reconciler holds the lanes: %s in %.2f s", wait.reason, wait.seconds)
             return TickReport(True, counts, expansions=expansions, gate_wait=wait.seconds, callbacks=callbacks)
         queued = self.sender.queued_turns()
-        missing = missing_turns(counts, queued, self.queue.lanes)
+        missing = missing_turns(counts, queued, self.schedule.lanes)
         if wait.seconds > 0:  # one permit is near, none is free: one turn on its way takes it
             missing = min(missing, max(0, 1 - queued - counts.live_leases - counts.waiting_turns))
-        self.queue.set_turns_on_their_way(queued + missing)
+        self.schedule.set_turns_on_their_way(queued + missing)
         if missing:
             self.sender.send_turns(missing)
             metrics.RECONCILER_TURNS.inc(missing)

@@ -23,7 +23,7 @@ from ukcancel.events import EventListener
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import JobCache
 from ukcancel.plans import PlanRegistry
-from ukcancel.queue import CancelQueue
+from ukcancel.schedule import Schedule
 from ukcancel.settings import Settings
 from ukcancel.token import TokenRegistry
 
@@ -35,7 +35,7 @@ class Runtime:
     dispatch: Dispatch  # hands turns and control work to the workers
     events: EventListener  # one pub/sub connection for every long poll of the process
     registry: CommandRegistry
-    queue: CancelQueue
+    schedule: Schedule
     tokens: TokenRegistry
     batches: BatchRegistry
     gate: FleetGate  # workers take permits from it; the API reads its state

@@ -237,7 +237,7 @@ class Settings:
     callback_max_attempts: int = 5
     worker_concurrency: int = 8
     fleet_guard_seconds: float = 0.04
-    # Dispatch (`ukcancel.queue`, `ukcancel.reconciler`): turns kept going while work waits, how
+    # Dispatch (`ukcancel.schedule`, `ukcancel.reconciler`): turns kept going while work waits, how
     # long a claimed command's lease lasts without renewal, how often the reconciler looks.
     dispatch_lanes: int = 6
     lease_seconds: float = 10.0

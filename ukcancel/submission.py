@@ -25,7 +25,7 @@ from ukcancel.batch import Batch
 from ukcancel.command import CancelCommand
 from ukcancel.dispatch import DispatchError
 from ukcancel.lifecycle import WithdrawParts
-from ukcancel.queue import StagedCommands
+from ukcancel.schedule import StagedCommands
 from ukcancel.store import as_text
 from ukcancel.token import Principal
 
@@ -139,7 +139,7 @@ def _reserve_and_enqueue(runtime: SubmissionParts, command: CancelCommand, reser
             return as_text(held)
         pipe.multi()
         pipe.set(reservation.key, value, ex=runtime.settings.result_ttl_seconds)
-        staged = runtime.queue.stage([command], pipe)
+        staged = runtime.schedule.stage([command], pipe)
         results = pipe.execute()  # WatchError if the key moved since WATCH: nothing was written
     staged.send_turns(results)
     return None
@@ -151,7 +151,7 @@ def enqueue(runtime: SubmissionParts, commands: Sequence[CancelCommand]) -> None
     Once this returns the commands exist and are queued, whatever the broker said: a broker that
     refused their turns only delays them (the reconciler sends turns for queued work).
     """
-    runtime.queue.enqueue(commands)
+    runtime.schedule.enqueue(commands)
 
 
 def enqueue_batch(runtime: SubmissionParts, batch: Batch, commands: list[CancelCommand]) -> Batch:
@@ -168,7 +168,7 @@ def stage_batch(runtime: SubmissionParts, batch: Batch, commands: list[CancelCom
     """The batch and its commands written into `pipeline` (a transaction the caller has watched
     keys on, and executes); the caller then sends their turns with the pipeline's results."""
     runtime.batches.add(batch, commands, pipeline)
-    return runtime.queue.stage(commands, pipeline)
+    return runtime.schedule.stage(commands, pipeline)
 
 
 def start_expansion(runtime: SubmissionParts, batch: Batch) -> Batch:

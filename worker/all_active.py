@@ -95,7 +95,7 @@ class ActiveJobsExpansion:
             if not self.batches.watch_expanding(self.batch_id, pipe):
                 return None
             self.batches.finish_expansion(self.batch_id, commands, pipe)
-            staged = self.runtime.queue.stage(commands, pipe)
+            staged = self.runtime.schedule.stage(commands, pipe)
             try:
                 results = pipe.execute()
             except redis.WatchError:

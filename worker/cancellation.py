@@ -2,7 +2,7 @@
 
 One `CancellationRun` is one turn (one execution of a Celery task). It checks that something is
 runnable (if not it ends, with no permit), takes a permit from the fleet gate, then claims the
-next command from the schedule (`ukcancel.queue`: an expired lease, a due retry, else fair
+next command from the schedule (`ukcancel.schedule`: an expired lease, a due retry, else fair
 between users), makes the UKSSDC calls while renewing the command's lease, and either stores the
 final tuple or puts the command on the due list for later.
 Everything it learned on the way (products resolved from "all", products already settled,
@@ -32,8 +32,8 @@ from ukcancel.outcome import (
     error_tuple,
     processed_tuple,
 )
-from ukcancel.queue import Claim
 from ukcancel.retry import Rand, Reschedule, backoff_delay
+from ukcancel.schedule import Claim
 from ukcancel.store import ReplicasUnconfirmed, confirm_replicas
 from ukcancel.worker.listing_resolver import ListingResolver, resolution
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
@@ -86,7 +86,7 @@ class CancellationRun:
         self.runtime = runtime
         self.settings = runtime.settings
         self.registry = runtime.registry
-        self.queue = runtime.queue
+        self.schedule = runtime.schedule
         self.holder = holder
         self.gate = gate
         self.client = client
@@ -105,14 +105,14 @@ class CancellationRun:
         (which would put every lane's claim ahead of a newcomer). A command that cannot go on now
         (a retry) is put on the due list, never left in a Celery countdown.
         """
-        if not self.queue.start_turn():
+        if not self.schedule.start_turn():
             metrics.EMPTY_TURNS.inc()
             return RunResult(None, None)
         max_wait = self.settings.fleet_max_wait_seconds
         # While it waits (not when a permit is free at once, the usual case under load) the turn
         # covers its lane, so the reconciler sends no other for it.
-        outcome = self.gate.acquire(max_wait, wanted=self.queue.runnable_now,
-                                    while_waiting=lambda: self.queue.waiting_for_permit(self.holder, max_wait))
+        outcome = self.gate.acquire(max_wait, wanted=self.schedule.runnable_now,
+                                    while_waiting=lambda: self.schedule.waiting_for_permit(self.holder, max_wait))
         if isinstance(outcome, Wait):
             # No permit in time, or the work went away: nothing was claimed. The turn ends without
             # a successor; the reconciler sends one once the gate says a permit is near, so a
@@ -122,18 +122,18 @@ class CancellationRun:
         self._permit = outcome
         try:
             while True:
-                claim = self.queue.claim(self.holder)
+                claim = self.schedule.claim(self.holder)
                 if claim is None:
                     return RunResult(None, None)  # another turn took it; the permit goes back unused
                 command = self.registry.get(claim.command_id)
                 if command is None or command.terminal:
                     # Withdrawn (aborted), expired, or finished by another run: take the next.
-                    self.queue.release(claim.command_id, self.holder)
+                    self.schedule.release(claim.command_id, self.holder)
                     continue
                 if claim.takeover:
                     metrics.LEASES_TAKEN_OVER.inc()
                     log.warning("command %s: its lease had expired (worker lost); taking it over", command.id)
-                with self.queue.holding(command.id, self.holder), logs.context(
+                with self.schedule.holding(command.id, self.holder), logs.context(
                     command_id=command.id, batch_id=command.batch_id, user=command.user_id
                 ):
                     return self._perform(command, claim)
@@ -170,12 +170,12 @@ class CancellationRun:
         # Taken over (or found "running"): the run that started it died, and its request may
         # have reached the server, so a "not cancelled" answer must be checked.
         redelivered = claim.takeover or command.state == CommandState.RUNNING
-        started = self.queue.start(command.id, self.holder)
+        started = self.schedule.start(command.id, self.holder)
         if not started.held:
             log.info("command %s: lease taken over before it started; the other run carries it", command.id)
             return RunResult(command.id, None)
         if not started.moved:
-            self.queue.release(command.id, self.holder)
+            self.schedule.release(command.id, self.holder)
             return RunResult(command.id, started.state)
         if redelivered and not command.ambiguous:
             command.ambiguous = True
@@ -224,7 +224,7 @@ class CancellationRun:
     def _due_again(self, command: CancelCommand, delay: float, error: str) -> RunResult:
         """running -> retrying, on the due list `delay` seconds from now: one step, while this run
         holds the lease (a run whose lease was taken over leaves the command to the other run)."""
-        moved = self.queue.retry_later(command.id, self.holder, self.registry.now() + delay, error)
+        moved = self.schedule.retry_later(command.id, self.holder, self.registry.now() + delay, error)
         if not moved.held:
             log.info("command %s: lease taken over; the other run carries it (%s)", command.id, error)
         return RunResult(command.id, moved.state)
@@ -232,7 +232,7 @@ class CancellationRun:
     def _finish(
         self, command: CancelCommand, result: list[Any], *, server_ok: int | None = None, error: str | None = None
     ) -> RunResult:
-        done = lifecycle.finish(self.queue, command.id, self.holder, result, server_ok=server_ok, error=error)
+        done = lifecycle.finish(self.schedule, command.id, self.holder, result, server_ok=server_ok, error=error)
         if not done.held:
             log.info("command %s: lease taken over; the other run's outcome stands", command.id)
             return RunResult(command.id, None)

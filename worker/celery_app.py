@@ -111,7 +111,7 @@ class ReconcilerStep(bootsteps.StartStopStep):
         self._callbacks = CallbackSender(runtime, BoundedHttp())
         self._reconciler = reconciler = Reconciler(
             runtime.connection,
-            runtime.queue,
+            runtime.schedule,
             runtime.batches,
             runtime.dispatch,
             f"{worker.hostname or socket.gethostname()}",

@@ -52,7 +52,7 @@ def register_tasks(app: Celery) -> None:
         try:
             result = CancellationRun(self.runtime, holder, self.gate, self.ukssdc).run()
             if result.command_id is not None:  # a turn that found no permit has no successor
-                self.runtime.queue.continue_lane()
+                self.runtime.schedule.continue_lane()
         except (redis.RedisError, DispatchError) as exc:
             log.warning("turn %s ended by a store or broker error (the reconciler resends): %s", holder, exc)
             return {"command": None, "state": None, "error": str(exc)}

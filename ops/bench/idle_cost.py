@@ -23,7 +23,7 @@ from harness import Context, fmt, group_cpu_seconds, private_redis, start_worker
 
 from ukcancel.command import CancelCommand, CommandRegistry
 from ukcancel.fleet import FleetGate
-from ukcancel.queue import CancelQueue
+from ukcancel.schedule import Schedule
 from ukcancel.settings import Settings
 
 WAITING = 1000
@@ -67,12 +67,12 @@ def bench_idle_cost(ctx: Context) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     settings = Settings(redis_url=url, fleet_rate_per_second=50)
     gate = FleetGate(client, settings)
-    queue = CancelQueue(client, CommandRegistry(client, settings.result_ttl_seconds), lambda count: None)
+    schedule = Schedule(client, CommandRegistry(client, settings.result_ttl_seconds), lambda count: None)
     time.sleep(3)  # past start-up
     states: dict[str, dict[str, float]] = {"idle": _measure(client, workers, seconds)}
 
     gate.pause(3600)
-    queue.enqueue([CancelCommand(job_id=1001, user_id="bench@example.org", products=["LightCurve"])
+    schedule.enqueue([CancelCommand(job_id=1001, user_id="bench@example.org", products=["LightCurve"])
                    for _ in range(WAITING)])  # no turn from here: the fleet's own reconciler decides
     time.sleep(2)
     states["paused"] = _measure(client, workers, seconds)

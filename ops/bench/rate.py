@@ -49,7 +49,7 @@ def rate_run(ctx: Context, n: int, guard: float | None, tag: str, limits_window:
         commands = [CancelCommand(job_id=100_000 + i, user_id=USER_RATE, products=["LightCurve"],
                                   submitted_by="bench-rate") for i in range(n)]
         submitted = time.time()
-        store.runtime.queue.enqueue(commands)  # one round trip + a turn per lane
+        store.runtime.schedule.enqueue(commands)  # one round trip + a turn per lane
         done, waited = store.wait_terminal([c.id for c in commands], timeout=n / RATE + 45)
         finished = time.time()
         load = meter.stop()
@@ -138,7 +138,7 @@ def bench_rate(ctx: Context) -> dict[str, Any]:
         "2 workers (prefork x8)",
         ["measure", *heads, "goal", "verdict"], rows,
         caption="Receipt times `t` from the simulator's request log (canceljob.php only). Commands enqueued in-process "
-                "with CancelQueue.enqueue (one round trip, a turn per lane). Verdicts judge the shipped settings. What-ifs: "
+                "with Schedule.enqueue (one round trip, a turn per lane). Verdicts judge the shipped settings. What-ifs: "
                 "the `limits` library's MovingWindowRateLimiter (Redis storage) in place of the gate's own paced "
                 "window (ops/bench/limits_worker.py; in-flight cap, pause and breaker unchanged), and the gate's "
                 "own window with UKCANCEL_FLEET_GUARD_SECONDS=0 (its window is 1 s + guard).",

@@ -72,7 +72,7 @@ class Api:
         connection = self.runtime.connection
         assert connection.keys(keys.command("*")) == []
         assert connection.zcard(keys.user_commands(ASTRO)) == 0
-        assert self.runtime.queue.depth() == {}
+        assert self.runtime.schedule.depth() == {}
         assert self.dispatched == []
 
 
@@ -81,7 +81,7 @@ def build_api() -> Api:
     app = create_api(runtime=runtime)
     token, _ = runtime.tokens.create(ASTRO)
     api = Api(app, app.test_client(), runtime, token)
-    runtime.queue.dispatch = api.dispatched.append
+    runtime.schedule.dispatch = api.dispatched.append
     return api
 
 
@@ -120,7 +120,7 @@ def test_post_answers_202_with_location_and_stores_a_queued_command(api: Api) ->
     assert stored.products == ["LightCurve", "StandardPos"]  # long names, duplicates collapsed
     assert (stored.job_id, stored.user_id, stored.state) == (1001, ASTRO, QUEUED)
     assert api.dispatched == [1]
-    assert api.runtime.queue.depth() == {ASTRO: 1}
+    assert api.runtime.schedule.depth() == {ASTRO: 1}
 
 
 def test_products_default_to_all_and_user_to_the_tokens(api: Api) -> None:
@@ -394,14 +394,14 @@ def test_long_poll_of_a_terminal_command_returns_at_once(api: Api) -> None:
 
 def test_withdraw_of_a_queued_command_aborts_it_and_takes_it_out_of_line(api: Api) -> None:
     command_id = api.submit({"job_id": 1001})
-    assert api.runtime.queue.depth() == {ASTRO: 1}
+    assert api.runtime.schedule.depth() == {ASTRO: 1}
     response = api.delete(command_id)
     assert response.status_code == 200
     body = response.get_json()
     assert body["state"] == "aborted" and body["result"] is None and body["last_error"]
     assert [h["state"] for h in body["history"]] == [QUEUED, "aborted"]
-    assert api.runtime.queue.depth() in ({}, {ASTRO: 0})
-    assert api.runtime.queue.claim("a-turn") is None  # a worker taking the turn finds nothing
+    assert api.runtime.schedule.depth() in ({}, {ASTRO: 0})
+    assert api.runtime.schedule.claim("a-turn") is None  # a worker taking the turn finds nothing
     problem(api.delete(command_id), 409)
 
 

@@ -29,7 +29,7 @@ V1_METHODS = {
 @pytest.fixture
 def served() -> Iterator[tuple[FlaskClient, Runtime, dict[str, str]]]:
     runtime = create_runtime(Settings(), connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    runtime.queue.dispatch = lambda count: None
+    runtime.schedule.dispatch = lambda count: None
     token, _ = runtime.tokens.create(ASTRO)
     yield create_api(runtime=runtime).test_client(), runtime, {"Authorization": f"Bearer {token}"}
     runtime.connection.close()

@@ -105,7 +105,7 @@ def test_bad_csv_is_a_usage_error_naming_the_line(served: Served, tmp_path: Path
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
-    assert served.runtime.queue.depth() == {}
+    assert served.runtime.schedule.depth() == {}
 
 
 @pytest.mark.parametrize(

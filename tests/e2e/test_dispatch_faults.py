@@ -25,8 +25,8 @@ from ukcancel import keys
 from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
 from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
-from ukcancel.queue import CancelQueue
 from ukcancel.runtime import Runtime
+from ukcancel.schedule import Schedule
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 
@@ -95,7 +95,7 @@ def test_a_command_whose_frozen_caller_and_heir_both_time_out_completes_with_the
     simulator.state.add_faults(Fault("read_timeout_after_processing", count=2, seconds=3))
     frozen = worker_factory(env, pool="prefork", concurrency=1, name="frozen")
     command = CancelCommand(job_id=1001, user_id=ASTRO, products=["LightCurve"])
-    runtime.queue.enqueue([command])
+    runtime.schedule.enqueue([command])
     wait_for(lambda: cancels(simulator), 20, "the first call to be in flight")
     [child] = children_of(frozen.process.pid)
     os.kill(child, signal.SIGSTOP)
@@ -140,13 +140,13 @@ def test_a_waiting_fleet_costs_about_what_an_idle_one_does(
 
     settings = Settings.from_env(env)
     gate = FleetGate(client, settings)
-    queue = CancelQueue(client, runtime_for(env).registry, lambda n: None)  # no turns from here: the fleet's own
+    schedule = Schedule(client, runtime_for(env).registry, lambda n: None)  # no turns from here: the fleet's own
     if how == "paused":
         gate.pause(600)
     else:
         gate.configure(rate_per_second=0.2)
     commands = [CancelCommand(job_id=1001 + n % 3, user_id=ASTRO, products=["LightCurve"]) for n in range(10)]
-    queue.enqueue(commands)
+    schedule.enqueue(commands)
     time.sleep(2)
     before = client.info("commandstats")
     waiting_commands, waiting_cpu = measure()

@@ -358,7 +358,7 @@ def test_a_lost_turn_heals_within_the_reconciler_period_and_extra_turns_change_n
     env = default_env(redis_url, simulator, None)
     api = api_for(env)
     worker = worker_factory(env, concurrency=2, name="w1")
-    api.runtime.queue.dispatch = lambda count: None  # the API's turns are lost on their way
+    api.runtime.schedule.dispatch = lambda count: None  # the API's turns are lost on their way
     submitted = time.time()
     command = api.finished(api.cancel(1001, ["LightCurve"]), timeout=10)
     assert lc_cancelled(command)
@@ -370,7 +370,7 @@ def test_a_lost_turn_heals_within_the_reconciler_period_and_extra_turns_change_n
 
     # The broker's queue emptied by hand while no worker consumes it.
     worker.stop()
-    api.runtime.queue.dispatch = api.runtime.dispatch.send_turns
+    api.runtime.schedule.dispatch = api.runtime.dispatch.send_turns
     second = api.cancel(1002, ["LightCurve"])
     assert redis.Redis.from_url(redis_url).delete(TURN_QUEUE) == 1
     worker_factory(env, concurrency=2, name="w2")

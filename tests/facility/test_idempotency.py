@@ -99,7 +99,7 @@ def test_a_broker_that_is_down_keeps_the_command_and_its_key(facility: Facility)
     def broker_down(count: int) -> None:
         raise DispatchError("connection refused")
 
-    facility.runtime.queue.dispatch = broker_down
+    facility.runtime.schedule.dispatch = broker_down
     first = post(facility, "alice", "during-outage")
     assert first.status_code == 202
     command_id = first.get_json()["id"]
@@ -159,7 +159,7 @@ def test_concurrent_posts_with_one_key_create_exactly_one_command(served_on_redi
     assert len({command_id for _, command_id in answers}) == 1
     assert facility.command_ids() == {answers[0][1]}
     assert facility.runtime.connection.zcard(keys.user_commands("astro@example.org")) == 1
-    assert facility.runtime.queue.depth() == {"astro@example.org": 1}
+    assert facility.runtime.schedule.depth() == {"astro@example.org": 1}
 
 
 def test_a_token_reusing_a_revoked_name_starts_a_fresh_idempotency_scope_and_secret(

@@ -41,7 +41,7 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 def test_a_request_is_logged_as_json_with_its_context_and_without_the_token(captured: io.StringIO) -> None:
     runtime = create_runtime(Settings(), connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    runtime.queue.dispatch = lambda count: None
+    runtime.schedule.dispatch = lambda count: None
     client = create_api(runtime=runtime).test_client()
     token, _ = runtime.tokens.create(ASTRO)
     auth = {"Authorization": f"Bearer {token}", "X-Request-Id": "req-42"}
@@ -68,7 +68,7 @@ def test_a_request_is_logged_as_json_with_its_context_and_without_the_token(capt
 
 def test_a_stream_entry_is_logged_with_its_context_and_without_its_token(captured: io.StringIO) -> None:
     runtime = create_runtime(Settings(), connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    runtime.queue.dispatch = lambda count: None
+    runtime.schedule.dispatch = lambda count: None
     token, _ = runtime.tokens.create(ASTRO)
     consumer = CommandStreamConsumer(runtime, "logs-test")
     accepted = consumer.handle("1-0", {"token": token, "job_id": "1001", "request_id": "r-1"})

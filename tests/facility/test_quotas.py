@@ -134,7 +134,7 @@ def test_withdrawing_a_ten_thousand_item_batch_is_one_script(on_redis: Facility)
     batch = submission.enqueue_batch(runtime, Batch(ALICE, "alice"), commands)
     started = commands[17].id
     assert runtime.registry.start_attempt(started).moved  # a started item is left alone
-    runtime.queue.remove_waiting(commands[17])  # as a worker's claim takes it out of line
+    runtime.schedule.remove_waiting(commands[17])  # as a worker's claim takes it out of line
     reference = commands[18].id
     with runtime.registry.events.watching(keys.batch_events(batch.id)) as waiter:
         calls = _commands_sent(runtime.connection)

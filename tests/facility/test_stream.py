@@ -66,7 +66,7 @@ def test_a_valid_entry_becomes_a_command_and_is_announced(on_redis: Facility) ->
     assert command is not None
     assert (command.job_id, command.user_id, command.products) == (1001, ALICE, ["LightCurve", "StandardPos"])
     assert command.submitted_by == "alice" and command.state == "queued"
-    assert on_redis.runtime.queue.depth() == {ALICE: 1}  # in line like an HTTP submission
+    assert on_redis.runtime.schedule.depth() == {ALICE: 1}  # in line like an HTTP submission
     # EntryOutcome: acknowledged and deleted, so the token does not stay in the stream.
     assert pending(on_redis) == 0
     assert on_redis.runtime.connection.xlen(keys.COMMAND_STREAM) == 0
@@ -182,7 +182,7 @@ def test_a_crash_between_enqueue_and_ack_makes_no_second_command(on_redis: Facil
     [handled] = heir.step()
     assert handled.command_id == first
     assert on_redis.command_ids() == {first}
-    assert on_redis.runtime.queue.depth() == {ALICE: 1}
+    assert on_redis.runtime.schedule.depth() == {ALICE: 1}
     assert entries(on_redis, keys.ACCEPTED_STREAM) == [{"entry_id": entry_id, "command_id": first, "request_id": "r-1"}]
     assert on_redis.runtime.connection.get(keys.stream_entry(entry_id)).decode() == f"{first}|"
 
@@ -227,7 +227,7 @@ def test_a_broker_outage_leaves_the_entry_pending_for_a_retry(on_redis: Facility
     from kombu.exceptions import OperationalError
 
     reader = consumer(on_redis, "c", min_idle_ms=0)
-    queue = on_redis.runtime.queue
+    queue = on_redis.runtime.schedule
     working = queue.dispatch
 
     def broker_down(count: int) -> None:

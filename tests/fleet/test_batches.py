@@ -71,7 +71,7 @@ def test_item_errors_are_reported_by_index_and_nothing_is_enqueued(idle_api: Api
     assert pointers == ["/items/1/job_id", "/items/3/job_id", "/items/3/products", "/items/5/callback_url",
                         "/items/5/products"]
     assert stored_keys(idle_api.runtime) == before
-    assert idle_api.runtime.queue.depth() == {}
+    assert idle_api.runtime.schedule.depth() == {}
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_malformed_batches_are_422_problems(idle_api: Api, body: Any, pointer: s
     response = idle_api.post_batch(body)
     assert response.status_code == 422, response.json
     assert pointer in [error["pointer"] for error in response.json["errors"]]
-    assert idle_api.runtime.queue.depth() == {}
+    assert idle_api.runtime.schedule.depth() == {}
 
 
 def test_a_body_that_is_not_json_is_415_and_a_bare_list_is_422(idle_api: Api) -> None:
@@ -115,7 +115,7 @@ def test_accepting_ten_thousand_items_is_one_pipeline_and_a_turn_per_lane(
              for i in range(10_000)]
     api.post_batch({"items": items[:10]})  # warm-up: scripts loaded, connections open
     runtime.connection.delete("ukcancel")  # the Celery queue of the warm-up's turns
-    runtime.queue.set_turns_on_their_way(0)  # as the reconciler would, seeing that queue empty
+    runtime.schedule.set_turns_on_their_way(0)  # as the reconciler would, seeing that queue empty
     executed: list[int] = []
     original = type(runtime.connection.pipeline(transaction=True)).execute
 
@@ -134,7 +134,7 @@ def test_accepting_ten_thousand_items_is_one_pipeline_and_a_turn_per_lane(
     assert response.json["total"] == 10_000 and response.json["state"] == "running"
     assert response.headers["Location"] == f"/v1/batches/{response.json['id']}"
     assert len([n for n in executed if n > 1000]) == 1  # every record in one pipeline
-    assert runtime.queue.depth() == {ASTRO: 10_010}
+    assert runtime.schedule.depth() == {ASTRO: 10_010}
     # A turn per lane, not per item: running turns send their successors while work waits.
     assert runtime.connection.llen("ukcancel") == runtime.settings.dispatch_lanes
     assert runtime.connection.llen(keys.batch_items(response.json["id"])) == 10_000
@@ -207,7 +207,7 @@ def test_another_users_batch_is_404_and_an_admin_sees_it(idle_api: Api) -> None:
 def test_delete_withdraws_every_item_not_started(idle_api: Api) -> None:
     runtime = idle_api.runtime
     batch_id = idle_api.post_batch({"items": [{"job_id": 2001 + i} for i in range(4)]}).json["id"]
-    claim = runtime.queue.claim("a-worker-turn")  # a worker takes the first item and starts it
+    claim = runtime.schedule.claim("a-worker-turn")  # a worker takes the first item and starts it
     assert claim is not None and claim.command_id == runtime.batches.command_ids(batch_id)[0]
     runtime.registry.start_attempt(claim.command_id)
 
@@ -221,7 +221,7 @@ def test_delete_withdraws_every_item_not_started(idle_api: Api) -> None:
     heard = [fields[b"command_id"].decode() for _, fields in results]
     assert sorted(heard) == sorted(runtime.batches.command_ids(batch_id)[1:])
     assert {fields[b"state"] for _, fields in results} == {b"aborted"}
-    assert runtime.queue.depth().get(ASTRO, 0) == 0  # withdrawn commands left the line
+    assert runtime.schedule.depth().get(ASTRO, 0) == 0  # withdrawn commands left the line
 
 
 # -- all_active --------------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_the_expansion_takes_a_permit_for_every_call_and_carries_on_after_a_resc
     simulator: SimulatorServer,
 ) -> None:
     runtime = create_runtime(settings_for(simulator), fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    runtime.queue.dispatch = lambda count: None  # no worker here: the expansion is run by hand
+    runtime.schedule.dispatch = lambda count: None  # no worker here: the expansion is run by hand
     batch_id = Api(runtime).post_batch({"all_active": True}).json["id"]
     client = UkssdcClient(simulator.base_url, "1.12", 5, 5)
 
@@ -296,4 +296,4 @@ def test_the_expansion_takes_a_permit_for_every_call_and_carries_on_after_a_resc
     assert endpoints == ["listOldJobs.php"] + ["checkProductStatus.php"] * 3  # nothing asked twice
     assert runtime.batches.get(batch_id).state == "running"  # type: ignore[union-attr]
     assert ActiveJobsExpansion(runtime, batch_id, gate, client).run() is None  # a redelivery does nothing
-    assert runtime.queue.depth() == {ASTRO: 2}
+    assert runtime.schedule.depth() == {ASTRO: 2}

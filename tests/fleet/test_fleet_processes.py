@@ -24,7 +24,7 @@ CANCEL = "canceljob.php"
 def submit(rt: Runtime, user: str, job_ids: list[int], products: list[str] | str = ("LightCurve",)) -> list[str]:
     commands = [CancelCommand(job_id=j, user_id=user, products=list(products) if not isinstance(products, str)
                               else products) for j in job_ids]
-    rt.queue.enqueue(commands)
+    rt.schedule.enqueue(commands)
     return [c.id for c in commands]
 
 

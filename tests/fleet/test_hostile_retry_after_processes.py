@@ -20,7 +20,7 @@ def test_an_absurd_retry_after_pauses_nobody_and_the_command_completes(
     simulator.state.add_faults(Fault("http503", retry_after=retry_after))
     worker_factory(make_worker_env(redis_url, simulator), concurrency=2, name="hostile1")
     command = CancelCommand(job_id=2001, user_id="bulk@example.org", products=["LightCurve"])
-    api_runtime.queue.enqueue([command])
+    api_runtime.schedule.enqueue([command])
 
     done = wait_for(lambda: (found := api_runtime.registry.get(command.id)) is not None and found.terminal and found,
                     30, "the command to complete")

@@ -46,7 +46,7 @@ def runtime(simulator: SimulatorServer, redis_url: str) -> Iterator[Runtime]:
                         fleet_max_in_flight=64, fleet_max_wait_seconds=5, fleet_guard_seconds=0,
                         ukssdc_connect_timeout_seconds=2, ukssdc_timeout_seconds=5)
     runtime = create_runtime(settings)
-    runtime.queue.dispatch = lambda count: None  # turns are run by the test
+    runtime.schedule.dispatch = lambda count: None  # turns are run by the test
     yield runtime
     runtime.connection.close()
 
@@ -63,7 +63,7 @@ def calls(simulator: SimulatorServer, endpoint: str) -> list[dict[str, Any]]:
 
 def submit(runtime: Runtime, job_id: int, user: str = ASTRO) -> CancelCommand:
     command = CancelCommand(job_id=job_id, user_id=user, products="all")
-    runtime.queue.enqueue([command])
+    runtime.schedule.enqueue([command])
     return command
 
 

@@ -45,10 +45,10 @@ def test_metrics_are_open_and_count_calls_results_retries_states_and_queues(simu
     commands = [CancelCommand(job_id=1001, user_id=ASTRO, products=["LightCurve"]),
                 CancelCommand(job_id=1004, user_id=ASTRO, products=["LightCurve"])]
     with EmbeddedWorker(runtime):
-        runtime.queue.enqueue(commands)
+        runtime.schedule.enqueue(commands)
         wait_terminal(runtime, [c.id for c in commands])
-    runtime.queue.dispatch = lambda count: None  # the worker has stopped: this one stays waiting
-    runtime.queue.enqueue([CancelCommand(job_id=2001, user_id="bulk@example.org", products="all")])
+    runtime.schedule.dispatch = lambda count: None  # the worker has stopped: this one stays waiting
+    runtime.schedule.enqueue([CancelCommand(job_id=2001, user_id="bulk@example.org", products="all")])
 
     response = client.get("/metrics")  # no Authorization header
     assert response.status_code == 200
@@ -100,7 +100,7 @@ def test_metrics_of_worker_processes_are_added_up_under_prometheus_multiproc_dir
     runtime = create_runtime(Settings(redis_url=redis_url, ukssdc_base_url=simulator.base_url,
                                       metrics_multiproc_dir=str(directory)))
     commands = [CancelCommand(job_id=2001 + i, user_id="bulk@example.org", products=["LightCurve"]) for i in range(6)]
-    runtime.queue.enqueue(commands)
+    runtime.schedule.enqueue(commands)
     wait_terminal(runtime, [c.id for c in commands])
     time.sleep(0.2)
 

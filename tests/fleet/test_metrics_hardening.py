@@ -27,8 +27,8 @@ def gauge(text: str, name: str, **labels: str) -> float:
 def test_a_scrape_flood_counts_the_records_once_per_period_for_the_fleet(redis_url: str, monkeypatch) -> None:
     settings = Settings(redis_url=redis_url, metrics_cache_seconds=30)
     runtime = create_runtime(settings)
-    runtime.queue.dispatch = lambda count: None  # no worker: everything stays queued
-    runtime.queue.enqueue([CancelCommand(job_id=1000 + i, user_id="bulk@example.org", products="all")
+    runtime.schedule.dispatch = lambda count: None  # no worker: everything stays queued
+    runtime.schedule.enqueue([CancelCommand(job_id=1000 + i, user_id="bulk@example.org", products="all")
                            for i in range(3000)])
     scans: list[int] = []
     original = StoreCollector._count_commands
@@ -49,7 +49,7 @@ def test_a_scrape_flood_counts_the_records_once_per_period_for_the_fleet(redis_u
 
 def test_the_cache_expires_and_the_pause_is_always_live(redis_url: str) -> None:
     runtime = create_runtime(Settings(redis_url=redis_url, metrics_cache_seconds=30))
-    runtime.queue.dispatch = lambda count: None
+    runtime.schedule.dispatch = lambda count: None
     now = [1000.0]
     collector = StoreCollector(runtime, clock=lambda: now[0])
     from prometheus_client import CollectorRegistry, generate_latest
@@ -57,7 +57,7 @@ def test_the_cache_expires_and_the_pause_is_always_live(redis_url: str) -> None:
     registry = CollectorRegistry()
     registry.register(collector)
     assert gauge(generate_latest(registry).decode(), "ukcancel_queue_depth") == 0
-    runtime.queue.enqueue([CancelCommand(job_id=1001, user_id="a@example.org", products="all")])
+    runtime.schedule.enqueue([CancelCommand(job_id=1001, user_id="a@example.org", products="all")])
     runtime.gate.pause(120)
     text = generate_latest(registry).decode()
     assert gauge(text, "ukcancel_queue_depth") == 0  # cached

@@ -95,7 +95,7 @@ def scraped_names(simulator: SimulatorServer) -> set[str]:
     simulator.state.add_faults(Fault("http503"))
     commands = [CancelCommand(job_id=1001, user_id="astro@example.org", products=["LightCurve"])]
     with EmbeddedWorker(runtime):
-        runtime.queue.enqueue(commands)
+        runtime.schedule.enqueue(commands)
         runtime.registry.wait_terminal(commands[0].id, 20)
         client.get(f"/v1/cancellations/{commands[0].id}", headers={"Authorization": f"Bearer {token}"})
     text = client.get("/metrics").get_data(as_text=True)

@@ -88,7 +88,7 @@ class Harness:
         # As the API stores it: long names, duplicates collapsed, or "all".
         names = products if isinstance(products, str) else normalise(products)
         command = CancelCommand(job_id=job_id, user_id=user, products=names)
-        self.runtime.queue.enqueue([command])
+        self.runtime.schedule.enqueue([command])
         return command
 
     def run(self, holder: str = "turn-1") -> RunResult:
@@ -96,7 +96,7 @@ class Harness:
 
     def due_in(self, command: CancelCommand) -> float | None:
         """Seconds until the command is due again on the schedule (None: it is not)."""
-        at = self.runtime.queue.due_at(command.id)
+        at = self.runtime.schedule.due_at(command.id)
         return None if at is None else at - self.clock.now
 
     def run_to_end(self, holder: str = "turn-1", limit: int = 20) -> RunResult:
@@ -140,9 +140,9 @@ def make_harness(sim: SimulatorServer, client_class: type[UkssdcClient] = Ukssdc
     options.update(overrides)
     settings_ = Settings(**options)
     runtime = create_runtime(settings_, connection=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    runtime.queue.dispatch = lambda count: None
+    runtime.schedule.dispatch = lambda count: None
     clock = FakeClock()
-    runtime.queue.clock = runtime.registry.clock = clock
+    runtime.schedule.clock = runtime.registry.clock = clock
     client = client_class(
         settings_.ukssdc_base_url,
         settings_.ukssdc_api_version,
@@ -236,7 +236,7 @@ def test_503_twice_is_rescheduled_then_succeeds(h: Harness) -> None:
     assert "HTTP 503" in (waiting.last_error or "")
     countdown = h.due_in(command)
     assert countdown is not None and 0 < countdown <= 0.5  # on the due list, not in a Celery countdown
-    assert waiting.next_attempt_at == h.runtime.queue.due_at(command.id)  # GET shows when
+    assert waiting.next_attempt_at == h.runtime.schedule.due_at(command.id)  # GET shows when
     assert h.leases() == 0  # the slot and the lease are free while it waits
     assert h.run() == RunResult(None, None)  # not due yet: a turn now finds nothing
     h.run_to_end()
@@ -324,7 +324,7 @@ def test_no_capacity_claims_nothing_and_counts_no_attempt(h: Harness) -> None:
     assert result == RunResult(None, None, waited=True)  # the lane goes on (its successor is sent)
     waiting = h.record(command)
     assert waiting.state == QUEUED and waiting.attempts == 0  # still in line, no attempt began
-    assert h.runtime.queue.depth() == {ASTRO: 1} and h.leases() == 0
+    assert h.runtime.schedule.depth() == {ASTRO: 1} and h.leases() == 0
     assert h.calls() == []
     h.gate.wait = None
     assert h.run() == RunResult(command.id, COMPLETED)
@@ -381,7 +381,7 @@ def test_ambiguity_does_not_turn_a_product_finished_before_into_a_cancellation(h
 def test_a_command_whose_lease_expired_is_taken_over_as_ambiguous(h: Harness) -> None:
     command = h.submit(1001, ["LightCurve"])
     # A turn claimed the command, started it, reached the server, then its worker died.
-    claim = h.runtime.queue.claim("dead-turn")
+    claim = h.runtime.schedule.claim("dead-turn")
     assert claim is not None and claim.command_id == command.id and not claim.takeover
     assert h.runtime.registry.start_attempt(command.id).moved
     requests.post(
@@ -402,7 +402,7 @@ def test_a_command_whose_lease_expired_is_taken_over_as_ambiguous(h: Harness) ->
 
 def test_a_takeover_when_the_dead_run_never_reached_the_server(h: Harness) -> None:
     command = h.submit(1001, ["LightCurve"])
-    h.runtime.queue.claim("dead-turn")
+    h.runtime.schedule.claim("dead-turn")
     h.runtime.registry.start_attempt(command.id)
     h.clock.now += h.runtime.settings.lease_seconds + 0.001
     h.run("turn-2")

@@ -14,7 +14,7 @@ from ukcancel.batch import Batch, BatchRegistry
 from ukcancel.command import CancelCommand, CommandRegistry
 from ukcancel.fleet import FleetGate, record_heartbeat, worker_heartbeats
 from ukcancel.listing import CommandFilter, CommandListing
-from ukcancel.queue import CancelQueue
+from ukcancel.schedule import Schedule
 from ukcancel.sessions import ConsoleSessions
 from ukcancel.settings import Settings
 from ukcancel.stream import recent_dead_letters
@@ -28,58 +28,58 @@ def connection() -> fakeredis.FakeRedis:
 
 
 @pytest.fixture
-def queue(connection: fakeredis.FakeRedis, fake_clock: FakeClock) -> CancelQueue:
+def schedule(connection: fakeredis.FakeRedis, fake_clock: FakeClock) -> Schedule:
     registry = CommandRegistry(connection, 3600, clock=fake_clock)
-    return CancelQueue(connection, registry, lambda n: None, lanes=4, lease_seconds=10.0, clock=fake_clock)
+    return Schedule(connection, registry, lambda n: None, lanes=4, lease_seconds=10.0, clock=fake_clock)
 
 
-def enqueue(queue: CancelQueue, user: str, job_id: int, callback_url: str | None = None) -> CancelCommand:
+def enqueue(schedule: Schedule, user: str, job_id: int, callback_url: str | None = None) -> CancelCommand:
     command = CancelCommand(job_id=job_id, user_id=user, products=["LightCurve"], callback_url=callback_url)
-    queue.enqueue([command])
+    schedule.enqueue([command])
     return command
 
 
-def test_the_oldest_waiting_command_per_user_and_overall(queue: CancelQueue, fake_clock: FakeClock) -> None:
-    assert queue.oldest_waiting_by_user() == {} and queue.oldest_waiting_since() is None
+def test_the_oldest_waiting_command_per_user_and_overall(schedule: Schedule, fake_clock: FakeClock) -> None:
+    assert schedule.oldest_waiting_by_user() == {} and schedule.oldest_waiting_since() is None
     first_a = fake_clock.now
-    enqueue(queue, A, 1001)
+    enqueue(schedule, A, 1001)
     fake_clock.tick(5)
-    enqueue(queue, A, 1002)
+    enqueue(schedule, A, 1002)
     first_b = fake_clock.tick(5)
-    enqueue(queue, B, 1003)
-    assert queue.oldest_waiting_by_user() == {A: first_a, B: first_b}
-    assert queue.oldest_waiting_since() == first_a
-    claim = queue.claim("turn-1")  # A's head leaves the line: A's next command is its oldest
+    enqueue(schedule, B, 1003)
+    assert schedule.oldest_waiting_by_user() == {A: first_a, B: first_b}
+    assert schedule.oldest_waiting_since() == first_a
+    claim = schedule.claim("turn-1")  # A's head leaves the line: A's next command is its oldest
     assert claim is not None
-    assert queue.oldest_waiting_by_user()[A] == first_a + 5
+    assert schedule.oldest_waiting_by_user()[A] == first_a + 5
 
 
-def test_the_due_count_is_every_due_command_whenever_due(queue: CancelQueue, fake_clock: FakeClock) -> None:
+def test_the_due_count_is_every_due_command_whenever_due(schedule: Schedule, fake_clock: FakeClock) -> None:
     for n in range(3):
-        enqueue(queue, A, 1001 + n)
-    claims = [queue.claim(f"turn-{n}") for n in range(3)]  # all three leased before any is due again
+        enqueue(schedule, A, 1001 + n)
+    claims = [schedule.claim(f"turn-{n}") for n in range(3)]  # all three leased before any is due again
     for n, claim in enumerate(claims):
         assert claim is not None
-        queue.start(claim.command_id, f"turn-{n}")
-        queue.retry_later(claim.command_id, f"turn-{n}", fake_clock.now + (0 if n == 0 else 60), "HTTP 503")
-    counts = queue.counts()
+        schedule.start(claim.command_id, f"turn-{n}")
+        schedule.retry_later(claim.command_id, f"turn-{n}", fake_clock.now + (0 if n == 0 else 60), "HTTP 503")
+    counts = schedule.counts()
     assert (counts.due_now, counts.due_later, counts.due) == (1, 2, 3)
-    assert counts.due == queue.connection.zcard(keys.DUE)
+    assert counts.due == schedule.connection.zcard(keys.DUE)
 
 
-def test_a_command_s_callback_url_alone(queue: CancelQueue) -> None:
-    with_url = enqueue(queue, A, 1001, "https://hooks.example.org/x")
-    without = enqueue(queue, A, 1002)
-    assert queue.registry.callback_url(with_url.id) == "https://hooks.example.org/x"
-    assert queue.registry.callback_url(without.id) is None
-    assert queue.registry.callback_url("0" * 32) is None
+def test_a_command_s_callback_url_alone(schedule: Schedule) -> None:
+    with_url = enqueue(schedule, A, 1001, "https://hooks.example.org/x")
+    without = enqueue(schedule, A, 1002)
+    assert schedule.registry.callback_url(with_url.id) == "https://hooks.example.org/x"
+    assert schedule.registry.callback_url(without.id) is None
+    assert schedule.registry.callback_url("0" * 32) is None
 
 
-def test_a_listing_of_one_user_or_of_everyone(queue: CancelQueue, fake_clock: FakeClock) -> None:
-    a = enqueue(queue, A, 1001)
+def test_a_listing_of_one_user_or_of_everyone(schedule: Schedule, fake_clock: FakeClock) -> None:
+    a = enqueue(schedule, A, 1001)
     fake_clock.tick()
-    b = enqueue(queue, B, 1002)
-    listing = CommandListing(queue.registry)
+    b = enqueue(schedule, B, 1002)
+    listing = CommandListing(schedule.registry)
     assert [c.id for c in listing.page_of(A, CommandFilter(), None, 10).items] == [a.id]
     assert [c.id for c in listing.page_of(None, CommandFilter(), None, 10).items] == [b.id, a.id]
 

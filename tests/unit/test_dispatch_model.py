@@ -12,7 +12,7 @@ an example replays exactly however slowly the machine runs it. Around them, in t
 - connections that die (`WorkerDied`, as SIGKILL does) or raise a Redis error at a chosen round
   trip of a turn (`fault_connection`), so a worker can die between any two round trips.
 
-After every step the invariants the schedule documents (`ukcancel.queue`) are checked:
+After every step the invariants the schedule documents (`ukcancel.schedule`) are checked:
 
 - I2 one results-stream entry per terminal command, and a callback pending exactly while it is
   in the outbox;
@@ -63,8 +63,8 @@ from ukcancel.command import (
 )
 from ukcancel.dispatch import DispatchError
 from ukcancel.fleet import FleetGate, rate_window
-from ukcancel.queue import CancelQueue
 from ukcancel.reconciler import Reconciler
+from ukcancel.schedule import Schedule
 from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND, Settings
 from ukcancel.worker.cancellation import CancellationRun, RunResult
 from ukcancel.worker.ukssdc import CHECK_STATUS, LIST_OLD_JOBS, TransientFailure, UkssdcClient
@@ -272,7 +272,7 @@ class Parts:
 
     connection: redis.Redis
     registry: CommandRegistry
-    queue: CancelQueue
+    schedule: Schedule
     gate: FleetGate
     batches: BatchRegistry
     settings: Settings = SETTINGS
@@ -280,13 +280,13 @@ class Parts:
     @classmethod
     def on(cls, connection: redis.Redis, clock: FakeClock, broker: Broker) -> Parts:
         registry = CommandRegistry(connection, SETTINGS.result_ttl_seconds, clock=clock)
-        queue = CancelQueue(connection, registry, broker.send_turns, lanes=SETTINGS.dispatch_lanes,
+        schedule = Schedule(connection, registry, broker.send_turns, lanes=SETTINGS.dispatch_lanes,
                             lease_seconds=SETTINGS.lease_seconds, clock=clock)
         # Runs are instantaneous in simulated time, and a frozen worker renews nothing: no renewal thread.
-        queue.holding = lambda command_id, holder: contextlib.nullcontext()  # type: ignore[method-assign]
+        schedule.holding = lambda command_id, holder: contextlib.nullcontext()  # type: ignore[method-assign]
         gate = FleetGate(connection, SETTINGS, clock=clock, sleep=clock.sleep)
         batches = BatchRegistry(connection, SETTINGS.result_ttl_seconds, clock=clock)
-        return cls(connection, registry, queue, gate, batches)
+        return cls(connection, registry, schedule, gate, batches)
 
 
 @dataclass
@@ -299,7 +299,7 @@ class RuntimeView:
     """What `lifecycle.withdraw` and `submission` need of a runtime."""
 
     def __init__(self, parts: Parts) -> None:
-        self.registry, self.queue, self.batches = parts.registry, parts.queue, parts.batches
+        self.registry, self.schedule, self.batches = parts.registry, parts.schedule, parts.batches
         self.connection, self.settings = parts.connection, SETTINGS
 
 
@@ -339,7 +339,7 @@ class DispatchModel(RuleBasedStateMachine):
                 parts.registry.record_callback(command_id, {"status": DELIVERED, "attempts": 1, "at": model.clock()})
                 return True
 
-        return Reconciler(parts.connection, parts.queue, parts.batches, self.broker, "r1", gate=parts.gate,
+        return Reconciler(parts.connection, parts.schedule, parts.batches, self.broker, "r1", gate=parts.gate,
                           max_wait=SETTINGS.fleet_max_wait_seconds, period_seconds=SETTINGS.reconcile_seconds,
                           outbox=CallbackOutbox(parts.connection, self.clock, 30.0), callbacks=Sender(),
                           clock=self.clock)
@@ -397,7 +397,7 @@ class DispatchModel(RuleBasedStateMachine):
         try:
             result = CancellationRun(parts, holder, parts.gate, client).run()  # type: ignore[arg-type]
             if result.command_id is not None:
-                parts.queue.continue_lane()
+                parts.schedule.continue_lane()
             elif result.waited:
                 # I5: a turn that found no permit sends no successor.
                 assert self.broker.sent == sent_before
@@ -546,10 +546,11 @@ class DispatchModel(RuleBasedStateMachine):
 
     # -- faults stop: everything ends -------------------------------------------------------------
     def teardown(self) -> None:
-        if not hasattr(self, "clock"):
+        if not hasattr(self, "redis_time"):
             return
         with self.redis_time:  # the wall clock is fakeredis's again however the drain ends
-            self._drain()
+            if hasattr(self, "broker_sent_before"):  # `start` ran to its end
+                self._drain()
 
     def _drain(self) -> None:
         for frozen in self.frozen:

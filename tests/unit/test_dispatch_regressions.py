@@ -78,7 +78,7 @@ def runtime(clock: FakeClock, broker: Broker) -> Runtime:
 
 
 def reconciler(runtime: Runtime, broker: Broker, clock: FakeClock) -> Reconciler:
-    return Reconciler(runtime.connection, runtime.queue, runtime.batches, broker, "r1", gate=runtime.gate,
+    return Reconciler(runtime.connection, runtime.schedule, runtime.batches, broker, "r1", gate=runtime.gate,
                       max_wait=runtime.settings.fleet_max_wait_seconds, period_seconds=0.5, clock=clock)
 
 
@@ -112,7 +112,7 @@ def test_1_a_fleet_that_must_wait_does_not_spin(runtime: Runtime, broker: Broker
             turns_run += 1
             result = CancellationRun(runtime, f"t{turns_run}", runtime.gate, ukssdc).run()  # type: ignore[arg-type]
             if result.command_id is not None:
-                runtime.queue.continue_lane()
+                runtime.schedule.continue_lane()
         reconciler(runtime, broker, clock).tick()
         clock.now += 0.5
     if how == "slow rate":  # a permit every 5 s, and about one turn each time it is near
@@ -136,7 +136,7 @@ class StubUkssdc:
 # 3 --------------------------------------------------------------------------------------------
 def test_3_a_takeover_then_two_transient_failures_never_strand_the_command(runtime: Runtime, clock: FakeClock) -> None:
     [command] = enqueue(runtime)
-    queue = runtime.queue
+    queue = runtime.schedule
     assert queue.claim("frozen").command_id == command.id  # type: ignore[union-attr]
     assert queue.start(command.id, "frozen").moved
     clock.now += runtime.settings.lease_seconds + 1  # frozen past its lease
@@ -159,9 +159,9 @@ def test_4_the_terminal_step_writes_the_results_entry_and_the_callback_outbox_it
     """The results entry and the callback were Python hooks after the transition: a worker killed
     between them lost both. Now nothing runs after the script: the one step carries them."""
     [command] = enqueue(runtime, callback_url="https://receiver.example.org/hook")
-    runtime.queue.claim("turn")
-    runtime.queue.start(command.id, "turn")
-    done = runtime.queue.finish(command.id, "turn", [1, {"LightCurve": {"code": 0, "text": "Job cancelled OK"}}])
+    runtime.schedule.claim("turn")
+    runtime.schedule.start(command.id, "turn")
+    done = runtime.schedule.finish(command.id, "turn", [1, {"LightCurve": {"code": 0, "text": "Job cancelled OK"}}])
     assert done.moved
     [(_, entry)] = runtime.connection.xrange(keys.RESULTS_STREAM)
     assert entry[b"command_id"].decode() == command.id and entry[b"state"] == b"completed"
@@ -186,7 +186,7 @@ def test_5_a_broker_that_is_down_loses_nothing_and_frees_no_idempotency_key(runt
     again = submission.submit(runtime, caller, {"job_id": 1001, "products": ["LightCurve"]}, reservation)
     assert not again.created and again.command.id == first.command.id  # the key still names it
     broker.down = False
-    report = reconciler(runtime, broker, runtime.queue.clock).tick()  # type: ignore[arg-type]
+    report = reconciler(runtime, broker, runtime.schedule.clock).tick()  # type: ignore[arg-type]
     assert report.sent == 1 and broker.turns == 1  # its turn follows once the broker is back
 
 
@@ -204,11 +204,11 @@ def test_6_an_all_active_batch_is_not_failed_by_a_broker_error(runtime: Runtime,
 def test_8_a_run_that_sent_no_request_counts_no_attempt(runtime: Runtime, clock: FakeClock) -> None:
     """Starting counted an attempt: a run that died (or was deferred) before its request used one."""
     [command] = enqueue(runtime)
-    runtime.queue.claim("dies-before-calling")
-    runtime.queue.start(command.id, "dies-before-calling")
+    runtime.schedule.claim("dies-before-calling")
+    runtime.schedule.start(command.id, "dies-before-calling")
     clock.now += runtime.settings.lease_seconds + 1
-    runtime.queue.claim("heir")
-    runtime.queue.start(command.id, "heir")
+    runtime.schedule.claim("heir")
+    runtime.schedule.start(command.id, "heir")
     assert runtime.registry.get(command.id).attempts == 0  # type: ignore[union-attr]
     runtime.registry.record_progress(command.id, holder="dies-before-calling", count_attempt=True)
     assert runtime.registry.get(command.id).attempts == 0  # type: ignore[union-attr]  # not the holder

@@ -1,4 +1,4 @@
-"""The schedule (`ukcancel.queue.CancelQueue`) and the reconciler, on fakeredis with an injected clock."""
+"""The schedule (`ukcancel.schedule.Schedule`) and the reconciler, on fakeredis with an injected clock."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from ukcancel import keys
 from ukcancel.batch import EXPANDING, Batch, BatchRegistry
 from ukcancel.command import CancelCommand, CommandRegistry
 from ukcancel.fleet import FleetGate
-from ukcancel.queue import DUE, TAKEOVER, WAITING, CancelQueue, Claim, ScheduleCounts
 from ukcancel.reconciler import Reconciler, missing_turns
+from ukcancel.schedule import DUE, TAKEOVER, WAITING, Claim, Schedule, ScheduleCounts
 from ukcancel.settings import Settings
 
 A, B = "a@example.org", "b@example.org"
@@ -43,103 +43,103 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def queue(clock: FakeClock) -> CancelQueue:
+def schedule(clock: FakeClock) -> Schedule:
     connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     registry = CommandRegistry(connection, 3600, clock=clock)
-    return CancelQueue(connection, registry, lambda n: None, lanes=4, lease_seconds=LEASE, clock=clock)
+    return Schedule(connection, registry, lambda n: None, lanes=4, lease_seconds=LEASE, clock=clock)
 
 
-def batches(queue: CancelQueue) -> BatchRegistry:
-    return BatchRegistry(queue.connection, 3600, clock=queue.clock, expansion_timeout=60.0)
+def batches(schedule: Schedule) -> BatchRegistry:
+    return BatchRegistry(schedule.connection, 3600, clock=schedule.clock, expansion_timeout=60.0)
 
 
-def gate(queue: CancelQueue) -> FleetGate:
+def gate(schedule: Schedule) -> FleetGate:
     """A gate with plenty of room (the reconciler asks it whether a permit is near)."""
-    return FleetGate(queue.connection, Settings(fleet_rate_per_second=1000), clock=queue.clock)
+    return FleetGate(schedule.connection, Settings(fleet_rate_per_second=1000), clock=schedule.clock)
 
 
-def retry(queue: CancelQueue, command_id: str, holder: str, at: float) -> bool:
+def retry(schedule: Schedule, command_id: str, holder: str, at: float) -> bool:
     """What a run does with a claimed command that must go again later: start, then retry later."""
-    queue.start(command_id, holder)
-    return queue.retry_later(command_id, holder, at, "HTTP 503").moved
+    schedule.start(command_id, holder)
+    return schedule.retry_later(command_id, holder, at, "HTTP 503").moved
 
 
-def enqueue(queue: CancelQueue, user: str, count: int) -> list[str]:
+def enqueue(schedule: Schedule, user: str, count: int) -> list[str]:
     commands = [CancelCommand(job_id=1000 + n, user_id=user, products=["LightCurve"]) for n in range(count)]
-    queue.enqueue(commands)
+    schedule.enqueue(commands)
     return [c.id for c in commands]
 
 
-def test_a_claim_leases_the_command_to_its_holder(queue: CancelQueue, clock: FakeClock) -> None:
-    [command] = enqueue(queue, A, 1)
-    claim = queue.claim("turn-1")
+def test_a_claim_leases_the_command_to_its_holder(schedule: Schedule, clock: FakeClock) -> None:
+    [command] = enqueue(schedule, A, 1)
+    claim = schedule.claim("turn-1")
     assert claim is not None and (claim.command_id, claim.found) == (command, WAITING)
-    assert queue.connection.zscore(keys.LEASES, command) == clock.now + LEASE
-    assert queue.claim("turn-2") is None  # leased: no second turn takes it
-    assert queue.counts() == ScheduleCounts(0, 0, 0, 1, 0, LEASE)
+    assert schedule.connection.zscore(keys.LEASES, command) == clock.now + LEASE
+    assert schedule.claim("turn-2") is None  # leased: no second turn takes it
+    assert schedule.counts() == ScheduleCounts(0, 0, 0, 1, 0, LEASE)
 
 
-def test_only_the_holder_renews_or_releases_a_lease(queue: CancelQueue, clock: FakeClock) -> None:
-    [command] = enqueue(queue, A, 1)
-    queue.claim("turn-1")
+def test_only_the_holder_renews_or_releases_a_lease(schedule: Schedule, clock: FakeClock) -> None:
+    [command] = enqueue(schedule, A, 1)
+    schedule.claim("turn-1")
     clock.now += 5
-    assert not queue.renew(command, "turn-2") and not queue.release(command, "turn-2")
-    assert queue.renew(command, "turn-1")
-    assert queue.connection.zscore(keys.LEASES, command) == clock.now + LEASE
+    assert not schedule.renew(command, "turn-2") and not schedule.release(command, "turn-2")
+    assert schedule.renew(command, "turn-1")
+    assert schedule.connection.zscore(keys.LEASES, command) == clock.now + LEASE
     clock.now += 9  # 14 s after the claim, but 9 s after the renewal: still live
-    assert queue.claim("turn-3") is None
-    assert queue.release(command, "turn-1")
-    assert queue.counts() == ScheduleCounts(0, 0, 0, 0, 0, None)
+    assert schedule.claim("turn-3") is None
+    assert schedule.release(command, "turn-1")
+    assert schedule.counts() == ScheduleCounts(0, 0, 0, 0, 0, None)
 
 
-def test_an_expired_lease_is_taken_over_first(queue: CancelQueue, clock: FakeClock) -> None:
-    first, second = enqueue(queue, A, 2)
-    queue.claim("dead-turn")
+def test_an_expired_lease_is_taken_over_first(schedule: Schedule, clock: FakeClock) -> None:
+    first, second = enqueue(schedule, A, 2)
+    schedule.claim("dead-turn")
     clock.now += LEASE + 0.001
-    assert queue.counts().expired_leases == 1 and queue.counts().runnable == 2
-    claim = queue.claim("heir")
+    assert schedule.counts().expired_leases == 1 and schedule.counts().runnable == 2
+    claim = schedule.claim("heir")
     assert claim is not None and (claim.command_id, claim.found) == (first, TAKEOVER) and claim.takeover
-    assert queue.connection.hget(keys.LEASE_HOLDERS, first) == b"heir"
-    assert not queue.renew(first, "dead-turn")  # the dead run cannot take it back
-    assert queue.claim("next").command_id == second  # type: ignore[union-attr]
+    assert schedule.connection.hget(keys.LEASE_HOLDERS, first) == b"heir"
+    assert not schedule.renew(first, "dead-turn")  # the dead run cannot take it back
+    assert schedule.claim("next").command_id == second  # type: ignore[union-attr]
 
 
-def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(queue: CancelQueue, clock: FakeClock) -> None:
-    retried, = enqueue(queue, A, 1)
-    queue.claim("turn-1")
-    assert retry(queue, retried, "turn-1", clock.now + 2.0)
-    waiting = enqueue(queue, B, 5_000)
-    assert queue.due_at(retried) == clock.now + 2.0
-    assert queue.counts() == ScheduleCounts(5_000, 0, 0, 0, 1, 2.0)
-    assert queue.claim("turn-2").command_id == waiting[0]  # type: ignore[union-attr]  # not due yet
+def test_due_commands_wait_for_their_time_then_go_before_waiting_ones(schedule: Schedule, clock: FakeClock) -> None:
+    retried, = enqueue(schedule, A, 1)
+    schedule.claim("turn-1")
+    assert retry(schedule, retried, "turn-1", clock.now + 2.0)
+    waiting = enqueue(schedule, B, 5_000)
+    assert schedule.due_at(retried) == clock.now + 2.0
+    assert schedule.counts() == ScheduleCounts(5_000, 0, 0, 0, 1, 2.0)
+    assert schedule.claim("turn-2").command_id == waiting[0]  # type: ignore[union-attr]  # not due yet
     clock.now += 2.0
-    claim = queue.claim("turn-3")
+    claim = schedule.claim("turn-3")
     assert claim is not None and (claim.command_id, claim.found) == (retried, DUE)  # ahead of B's 4,999
-    assert queue.due_at(retried) is None
+    assert schedule.due_at(retried) is None
 
 
-def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(queue: CancelQueue, clock: FakeClock) -> None:
-    [command] = enqueue(queue, A, 1)
-    queue.claim("slow-turn")
+def test_a_reschedule_by_a_run_that_lost_its_lease_is_refused(schedule: Schedule, clock: FakeClock) -> None:
+    [command] = enqueue(schedule, A, 1)
+    schedule.claim("slow-turn")
     clock.now += LEASE + 1
-    queue.claim("heir")
-    refused = queue.retry_later(command, "slow-turn", clock.now + 5, "late")
+    schedule.claim("heir")
+    refused = schedule.retry_later(command, "slow-turn", clock.now + 5, "late")
     assert not refused.held and not refused.moved
-    assert queue.due_at(command) is None and queue.counts().live_leases == 1
+    assert schedule.due_at(command) is None and schedule.counts().live_leases == 1
 
 
 def test_continue_lane_sends_a_successor_only_while_work_is_runnable_and_lanes_are_free(
-    queue: CancelQueue, clock: FakeClock
+    schedule: Schedule, clock: FakeClock
 ) -> None:
     sent: list[int] = []
-    queue.dispatch = sent.append
-    assert not queue.continue_lane()  # nothing runnable
-    ids = enqueue(queue, A, 10)
+    schedule.dispatch = sent.append
+    assert not schedule.continue_lane()  # nothing runnable
+    ids = enqueue(schedule, A, 10)
     for n in range(4):
-        queue.claim(f"turn-{n}")
-    assert not queue.continue_lane()  # every lane is running
-    queue.release(ids[0], "turn-0")
-    assert queue.continue_lane() and sent[-1] == 1
+        schedule.claim(f"turn-{n}")
+    assert not schedule.continue_lane()  # every lane is running
+    schedule.release(ids[0], "turn-0")
+    assert schedule.continue_lane() and sent[-1] == 1
 
 
 # -- the reconciler --------------------------------------------------------------------------------
@@ -157,10 +157,10 @@ def test_missing_turns_fills_up_to_the_lanes() -> None:
     assert missing_turns(counts(expired=2), queued=0, lanes=6) == 2  # killed workers' commands
 
 
-def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: CancelQueue, clock: FakeClock) -> None:
+def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(schedule: Schedule, clock: FakeClock) -> None:
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
-    enqueue(queue, A, 3)  # their turns were lost (the queue's dispatch here sends none)
+    reconciler = Reconciler(schedule.connection, schedule, batches(schedule), broker, "w1", gate=gate(schedule), max_wait=2.0, period_seconds=0.5)
+    enqueue(schedule, A, 3)  # their turns were lost (the schedule's dispatch here sends none)
     report = reconciler.tick()
     assert report.held and report.sent == 3 and broker.sent == [3]
     assert reconciler.tick().sent == 0  # they are queued now
@@ -168,33 +168,33 @@ def test_a_tick_sends_the_missing_turns_and_duplicates_change_nothing(queue: Can
     assert reconciler.tick().sent == 0
 
 
-def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(queue: CancelQueue) -> None:
+def test_one_reconciler_acts_at_a_time_and_another_takes_over_when_it_stops(schedule: Schedule) -> None:
     first, second = Broker(), Broker()
-    one = Reconciler(queue.connection, queue, batches(queue), first, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
-    two = Reconciler(queue.connection, queue, batches(queue), second, "w2", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
-    enqueue(queue, A, 1)
+    one = Reconciler(schedule.connection, schedule, batches(schedule), first, "w1", gate=gate(schedule), max_wait=2.0, period_seconds=0.5)
+    two = Reconciler(schedule.connection, schedule, batches(schedule), second, "w2", gate=gate(schedule), max_wait=2.0, period_seconds=0.5)
+    enqueue(schedule, A, 1)
     assert one.tick().held and not two.tick().held
     assert second.sent == []
     one.step_down()
     assert two.tick().held and second.sent == [1]
 
 
-def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(queue: CancelQueue, clock: FakeClock) -> None:
+def test_a_killed_workers_command_gets_a_turn_once_its_lease_lapses(schedule: Schedule, clock: FakeClock) -> None:
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, batches(queue), broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
-    enqueue(queue, A, 1)
-    queue.claim("killed-turn")
+    reconciler = Reconciler(schedule.connection, schedule, batches(schedule), broker, "w1", gate=gate(schedule), max_wait=2.0, period_seconds=0.5)
+    enqueue(schedule, A, 1)
+    schedule.claim("killed-turn")
     assert reconciler.tick().sent == 0  # live lease: its worker may still be calling
     clock.now += LEASE + 0.001
     assert reconciler.tick().sent == 1
 
 
-def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queue: CancelQueue, clock: FakeClock) -> None:
-    registry = batches(queue)
+def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(schedule: Schedule, clock: FakeClock) -> None:
+    registry = batches(schedule)
     broker = Broker()
-    reconciler = Reconciler(queue.connection, queue, registry, broker, "w1", gate=gate(queue), max_wait=2.0, period_seconds=0.5)
+    reconciler = Reconciler(schedule.connection, schedule, registry, broker, "w1", gate=gate(schedule), max_wait=2.0, period_seconds=0.5)
     lost, alive = Batch(A, state=EXPANDING), Batch(B, state=EXPANDING)
-    pipe = queue.connection.pipeline(transaction=True)
+    pipe = schedule.connection.pipeline(transaction=True)
     registry.add(lost, [], pipe)
     registry.add(alive, [], pipe)
     pipe.execute()  # their expansion tasks were sent (and one of them lost)
@@ -207,7 +207,7 @@ def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queu
     clock.now += 60.001
     assert reconciler.tick().expansions == 2  # the resent one was not heard from either; the other's time ran out
     registry.fail(lost.id, "x")
-    pipe = queue.connection.pipeline(transaction=True)
+    pipe = schedule.connection.pipeline(transaction=True)
     registry.finish_expansion(alive.id, [], pipe)
     pipe.execute()
     clock.now += 120
@@ -215,42 +215,42 @@ def test_an_expansion_not_heard_from_in_time_is_sent_again_once_per_timeout(queu
 
 
 def test_enqueue_sends_turns_only_for_lanes_neither_running_nor_covered_by_turns_on_their_way(
-    queue: CancelQueue, clock: FakeClock
+    schedule: Schedule, clock: FakeClock
 ) -> None:
     sent: list[int] = []
-    queue.dispatch = sent.append
-    enqueue(queue, A, 10)
+    schedule.dispatch = sent.append
+    enqueue(schedule, A, 10)
     assert sent == [4]  # every lane free
-    enqueue(queue, B, 5)
+    enqueue(schedule, B, 5)
     assert sent == [4]  # the 4 turns on their way will claim these too
     def arrive_and_claim(name: str) -> Claim | None:
-        assert queue.start_turn()  # the turn arrives (off the ones on their way) and finds work
-        return queue.claim(name)
+        assert schedule.start_turn()  # the turn arrives (off the ones on their way) and finds work
+        return schedule.claim(name)
 
     claims = [arrive_and_claim(f"turn-{n}") for n in range(3)]  # three started: 1 on its way, 3 running
-    enqueue(queue, B, 5)
+    enqueue(schedule, B, 5)
     assert sent == [4]
     claims.append(arrive_and_claim("turn-3"))  # the last one started: 4 running, none on its way
     for n, claim in enumerate(claims):
-        assert claim is not None and queue.release(claim.command_id, f"turn-{n}")
-    enqueue(queue, B, 1)  # nothing running, nothing on its way
+        assert claim is not None and schedule.release(claim.command_id, f"turn-{n}")
+    enqueue(schedule, B, 1)  # nothing running, nothing on its way
     assert sent == [4, 1]
-    queue.set_turns_on_their_way(0)  # the reconciler: the broker holds none (that turn was lost)
+    schedule.set_turns_on_their_way(0)  # the reconciler: the broker holds none (that turn was lost)
     clock.now += LEASE + 1
-    enqueue(queue, B, 1)
+    enqueue(schedule, B, 1)
     assert sent == [4, 1, 1]
 
 
-def test_runnable_now_sees_waiting_due_and_expired_work_only(queue: CancelQueue, clock: FakeClock) -> None:
-    assert not queue.runnable_now()
-    [command] = enqueue(queue, A, 1)
-    assert queue.runnable_now()
-    queue.claim("turn-1")
-    assert not queue.runnable_now()  # leased and live
-    retry(queue, command, "turn-1", clock.now + 5)
-    assert not queue.runnable_now()  # due later
+def test_runnable_now_sees_waiting_due_and_expired_work_only(schedule: Schedule, clock: FakeClock) -> None:
+    assert not schedule.runnable_now()
+    [command] = enqueue(schedule, A, 1)
+    assert schedule.runnable_now()
+    schedule.claim("turn-1")
+    assert not schedule.runnable_now()  # leased and live
+    retry(schedule, command, "turn-1", clock.now + 5)
+    assert not schedule.runnable_now()  # due later
     clock.now += 5
-    assert queue.runnable_now()  # due now
-    queue.claim("turn-2")
+    assert schedule.runnable_now()  # due now
+    schedule.claim("turn-2")
     clock.now += LEASE + 1
-    assert queue.runnable_now()  # its lease lapsed
+    assert schedule.runnable_now()  # its lease lapsed

@@ -208,7 +208,7 @@ log = logging.getLogger(__name__)
 SendTurns = Callable[[int], None]
 Clock = Callable[[], float]
 PUSH_CHUNK = 1000
-# A lease step refused because another run holds the lease now (see `CancelQueue.start` and on).
+# A lease step refused because another run holds the lease now (see `Schedule.start` and on).
 LEASE_LOST = Transition(False, None, held=False)
 TAKEOVER, DUE, WAITING = "takeover", "due", "waiting"
 
@@ -251,19 +251,19 @@ class ScheduleCounts:
 
 @dataclass(frozen=True)
 class StagedCommands:
-    """Commands `CancelQueue.stage` wrote into a caller's pipeline: once the caller has executed
+    """Commands `Schedule.stage` wrote into a caller's pipeline: once the caller has executed
     it, `send_turns(results)` sends the turns they need (from the reads staged with them)."""
 
-    queue: CancelQueue
+    schedule: Schedule
     count: int
     reads_at: int  # where the staged reads' replies are in the pipeline's results
 
     def send_turns(self, results: Sequence[Any]) -> None:
         running, on_their_way = results[self.reads_at], results[self.reads_at + 1]
-        self.queue.send_turns_for(self.count, int(running), int(on_their_way or 0))
+        self.schedule.send_turns_for(self.count, int(running), int(on_their_way or 0))
 
 
-class CancelQueue:
+class Schedule:
     """The schedule: enqueues commands, hands them to turns, leases, reschedules and releases them.
 
     Redis keys owned: ``ukcancel:fair:users``, ``ukcancel:fair:q:{user_id}``, ``ukcancel:due``,

@@ -274,10 +274,12 @@ class JobCache:
     """
 
     def __init__(
-        self, connection: redis.Redis, ttl_seconds: float, clock: Clock = time.time, events: EventListener | None = None
+        self, connection: redis.Redis, fresh_seconds: float, clock: Clock = time.time, events: EventListener | None = None
     ) -> None:
         self.connection = connection
-        self.ttl_seconds = ttl_seconds
+        # How long a listing or a job's states count as fresh (`UKCANCEL_JOB_STATUS_TTL_SECONDS`): a
+        # staleness bound, not a Redis expiry (those are `CACHE_KEEP_SECONDS`).
+        self.fresh_seconds = fresh_seconds
         self.clock = clock
         self.events = events if events is not None else EventListener(connection)
         # Listings parsed by this process, by user: (listed_at, error, refused as stored, the listing).
@@ -356,7 +358,7 @@ class JobCache:
         return listing, [JobView(job, states.get(job.job_id)) for job in listing.jobs]
 
     def listing_stale(self, listing: Listing | None) -> bool:
-        return listing is None or listing.listed_at is None or self.clock() - listing.listed_at >= self.ttl_seconds
+        return listing is None or listing.listed_at is None or self.clock() - listing.listed_at >= self.fresh_seconds
 
     def stale_jobs(self, user_id: str, listing: Listing) -> list[ListedJob]:
         """The listed jobs whose states must be read again: never read, read too long ago, not final."""
@@ -365,13 +367,13 @@ class JobCache:
         return [
             job for job in listing.jobs
             if (job.job_id not in states
-                 or (not states[job.job_id].final and now - states[job.job_id].read_at >= self.ttl_seconds))
+                 or (not states[job.job_id].final and now - states[job.job_id].read_at >= self.fresh_seconds))
         ]
 
     def needs_reading(self, user_id: str, job_id: int) -> bool:
         """Checked again just before a call: another refresh may have read the job meanwhile."""
         states = self.states(user_id, [job_id]).get(job_id)
-        return states is None or (not states.final and self.clock() - states.read_at >= self.ttl_seconds)
+        return states is None or (not states.final and self.clock() - states.read_at >= self.fresh_seconds)
 
     def fresh(self, user_id: str) -> bool:
         """Everything shown is recent enough: the listing, and every job that can still change."""
@@ -383,7 +385,7 @@ class JobCache:
         if listing is None or self.listing_stale(listing):
             return False
         now = self.clock()
-        return all(view.states is not None and (view.states.final or now - view.states.read_at < self.ttl_seconds)
+        return all(view.states is not None and (view.states.final or now - view.states.read_at < self.fresh_seconds)
                    for view in views)
 
     def refreshing(self, user_id: str) -> bool:

@@ -156,7 +156,7 @@ class ActiveJobsExpansion:
         cache = self.runtime.jobs
         cached = cache.states(user_id, [job_id]).get(job_id)
         if cached is not None and cached.error is None and (
-            cached.final or cache.clock() - cached.read_at < cache.ttl_seconds
+            cached.final or cache.clock() - cached.read_at < cache.fresh_seconds
         ):
             codes = {product_names.LONG_TO_SHORT[name]: code for name, (code, _) in cached.states.items()
                      if name in product_names.LONG_TO_SHORT}

@@ -23,13 +23,12 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 from processes import wait_for
+from support import HttpApi, lightcurve_cancelled  # tests/support.py
 from werkzeug.serving import make_server
 
 from ukcancel import keys
 from ukcancel.assemble import create_api
-from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
@@ -38,7 +37,6 @@ from ukcancel.worker.tasks import CONTROL_QUEUE, TURN_QUEUE, celery_of
 pytestmark = pytest.mark.e2e
 
 ASTRO, BULK, OTHER = "astro@example.org", "bulk@example.org", "other@example.org"
-CANCELLED_OK = "Job cancelled OK"
 CANCEL = "canceljob.php"
 RECOVERY_GOAL_SECONDS = 60.0  # the promise with default settings (the README states the measured figure)
 
@@ -52,42 +50,10 @@ def free_port() -> int:
 
 
 # -- the API over real HTTP --------------------------------------------------------------------------
-@dataclass
-class Api:
-    url: str
-    runtime: Runtime
-    tokens: dict[str, str]
-
-    def call(self, method: str, path: str, user: str = ASTRO, body: Any = None) -> requests.Response:
-        return requests.request(
-            method, self.url + path, json=body, timeout=70, headers={"Authorization": f"Bearer {self.tokens[user]}"}
-        )
-
-    def cancel(self, job_id: int, products: list[str] | str, user: str = ASTRO) -> str:
-        response = self.call("POST", "/v1/cancellations", user, {"job_id": job_id, "products": products})
-        assert response.status_code == 202, response.text
-        return str(response.json()["id"])
-
-    def command(self, command_id: str, user: str = ASTRO, wait: int = 0) -> dict[str, Any]:
-        response = self.call("GET", f"/v1/cancellations/{command_id}" + (f"?wait={wait}" if wait else ""), user)
-        assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
-
-    def finished(self, command_id: str, timeout: float, user: str = ASTRO) -> dict[str, Any]:
-        """The command once terminal, by long polls (the API's own wait)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"command {command_id} not terminal after {timeout} s: {self.command(command_id, user)}")
-            command = self.command(command_id, user, wait=max(1, min(int(remaining), 10)))
-            if command["state"] in ("completed", "aborted"):
-                return command
-
-    def batch(self, batch_id: str, user: str, wait: int = 0, limit: int = 1000) -> dict[str, Any]:
-        response = self.call("GET", f"/v1/batches/{batch_id}?limit={limit}" + (f"&wait={wait}" if wait else ""), user)
-        assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+class Api(HttpApi):
+    def __init__(self, url: str, runtime: Runtime, tokens: dict[str, str]) -> None:
+        super().__init__(url, tokens)
+        self.runtime = runtime
 
     def batch_done(self, batch_id: str, user: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -198,13 +164,6 @@ def cancels(simulator: SimulatorServer) -> list[dict[str, Any]]:
     return [entry for entry in simulator.state.log() if entry["endpoint"] == CANCEL]
 
 
-def lc_cancelled(command: dict[str, Any]) -> bool:
-    """The tuple a light-curve cancel must come to: 1, code 0, in plain or confirmed words."""
-    return command["state"] == "completed" and command["result"][0] == 1 and command["result"][1]["LightCurve"][
-        "code"
-    ] == 0 and command["result"][1]["LightCurve"]["text"] in (CANCELLED_OK, CONFIRMED_CANCELLED_TEXT)
-
-
 # -- Redis restarted under running workers and a running API ---------------------------------------
 @pytest.mark.parametrize("how", ["shutdown", "sigkill"])
 def test_a_redis_restart_mid_batch_loses_no_command(
@@ -235,7 +194,7 @@ def test_a_redis_restart_mid_batch_loses_no_command(
     assert view["counts"]["completed"] == 200, view["counts"]
     for item in view["items"]:
         command = api.command(item["command_id"], BULK)
-        assert lc_cancelled(command), command
+        assert lightcurve_cancelled(command), command
         assert [h["state"] for h in command["history"]].count("completed") == 1
     for job_id in range(2001, 2201):
         assert simulator.state.product_state(job_id, "lc") == -4
@@ -300,7 +259,7 @@ def test_a_worker_killed_mid_call_has_its_command_completed_within_the_goal(
 
     command = api.finished(command_id, timeout=RECOVERY_GOAL_SECONDS + 10)
     recovered_in = datetime.fromisoformat(command["updated_at"]).timestamp() - killed_at
-    assert lc_cancelled(command), command
+    assert lightcurve_cancelled(command), command
     states = [h["state"] for h in command["history"]]
     assert states.count("completed") == 1 and states[-1] == "completed"
     record_property("recovered_seconds", round(recovered_in, 2))  # measured in ops/bench; the goal is asserted
@@ -336,7 +295,7 @@ def test_after_a_withdrawn_backlog_a_retried_single_and_an_all_active_batch_are_
     submitted = time.time()
     single = api.finished(api.cancel(1001, ["LightCurve"]), timeout=30)
     took = max(entry["t_done"] for entry in cancels(simulator) if entry["body"]["UserID"] == ASTRO) - submitted
-    assert lc_cancelled(single) and single["attempts"] == 2
+    assert lightcurve_cancelled(single) and single["attempts"] == 2
     interval = 1 / Settings().fleet_rate_per_second
     assert took <= 1.0 + 4 * interval, f"the retried single took {took:.2f} s"
 
@@ -361,7 +320,7 @@ def test_a_lost_turn_heals_within_the_reconciler_period_and_extra_turns_change_n
     api.runtime.schedule.dispatch = lambda count: None  # the API's turns are lost on their way
     submitted = time.time()
     command = api.finished(api.cancel(1001, ["LightCurve"]), timeout=10)
-    assert lc_cancelled(command)
+    assert lightcurve_cancelled(command)
     [call] = cancels(simulator)
     period = Settings().reconcile_seconds
     # Within a reconciler period (and one fleet interval for the call), not a visibility timeout.
@@ -374,7 +333,7 @@ def test_a_lost_turn_heals_within_the_reconciler_period_and_extra_turns_change_n
     second = api.cancel(1002, ["LightCurve"])
     assert redis.Redis.from_url(redis_url).delete(TURN_QUEUE) == 1
     worker_factory(env, concurrency=2, name="w2")
-    assert lc_cancelled(api.finished(second, timeout=20))
+    assert lightcurve_cancelled(api.finished(second, timeout=20))
 
     before = {cid: api.command(cid) for cid in (command["id"], second)}
     calls_before = len(simulator.state.log())

@@ -20,12 +20,11 @@ import redis
 import requests
 from processes import clean_environment, start_in_own_group, stop_group, wait_for
 from sentinels import SentinelSet  # tests/ha/sentinels.py
-from support import busiest_window  # tests/support.py
+from support import HttpApi, busiest_window, lightcurve_cancelled  # tests/support.py
 from werkzeug.serving import make_server
 
 from ukcancel import keys
 from ukcancel.assemble import create_api
-from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
 from ukcancel.runtime import Runtime
 from ukcancel.settings import Settings
 from ukcancel.simulator import SimulatorServer
@@ -46,27 +45,17 @@ SINGLE_JOBS = range(2121, 2166)  # 45 single cancels
 STREAM_JOBS = range(2166, 2201)  # 35 stream entries
 
 
-class Api:
+class Api(HttpApi):
     def __init__(self, settings: Settings) -> None:
         app = create_api(settings)
         self.runtime: Runtime = app.extensions["ukcancel"]
-        self.token = self.runtime.tokens.create(BULK)[0]
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        super().__init__(f"http://127.0.0.1:{self.server.server_port}", {BULK: self.runtime.tokens.create(BULK)[0]},
+                         default_user=BULK)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def call(self, method: str, path: str, body: Any = None, **headers: str) -> requests.Response:
-        return requests.request(method, self.url + path, json=body, timeout=90,
-                                headers={"Authorization": f"Bearer {self.token}", **headers})
 
     def stop(self) -> None:
         self.server.shutdown()
-
-
-def lc_cancelled(command: dict[str, Any]) -> bool:
-    return command["state"] == "completed" and command["result"][0] == 1 and command["result"][1]["LightCurve"][
-        "code"
-    ] == 0 and command["result"][1]["LightCurve"]["text"] in ("Job cancelled OK", CONFIRMED_CANCELLED_TEXT)
 
 
 def resumed_after(times: list[float], killed_at: float) -> float:
@@ -137,7 +126,7 @@ def test_a_master_killed_mid_batch_loses_no_acknowledged_command_and_keeps_the_l
         stream_consumer(env)
         store = sentinel_set.client()
 
-        response = api.call("POST", "/v1/batches", {"items": [{"job_id": j, "products": ["lc"]} for j in BATCH_JOBS]})
+        response = api.call("POST", "/v1/batches", body={"items": [{"job_id": j, "products": ["lc"]} for j in BATCH_JOBS]})
         assert response.status_code == 202, response.text
         batch_id = response.json()["id"]
 
@@ -150,7 +139,7 @@ def test_a_master_killed_mid_batch_loses_no_acknowledged_command_and_keeps_the_l
             for job in SINGLE_JOBS:
                 while not stop.is_set():
                     try:
-                        answer = api.call("POST", "/v1/cancellations", {"job_id": job, "products": ["lc"]},
+                        answer = api.call("POST", "/v1/cancellations", body={"job_id": job, "products": ["lc"]},
                                           **{"Idempotency-Key": f"ha-{job}"})
                     except requests.RequestException:
                         answer = None
@@ -198,7 +187,7 @@ def test_a_master_killed_mid_batch_loses_no_acknowledged_command_and_keeps_the_l
         command_ids = [item["command_id"] for item in batch["items"]] + list(singles.values()) + list(accepted.values())
         for command_id in command_ids:
             command = _finished(api, command_id, 180)
-            assert lc_cancelled(command), command
+            assert lightcurve_cancelled(command), command
             assert [h["state"] for h in command["history"]].count("completed") == 1, command
 
         def results() -> Counter[str]:

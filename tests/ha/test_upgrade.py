@@ -27,12 +27,12 @@ from processes import (
     wait_for,
     wait_for_workers,
 )
+from support import HttpApi, lightcurve_cancelled  # tests/support.py
 from werkzeug.serving import make_server
 
 from ukcancel import keys
 from ukcancel.assemble import create_api
 from ukcancel.layout import CURRENT_LAYOUT, stored_layout
-from ukcancel.outcome import CONFIRMED_CANCELLED_TEXT
 from ukcancel.settings import Settings
 from ukcancel.simulator import Fault, SimulatorServer
 from ukcancel.store import as_text, as_text_dict
@@ -111,44 +111,6 @@ def parts(tmp_path: Path) -> Iterator[Parts]:
     running.stop_all()
 
 
-class Client:
-    def __init__(self, url: str, tokens: dict[str, str]) -> None:
-        self.url, self.tokens = url, tokens
-
-    def call(self, method: str, path: str, user: str, body: Any = None) -> requests.Response:
-        return requests.request(method, self.url + path, json=body, timeout=90,
-                                headers={"Authorization": f"Bearer {self.tokens[user]}"})
-
-    def accepted(self, path: str, user: str, body: Any) -> dict[str, Any]:
-        answer = self.call("POST", path, user, body)
-        assert answer.status_code == 202, answer.text
-        return answer.json()  # type: ignore[no-any-return]
-
-    def command(self, command_id: str, user: str) -> dict[str, Any]:
-        answer = self.call("GET", f"/v1/cancellations/{command_id}", user)
-        assert answer.status_code == 200, answer.text
-        return answer.json()  # type: ignore[no-any-return]
-
-    def finished(self, command_id: str, user: str, timeout: float = 180) -> dict[str, Any]:
-        def terminal() -> dict[str, Any] | None:
-            answer = self.call("GET", f"/v1/cancellations/{command_id}?wait=5", user)
-            assert answer.status_code == 200, answer.text
-            return answer.json() if answer.json()["state"] in ("completed", "aborted") else None
-
-        return wait_for(terminal, timeout, f"command {command_id} to end")  # type: ignore[no-any-return]
-
-    def batch_items(self, batch_id: str, user: str) -> list[str]:
-        answer = self.call("GET", f"/v1/batches/{batch_id}?limit=1000", user)
-        assert answer.status_code == 200, answer.text
-        return [item["command_id"] for item in answer.json()["items"]]
-
-
-def cancelled(command: dict[str, Any], product: str = "LightCurve") -> bool:
-    return command["state"] == "completed" and command["result"][0] == 1 and command["result"][1][product][
-        "code"
-    ] == 0 and command["result"][1][product]["text"] in ("Job cancelled OK", CONFIRMED_CANCELLED_TEXT)
-
-
 def cancels(simulator: SimulatorServer) -> list[dict[str, Any]]:
     return [e for e in simulator.state.log() if e["endpoint"] == CANCEL]
 
@@ -168,7 +130,7 @@ def test_an_upgrade_from_0_2_0_with_work_in_every_state_ends_every_command_once(
     old = str(old_release)
     port = free_port()
     parts.start([old, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, "old-api")
-    old_api = Client(f"http://127.0.0.1:{port}", tokens)
+    old_api = HttpApi(f"http://127.0.0.1:{port}", tokens)
     wait_for(lambda: _answers(old_api.url + "/healthz"), 60, "the 0.2.0 API")
     assert "version" not in requests.get(old_api.url + "/healthz", timeout=5).json()  # 0.2.0 did not say
     old_worker = parts.worker(old, env, "old-worker")
@@ -224,7 +186,7 @@ def test_an_upgrade_from_0_2_0_with_work_in_every_state_ends_every_command_once(
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        api = Client(f"http://127.0.0.1:{server.server_port}", tokens)
+        api = HttpApi(f"http://127.0.0.1:{server.server_port}", tokens)
         applied = api.call("POST", f"/v1/plans/{plan_id}/apply", OTHER)
         assert applied.status_code == 202, applied.text
         plan_batch = applied.json()["id"]
@@ -238,7 +200,7 @@ def test_an_upgrade_from_0_2_0_with_work_in_every_state_ends_every_command_once(
         assert len(expected) == 2 + 20 + 5 + 6
         for command_id, user in expected.items():
             command = api.finished(command_id, user)
-            assert cancelled(command), command
+            assert lightcurve_cancelled(command), command
             assert [h["state"] for h in command["history"]].count("completed") == 1, command
         for command_id in api.batch_items(plan_batch, OTHER):
             command = api.finished(command_id, OTHER)
@@ -260,7 +222,7 @@ def test_an_upgrade_from_0_2_0_with_work_in_every_state_ends_every_command_once(
                 for j in range(2040, 2043)]
         for command_id in late:
             command = api.finished(command_id, BULK)
-            assert cancelled(command), command
+            assert lightcurve_cancelled(command), command
             assert [h["state"] for h in command["history"]].count("completed") == 1, command
         def late_results() -> Counter[str]:
             return Counter(as_text(f[b"command_id"]) for _i, f in store.xrange(keys.RESULTS_STREAM))
@@ -280,7 +242,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _ready(client: Client, plan_id: str) -> dict[str, Any] | None:
+def _ready(client: HttpApi, plan_id: str) -> dict[str, Any] | None:
     answer = client.call("GET", f"/v1/plans/{plan_id}?wait=5", OTHER)
     assert answer.status_code == 200, answer.text
     return answer.json() if answer.json()["state"] == "ready" else None  # type: ignore[no-any-return]

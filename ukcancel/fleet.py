@@ -278,7 +278,7 @@ class FleetGate:
         command never spends one of the fleet's calls, nor moves its pacing schedule on.
         `while_waiting` is entered before the first sleep and left when the wait ends (a turn
         covers its lane only while it really waits). Each acquire is one observation of
-        `ukcancel_permit_wait_seconds`: granted, or deferred.
+        `ukcancel_fleet_permit_wait_seconds`: granted, or deferred.
         """
         max_wait = self.settings.fleet_max_wait_seconds if max_wait is None else max_wait
         started = self.clock()

@@ -16,6 +16,15 @@ LONG_TO_SHORT: dict[str, str] = {
 }
 SHORT_TO_LONG: dict[str, str] = {short: long for long, short in LONG_TO_SHORT.items()}
 ALL = "all"
+# The products listOldJobs.php never flags (the SourceDet rule): a job is asked about them whatever
+# its listing says, and a "no such product" answer (code 2) for one of them is dropped.
+UNLISTED_PRODUCTS: tuple[str, ...] = ("SourceDet",)
+
+
+def never_flagged(flagged: Iterable[str]) -> list[str]:
+    """The products listOldJobs.php cannot flag that are not among the long names `flagged`."""
+    names = set(flagged)
+    return [name for name in UNLISTED_PRODUCTS if name not in names]
 
 
 class UnknownProduct(ValueError):

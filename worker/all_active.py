@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 EXPAND_ALL_ACTIVE = "ukcancel.expand_all_active"
 # listOldJobs.php has no flag for these, so every job is asked about them (a product a job
 # never had is simply absent from the status reply).
-UNLISTED_PRODUCTS = ("SourceDet",)
 # Status checks an expansion has under way at once (each under its own fleet permit).
 EXPANSION_THREADS = 4
 
@@ -188,7 +187,7 @@ class ActiveJobsExpansion:
 
 def asked_about(job: ListedJob) -> list[str]:
     """Long names to ask checkProductStatus.php about: those listed, and those listOldJobs.php cannot flag."""
-    return [*job.products, *(name for name in UNLISTED_PRODUCTS if name not in job.products)]
+    return [*job.products, *product_names.never_flagged(job.products)]
 
 
 def gated_call(gate: FleetGate, rand: Rand, fn: Callable[..., Any], *args: Any) -> Any:

@@ -49,9 +49,11 @@ def resolution(job: ListedJob | None) -> tuple[list[str], bool]:
     asked = list(job.products) if job is not None else []
     unlisted = not asked
     resolved = list(product_names.SHORT_TO_LONG) if unlisted else product_names.short_names(asked)
-    if job is not None and not unlisted and "SourceDet" not in (job.flags or ()):
-        resolved.append(product_names.LONG_TO_SHORT["SourceDet"])
-        unlisted = True
+    if job is not None and not unlisted:
+        never_flagged = product_names.never_flagged(job.flags or ())
+        if never_flagged:  # asked for too, their code 2 dropped if the job has none
+            resolved.extend(product_names.short_names(never_flagged))
+            unlisted = True
     return resolved, unlisted
 
 

@@ -5,14 +5,15 @@ every API process, since the counters live in the same Redis as the records (fak
 embedded mode). Requests without a valid token are counted by client address, so a flood of bad
 tokens is limited too. The console counts a signed-in session against its token's name, as the
 API does, and its anonymous requests (the sign-in page) by address in a bucket of their own: a
-flood of bad API tokens from behind the same reverse proxy locks no console user out. Over the limit: 429 problem+json with `Retry-After`. The probes, the
-OpenAPI document and its /docs page are never limited.
+flood of bad API tokens from behind the same reverse proxy locks no console user out. Over the
+limit: 429 problem+json with `Retry-After`. The probes, the OpenAPI document and its /docs page
+are never limited.
 
 Cost: one Redis round trip per request, for the token, the limit and the length of the token
-user's waiting line (which the queued-commands quota of a POST reads, `waiting_at_hit`) together. Flask-Limiter's
-fixed window spends one on the hit and two more on the window's count and expiry for the
-`X-RateLimit-*` headers, and the token lookup would be one more before it (the bucket is the
-token's name). Here a request with a bearer token gets a provisional bucket naming the token's
+user's waiting line (which the queued-commands quota of a POST reads, `waiting_at_hit`)
+together. Flask-Limiter's fixed window spends one on the hit and two more on the window's count
+and expiry for the `X-RateLimit-*` headers, and the token lookup would be one more before it
+(the bucket is the token's name). Here a request with a bearer token gets a provisional bucket naming the token's
 digest; the storage's hit script reads the token's record, picks the bucket (the token's name, or
 the client address when the token is unknown or revoked), counts the hit and returns the window
 and the record in one reply. The record is the one `service.auth` then uses (`bearer_record`),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -30,6 +31,8 @@ import redis
 from ukcancel import __version__, keys
 from ukcancel.settings import Settings
 from ukcancel.store import as_text
+
+log = logging.getLogger(__name__)
 
 API, WORKER, STREAM_CONSUMER, CLI = "api", "worker", "stream-consumer", "cli"
 ROLES = (API, WORKER, STREAM_CONSUMER)
@@ -185,7 +188,10 @@ class Publisher:
 
             def beat_until_stopped() -> None:
                 while not self._stop.is_set():
-                    self.beat(force=True)
+                    try:
+                        self.beat(force=True)
+                    except Exception:  # a defect must not silently end the process's presence
+                        log.exception("presence beat failed (the next beat tries again)")
                     self._stop.wait(HEARTBEAT_SECONDS)
 
             self._beating = threading.Thread(target=beat_until_stopped, name="ukcancel-presence", daemon=True)

@@ -408,6 +408,8 @@ class Schedule:
                         return
                 except redis.RedisError as exc:
                     log.warning("command %s: lease renewal failed: %s", command_id, exc)
+                except Exception:  # a defect must not silently end the renewals (the lease would lapse)
+                    log.exception("command %s: lease renewal failed", command_id)
 
         thread = threading.Thread(target=beat, name=f"ukcancel-lease-{command_id[:8]}", daemon=True)
         thread.start()

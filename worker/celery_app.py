@@ -79,6 +79,8 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
                     presence.publish(connection, f"worker:{name}", presence.WORKER, settings)
                 except redis.RedisError:  # Redis briefly away: /readyz will say so; keep beating.
                     pass
+                except Exception:  # a defect must not silently end this worker's heartbeat
+                    log.exception("worker heartbeat failed (the next beat tries again)")
                 self._stop.wait(HEARTBEAT_SECONDS)
 
         self._thread = threading.Thread(target=beat, name="ukcancel-heartbeat", daemon=True)

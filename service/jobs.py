@@ -99,7 +99,7 @@ def jobs_view(rt: Runtime, user_id: str, selection: JobSelection, wait: int = 0)
         "listed_at": listing.listed_at if listing else None,
         "age_seconds": round(now - oldest, 1) if oldest is not None else None,
         "refreshing": cache.refreshing(user_id),
-        "fresh": cache.fresh(user_id),
+        "fresh": cache.fresh_views(listing, views),  # judged on what is shown, not read again
         "error": listing.error if listing else None,
         "total": len(views),
         "jobs": jobs,

@@ -360,33 +360,32 @@ class JobCache:
     def listing_stale(self, listing: Listing | None) -> bool:
         return listing is None or listing.listed_at is None or self.clock() - listing.listed_at >= self.fresh_seconds
 
+    def states_current(self, states: JobStates | None, now: float | None = None) -> bool:
+        """States that need not be read again: final, or read within `fresh_seconds`."""
+        if states is None:
+            return False
+        return states.final or (self.clock() if now is None else now) - states.read_at < self.fresh_seconds
+
     def stale_jobs(self, user_id: str, listing: Listing) -> list[ListedJob]:
         """The listed jobs whose states must be read again: never read, read too long ago, not final."""
         states = self.states(user_id, [job.job_id for job in listing.jobs])
         now = self.clock()
-        return [
-            job for job in listing.jobs
-            if (job.job_id not in states
-                 or (not states[job.job_id].final and now - states[job.job_id].read_at >= self.fresh_seconds))
-        ]
+        return [job for job in listing.jobs if not self.states_current(states.get(job.job_id), now)]
 
     def needs_reading(self, user_id: str, job_id: int) -> bool:
         """Checked again just before a call: another refresh may have read the job meanwhile."""
-        states = self.states(user_id, [job_id]).get(job_id)
-        return states is None or (not states.final and self.clock() - states.read_at >= self.fresh_seconds)
+        return not self.states_current(self.states(user_id, [job_id]).get(job_id))
 
     def fresh(self, user_id: str) -> bool:
         """Everything shown is recent enough: the listing, and every job that can still change."""
-        listing = self.listing(user_id)
-        return listing is not None and not self.listing_stale(listing) and not self.stale_jobs(user_id, listing)
+        return self.fresh_views(*self.views(user_id))
 
     def fresh_views(self, listing: Listing | None, views: Sequence[JobView]) -> bool:
         """`fresh`, judged on views already read (`views`) instead of reading them again."""
         if listing is None or self.listing_stale(listing):
             return False
         now = self.clock()
-        return all(view.states is not None and (view.states.final or now - view.states.read_at < self.fresh_seconds)
-                   for view in views)
+        return all(self.states_current(view.states, now) for view in views)
 
     def refreshing(self, user_id: str) -> bool:
         return bool(self.connection.exists(keys.jobs_refresh(user_id)))

@@ -154,9 +154,7 @@ class ActiveJobsExpansion:
         """
         cache = self.runtime.jobs
         cached = cache.states(user_id, [job_id]).get(job_id)
-        if cached is not None and cached.error is None and (
-            cached.final or cache.clock() - cached.read_at < cache.fresh_seconds
-        ):
+        if cached is not None and cached.error is None and cache.states_current(cached):
             codes = {product_names.LONG_TO_SHORT[name]: code for name, (code, _) in cached.states.items()
                      if name in product_names.LONG_TO_SHORT}
         else:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 class SubmissionParts(WithdrawParts, Protocol):
     """What submitting needs of a process's objects (a `ukcancel.runtime.Runtime` has them all):
-    a withdrawal's registry, queue and batches, and these."""
+    a withdrawal's registry, schedule and batches, and these."""
 
     @property
     def settings(self) -> Settings: ...

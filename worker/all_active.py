@@ -31,7 +31,7 @@ from ukcancel.batch import EXPANDING
 from ukcancel.codes import ACTIVE_STATES
 from ukcancel.command import CancelCommand
 from ukcancel.fleet import FleetGate
-from ukcancel.jobs import ListedJob
+from ukcancel.jobs import JobCache, ListedJob
 from ukcancel.retry import Rand, Reschedule, backoff_delay
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.listing_resolver import ListingResolver
@@ -159,12 +159,10 @@ class ActiveJobsExpansion:
                      if name in product_names.LONG_TO_SHORT}
         else:
             status = self._call(self.client.product_status, user_id, job_id, shorts)
+            keep_status(cache, user_id, job_id, status)
             if isinstance(status, ServerError):
-                cache.save_states(user_id, job_id, {}, error=status.message or "refused")
                 log.warning("batch %s: status of job %s refused: %s", self.batch_id, job_id, status.message)
                 return []
-            cache.save_states(user_id, job_id, {product_names.SHORT_TO_LONG[short]: pair
-                                                for short, pair in status.items()})
             codes = {short: code for short, (code, _) in status.items()}
         return [product_names.SHORT_TO_LONG[short] for short in shorts if codes.get(short) in ACTIVE_STATES]
 
@@ -181,6 +179,15 @@ class ActiveJobsExpansion:
             self.rand,
         )
         raise Reschedule(delay, str(failure))
+
+
+def keep_status(cache: JobCache, user_id: str, job_id: int, status: dict[str, tuple[int, str]] | ServerError) -> None:
+    """What checkProductStatus.php answered about a job (short name -> (code, text), or a refusal),
+    kept in the job cache for `GET /v1/jobs`, plans, and expansions within the status TTL."""
+    if isinstance(status, ServerError):
+        cache.save_states(user_id, job_id, {}, error=status.message or "refused")
+    else:
+        cache.save_states(user_id, job_id, {product_names.SHORT_TO_LONG[short]: pair for short, pair in status.items()})
 
 
 def asked_about(job: ListedJob) -> list[str]:

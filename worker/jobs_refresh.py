@@ -19,7 +19,7 @@ from ukcancel import products as product_names
 from ukcancel.fleet import FleetGate
 from ukcancel.jobs import listed_jobs
 from ukcancel.retry import Rand, Reschedule, backoff_delay
-from ukcancel.worker.all_active import asked_about, gated_call
+from ukcancel.worker.all_active import asked_about, gated_call, keep_status
 from ukcancel.worker.base_task import ServiceTask, service_task
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient, UkssdcFailure
 
@@ -71,12 +71,7 @@ class JobsRefresh:
                 # listOldJobs.php flags no SourceDet: asked of every job, shown only where it exists
                 shorts = product_names.short_names(asked_about(job))
                 status = gated_call(self.gate, self.rand, self.client.product_status, self.user_id, job.job_id, shorts)
-                if isinstance(status, ServerError):
-                    self.cache.save_states(self.user_id, job.job_id, {}, error=status.message or "refused")
-                else:
-                    self.cache.save_states(self.user_id, job.job_id, {
-                        product_names.SHORT_TO_LONG[short]: (code, text) for short, (code, text) in status.items()
-                    })
+                keep_status(self.cache, self.user_id, job.job_id, status)
                 self.cache.keep_refreshing(self.user_id)
                 read += 1
         except UkssdcFailure as failure:

@@ -29,7 +29,7 @@ from ukcancel import keys
 from ukcancel import products as product_names
 from ukcancel.codes import ACTIVE_STATES, CANCELLED_STATES, FINAL_STATES, FINISHED_STATES, ProductState
 from ukcancel.events import EventListener
-from ukcancel.store import as_text, as_text_dict
+from ukcancel.store import as_text, as_text_dict, delete_if_held
 
 Clock = Callable[[], float]
 
@@ -256,12 +256,6 @@ class Listing:
         return next((job for job in self.jobs if job.job_id == job_id), None)
 
 
-# KEYS[1] a user's listing lease   ARGV[1] its holder
-# Deletes the lease only if this holder still has it (it may have expired and been taken since).
-_RELEASE_LISTING = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 LISTED = "listed"  # published on the user's jobs channel when a listing lease ends
 
 
@@ -284,7 +278,6 @@ class JobCache:
         self.events = events if events is not None else EventListener(connection)
         # Listings parsed by this process, by user: (listed_at, error, refused as stored, the listing).
         self._parsed: dict[str, tuple[tuple[Any, ...], Listing]] = {}
-        self._release_listing = connection.register_script(_RELEASE_LISTING)
 
     # -- the one worker asking for a user's listing (single flight) ------------------------------
     def take_listing_lease(self, user_id: str, holder: str, seconds: float) -> bool:
@@ -293,7 +286,7 @@ class JobCache:
 
     def release_listing_lease(self, user_id: str, holder: str) -> None:
         """`holder` is done (its listing saved, or given up): tell the workers waiting for it."""
-        self._release_listing(keys=[keys.jobs_listing(user_id)], args=[holder])
+        delete_if_held(self.connection, keys.jobs_listing(user_id), holder)
         self.connection.publish(keys.jobs_events(user_id), LISTED)
 
     def listing_lease_held(self, user_id: str) -> bool:

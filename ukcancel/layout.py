@@ -31,7 +31,7 @@ from collections.abc import Callable
 import redis
 
 from ukcancel import __version__, keys
-from ukcancel.store import as_text, as_text_dict
+from ukcancel.store import as_text, as_text_dict, delete_if_held
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,6 @@ CURRENT_LAYOUT = 3
 RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.3.0"}
 LOCK_SECONDS = 60
 TERMINAL_STATES = ("completed", "aborted")
-
-# KEYS[1] the layout lock   ARGV[1] the holder's token
-# Deletes the lock only if this holder still holds it; returns 1 if deleted.
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class LayoutTooNew(RuntimeError):
@@ -105,7 +98,7 @@ def ensure_layout(
                     migrate(connection, found, clock)
                 return found if found is not None else CURRENT_LAYOUT
             finally:
-                connection.eval(_UNLOCK, 1, keys.LAYOUT_LOCK, token)
+                delete_if_held(connection, keys.LAYOUT_LOCK, token)
         if clock() >= deadline:
             holder = connection.get(keys.LAYOUT_LOCK)
             raise LayoutMigrationTimeout(

@@ -39,6 +39,7 @@ from ukcancel.batch import BatchRegistry
 from ukcancel.callback import CallbackOutbox
 from ukcancel.fleet import FleetGate
 from ukcancel.schedule import Schedule, ScheduleCounts
+from ukcancel.store import delete_if_held
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
-"""
-
-# KEYS[1] the lock   ARGV[1] this reconciler's name
-# Frees the lock only if this reconciler holds it.
-_DROP = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -127,7 +121,6 @@ class Reconciler:
         self.callbacks = callbacks
         self.clock = clock
         self._hold = connection.register_script(_HOLD)
-        self._drop = connection.register_script(_DROP)
 
     @property
     def lock_ms(self) -> int:
@@ -185,4 +178,4 @@ class Reconciler:
 
     def step_down(self) -> None:
         """Free the lock (a stopping worker), so another reconciler takes over at its next tick."""
-        self._drop(keys=[keys.RECONCILER_LOCK], args=[self.name])
+        delete_if_held(self.connection, keys.RECONCILER_LOCK, self.name)

@@ -160,6 +160,21 @@ def confirm_replicas(connection: redis.Redis, min_replicas: int, timeout_ms: int
         raise ReplicasUnconfirmed(min_replicas, int(confirmed), timeout_ms)
 
 
+# KEYS[1] a lease or lock holding its holder's token   ARGV[1] that token
+# Deletes the key only if it still holds this token (one that expired may have been taken by
+# another holder since); returns 1 if deleted.
+_DELETE_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def delete_if_held(connection: redis.Redis, key: str, token: str) -> bool:
+    """Give back the lease or lock `key` only if `token` still holds it (one script, so a holder
+    whose lease expired never deletes its successor's)."""
+    return bool(connection.eval(_DELETE_IF_HELD, 1, key, token))
+
+
 def as_text(value: bytes | str) -> str:
     """A reply value as text (invalid UTF-8 is replaced, never raised: stream entries come from anyone)."""
     return value.decode(errors="replace") if isinstance(value, bytes) else value

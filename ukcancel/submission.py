@@ -26,7 +26,7 @@ from ukcancel.command import CancelCommand
 from ukcancel.dispatch import DispatchError
 from ukcancel.lifecycle import WithdrawParts
 from ukcancel.schedule import StagedCommands
-from ukcancel.store import as_text
+from ukcancel.store import as_text, delete_if_held
 from ukcancel.token import Principal
 
 if TYPE_CHECKING:
@@ -49,13 +49,6 @@ class SubmissionParts(WithdrawParts, Protocol):
 # A round is lost only when another submission wrote the key between WATCH and EXEC; the next
 # round then finds that key. More rounds than this means the key is being released and retaken.
 RESERVATION_ROUNDS = 5
-
-# KEYS[1] reservation key   ARGV[1] the value this submission wrote
-# Deletes the reservation only if it is still this submission's.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 log = logging.getLogger(__name__)
@@ -189,4 +182,4 @@ def start_expansion(runtime: SubmissionParts, batch: Batch) -> Batch:
 
 
 def _release(runtime: SubmissionParts, key: str, value: str) -> None:
-    runtime.connection.register_script(_RELEASE)(keys=[key], args=[value])
+    delete_if_held(runtime.connection, key, value)

@@ -12,7 +12,7 @@ from ukcancel.failover import MasterWatch, pause_window_seconds
 from ukcancel.fleet import FleetGate
 from ukcancel.layout import CURRENT_LAYOUT, LayoutMigrationTimeout, LayoutTooNew, ensure_layout, stored_layout
 from ukcancel.settings import Settings, SettingsError
-from ukcancel.store import ReplicasUnconfirmed, confirm_replicas, connect_redis, master_watchers
+from ukcancel.store import ReplicasUnconfirmed, confirm_replicas, connect_redis, delete_if_held, master_watchers
 
 SENTINEL_ENV = {
     "REDIS_URL": "redis://:s%40cret@ignored:6379/4",
@@ -186,3 +186,16 @@ def test_without_a_confirming_replica_acceptance_is_a_503_that_says_a_retry_is_s
     [outcome] = consumer.step()
     assert outcome.pending  # no accepted entry until a replica confirms
     assert runtime.connection.xlen(keys.ACCEPTED_STREAM) == 0
+
+
+def test_a_lease_or_lock_is_deleted_only_by_its_holder() -> None:
+    """`store.delete_if_held`, the one compare-and-delete of the reservation, the listing lease,
+    the reconciler's lock and the layout lock: a holder whose lease expired and was taken by
+    another since deletes nothing."""
+    connection = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    connection.set("lease", "second holder")
+    assert delete_if_held(connection, "lease", "first holder") is False
+    assert connection.get("lease") == b"second holder"
+    assert delete_if_held(connection, "lease", "second holder") is True
+    assert connection.get("lease") is None
+    assert delete_if_held(connection, "lease", "second holder") is False  # gone: nothing to give back

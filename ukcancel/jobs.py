@@ -253,7 +253,12 @@ class Listing:
 
     def find(self, job_id: int) -> ListedJob | None:
         """The job as listed (the first row with its id), or None if the listing does not show it."""
-        return next((job for job in self.jobs if job.job_id == job_id), None)
+        return find_job(self.jobs, job_id)
+
+
+def find_job(jobs: Iterable[ListedJob], job_id: int) -> ListedJob | None:
+    """The first of `jobs` with this id, or None."""
+    return next((job for job in jobs if job.job_id == job_id), None)
 
 
 LISTED = "listed"  # published on the user's jobs channel when a listing lease ends

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ukcancel import products as product_names
-from ukcancel.jobs import JobCache, ListedJob, Listing, listed_jobs
+from ukcancel.jobs import JobCache, ListedJob, Listing, find_job, listed_jobs
 from ukcancel.settings import Settings
 from ukcancel.worker.ukssdc import ServerError, UkssdcClient
 
@@ -79,36 +79,30 @@ class ListingResolver:
 
     def job(self, user_id: str, job_id: int, since: float) -> ListedJob | None | ServerError:
         """The job as listed, None if a listing taken after `since` (or fetched for it) does not show it,
-        or the UKSSDC's refusal to list the user's jobs."""
-        fetched = False  # a listing was fetched (or waited for) on this command's behalf
-        for _ in range(WAIT_ROUNDS):
-            listing = self._cached(user_id)
-            if self._usable(listing):
-                assert listing is not None and listing.listed_at is not None
-                if listing.refused is not None:
-                    return ServerError(listing.refused)
-                found = listing.find(job_id)
-                if found is not None or fetched or listing.listed_at >= since:
-                    return found
-            if self._take_lease(user_id):
-                return _find(self._fetch(user_id), job_id)
-            self._wait_for_listing(user_id)
-            fetched = True
-        return _find(self._fetch(user_id, leased=False), job_id)  # the other worker gave no listing
+        or the UKSSDC's refusal to list the user's jobs. A fresh listing taken before `since` serves
+        if it shows the job (or holds a refusal)."""
+        return _find(self._listed(user_id, lambda listing, fetched: (
+            fetched or listing.refused is not None or listing.find(job_id) is not None
+            or _taken_since(listing, since))), job_id)
 
     def jobs(self, user_id: str, since: float) -> list[ListedJob] | ServerError:
         """Every job of the user, from a listing taken after `since` (or fetched now), or the refusal."""
+        return self._listed(user_id, lambda listing, fetched: fetched or _taken_since(listing, since))
+
+    def _listed(self, user_id: str, serves: Callable[[Listing, bool], bool]) -> list[ListedJob] | ServerError:
+        """The user's jobs from the cached listing when it is usable and `serves` (the listing, and
+        whether this call already waited for a fetch); else fetched under the lease, or waited for
+        while another worker fetches it, single flight."""
         fetched = False
         for _ in range(WAIT_ROUNDS):
             listing = self._cached(user_id)
-            if self._usable(listing) and listing is not None and listing.listed_at is not None \
-                    and (fetched or listing.listed_at >= since):
+            if listing is not None and self._usable(listing) and serves(listing, fetched):
                 return ServerError(listing.refused) if listing.refused is not None else listing.jobs
             if self._take_lease(user_id):
                 return self._fetch(user_id)
             self._wait_for_listing(user_id)
             fetched = True
-        return self._fetch(user_id, leased=False)
+        return self._fetch(user_id, leased=False)  # the other worker gave no listing
 
     def _cached(self, user_id: str) -> Listing | None:
         return self.cache.current_listing(user_id)
@@ -149,7 +143,11 @@ class ListingResolver:
                     return
 
 
+def _taken_since(listing: Listing, since: float) -> bool:
+    return listing.listed_at is not None and listing.listed_at >= since
+
+
 def _find(jobs: list[ListedJob] | ServerError, job_id: int) -> ListedJob | None | ServerError:
     if isinstance(jobs, ServerError):
         return jobs
-    return next((job for job in jobs if job.job_id == job_id), None)
+    return find_job(jobs, job_id)

@@ -13,10 +13,10 @@ Cost: one Redis round trip per request, for the token, the limit and the length 
 user's waiting line (which the queued-commands quota of a POST reads, `waiting_at_hit`)
 together. Flask-Limiter's fixed window spends one on the hit and two more on the window's count
 and expiry for the `X-RateLimit-*` headers, and the token lookup would be one more before it
-(the bucket is the token's name). Here a request with a bearer token gets a provisional bucket naming the token's
-digest; the storage's hit script reads the token's record, picks the bucket (the token's name, or
-the client address when the token is unknown or revoked), counts the hit and returns the window
-and the record in one reply. The record is the one `service.auth` then uses (`bearer_record`),
+(the bucket is the token's name). Here a request with a bearer token gets a provisional bucket
+naming the token's digest; the storage's hit script reads the token's record, picks the bucket
+(the token's name, or the client address when the token is unknown or revoked), counts the hit
+and returns the window and the record in one reply. The record is the one `service.auth` then uses (`bearer_record`),
 and the headers of the same request are answered from that reply.
 """
 

@@ -73,8 +73,9 @@ Clock = Callable[[], float]
 # command id left empty
 # Every item still queued moves queued -> aborted through the one transition every command takes
 # (its results entry, its callback in the outbox and its own channel included); the batch's channel
-# hears one "aborted" for them all, not 10,000; items in any other state are left alone. Then one pass rebuilds the user's line without them (an LREM per item would be
-# O(items x line)). Command records are derived from ARGV[1] (a single Redis node, not a cluster).
+# hears one "aborted" for them all, not 10,000; items in any other state are left alone. Then one
+# pass rebuilds the user's line without them (an LREM per item would be O(items x line)). Command
+# records are derived from ARGV[1] (a single Redis node, not a cluster).
 # Returns the ids it aborted.
 _WITHDRAW_QUEUED = TRANSITION_LUA + with_constants("""
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)

@@ -23,7 +23,7 @@ def test_the_two_commands_come_first_and_ci_runs_the_second() -> None:
 def test_the_readme_is_a_front_page() -> None:
     assert len(README.splitlines()) <= 80
     headings = re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
-    assert headings == ["Benchmarks", "Documentation"]
+    assert headings == ["Guarantees", "Benchmarks", "Documentation"]
 
 
 def test_every_link_and_picture_of_the_readme_exists() -> None:

@@ -40,6 +40,10 @@ A Celery message is an anonymous turn; a turn claims, in this order, an expired 
 command, then the oldest waiting command of the next user in the round-robin ring.
     ``ukcancel:fair:users``               list, round-robin ring of user ids with waiting commands.
     ``ukcancel:fair:q:{user_id}``         list, that user's waiting command ids, oldest first.
+    ``ukcancel:fair:jump``                string with expiry, the newcomer mark: "ahead" while a user
+                                          whose line was empty has been put at the head of the ring,
+                                          "served" from its claim until the next claim from the ring;
+                                          while it is set, newcomers join at the tail.
     ``ukcancel:due``                      sorted set, command id -> epoch seconds it is due again
                                           (retries, and commands that found the fleet busy).
     ``ukcancel:leases``                   sorted set, command id -> lease expiry (epoch seconds) of
@@ -215,6 +219,7 @@ def command_events(command_id: str) -> str:
 
 
 FAIR_USERS = f"{PREFIX}:fair:users"
+FAIR_JUMP = f"{PREFIX}:fair:jump"
 DUE = f"{PREFIX}:due"
 LEASES = f"{PREFIX}:leases"
 LEASE_HOLDERS = f"{PREFIX}:lease:holders"

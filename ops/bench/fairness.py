@@ -25,6 +25,9 @@ from harness import (
     verdict,
 )
 
+GOAL_MEDIAN_INTERVALS = 1
+GOAL_WORST_INTERVALS = 2
+
 
 def timed_single(base_url: str, token: str, job_id: int, store: Store) -> dict[str, Any]:
     """Submit one cancel and long-poll it to completion; client and record latencies in seconds."""
@@ -160,8 +163,9 @@ def bench_fairness(ctx: Context) -> dict[str, Any]:
     out["excess_intervals_median"] = statistics.median(s["excess_client_intervals"] for s in mid)
     out["excess_intervals_max"] = max(s["excess_client_intervals"] for s in mid)
     out["excess_intervals_p90"] = percentile([s["excess_client_intervals"] for s in mid], 90)
-    out["goal_met"] = out["excess_intervals_median"] <= 3
-    out["goal_worst_met"] = out["excess_intervals_max"] <= 3
+    # The goals the performance issue set: a newcomer waits at most 2 intervals, typically 1.
+    out["goal_met"] = out["excess_intervals_median"] <= GOAL_MEDIAN_INTERVALS
+    out["goal_worst_met"] = out["excess_intervals_max"] <= GOAL_WORST_INTERVALS
     out["all_completed"] = all(s["state"] == "completed" for s in bare + mid)
 
     def diag(sample: dict[str, Any]) -> list[str]:
@@ -187,16 +191,20 @@ def bench_fairness(ctx: Context) -> dict[str, Any]:
                  f"{settle:g} s after the batch. Bare median {fmt(out['bare_client_ms_median'], 1)} ms; mid-batch median "
                  f"{fmt(out['mid_client_ms_median'], 1)} ms, max {fmt(out['mid_client_ms_max'], 1)} ms -> excess "
                  f"median {fmt(out['excess_intervals_median'], 1)}, p90 {fmt(out['excess_intervals_p90'], 1)}, max "
-                 f"{fmt(out['excess_intervals_max'], 1)} intervals (goal <= 3: median {verdict(out['goal_met'])}, "
-                 f"worst {verdict(out['goal_worst_met'])}). Fleet rate while sampling: "
+                 f"{fmt(out['excess_intervals_max'], 1)} intervals (goal: median <= {GOAL_MEDIAN_INTERVALS} "
+                 f"{verdict(out['goal_met'])}, worst <= {GOAL_WORST_INTERVALS} "
+                 f"{verdict(out['goal_worst_met'])}). Fleet rate while sampling: "
                  f"{fmt(out['fleet_rate_during_mid_samples'] or 0, 1)}/s. API: {api.label}. 'batch calls let in first' = "
-                 "batch calls the simulator received between the single's creation and its own call (fair order: ~1); "
+                 "batch calls the simulator received between the single's creation and its own call (newcomer "
+                 "first: 0, or 1 already claimed when it arrived); "
                  "'UKSSDC idle before it' = time since the simulator's previous call; "
                  f"'batch calls in the {window:g} s before' = {RATE:g} means the gate's window (1 s + guard) was full, "
                  "so the single waited for a slot. Latencies include the client's long poll (GET ?wait=30)."),
     )
     ctx.summary.append(["3", f"single cancel mid-batch, excess over bare (median of {samples})",
-                        f"{fmt(out['excess_intervals_median'], 1)} intervals", "<= 3", verdict(out["goal_met"])])
+                        f"{fmt(out['excess_intervals_median'], 1)} intervals", f"<= {GOAL_MEDIAN_INTERVALS}",
+                        verdict(out["goal_met"])])
     ctx.summary.append(["3", f"single cancel mid-batch, excess over bare (worst of {samples})",
-                        f"{fmt(out['excess_intervals_max'], 1)} intervals", "<= 3", verdict(out["goal_worst_met"])])
+                        f"{fmt(out['excess_intervals_max'], 1)} intervals", f"<= {GOAL_WORST_INTERVALS}",
+                        verdict(out["goal_worst_met"])])
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import fakeredis
 import pytest
 from hypothesis import given, settings
@@ -153,3 +155,67 @@ def test_a_user_whose_line_was_emptied_by_a_withdrawal_is_on_the_ring_once() -> 
     line.remove_waiting(first)  # the list is empty, the user still on the ring
     line.enqueue([CancelCommand(job_id=2, user_id="a@example.org", products=["LightCurve"])])
     assert connection.lrange(keys.FAIR_USERS, 0, -1) == [b"a@example.org"]
+
+
+def test_a_newcomer_is_claimed_next_while_a_backlog_runs(schedule: Schedule) -> None:
+    backlog = commands(A, 50)
+    schedule.enqueue(backlog)
+    assert [schedule.claim(f"t{n}").command_id for n in range(3)] == [c.id for c in backlog[:3]]
+    single = commands(B, 1)
+    schedule.enqueue(single)
+    # The round robin alone would hand out one more backlog command first (B joined at the tail).
+    assert schedule.claim("t3").command_id == single[0].id
+    assert schedule.claim("t4").command_id == backlog[3].id
+
+
+def test_a_second_newcomer_waits_until_a_user_in_line_was_served(schedule: Schedule) -> None:
+    backlog = commands(A, 50)
+    schedule.enqueue(backlog)
+    schedule.claim("t0")
+    schedule.claim("t1")  # the mark A's own arrival set is cleared: the ring has moved on
+    first, second = commands(B, 1), commands(C, 1)
+    schedule.enqueue(first)
+    schedule.enqueue(second)  # B went ahead and has not been served yet: C joins at the tail
+    order = [schedule.claim(f"u{n}").command_id for n in range(3)]
+    assert order == [first[0].id, backlog[2].id, second[0].id]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.just("claim"), st.tuples(st.sampled_from([A, B, C, "d@example.org"]), st.integers(1, 3))),
+                min_size=1, max_size=40))
+def test_newcomers_going_ahead_keep_every_users_order_and_starve_nobody(steps: list[Any]) -> None:
+    schedule, _ = make_queue()
+    owner: dict[str, str] = {}
+    queued: dict[str, list[str]] = {}
+    served: list[str] = []  # users, in claim order
+    in_line_since: dict[str, int] = {}  # a user with work waiting -> claims made when it last got one
+
+    def claim() -> None:
+        found = schedule.claim(f"t{len(served)}")
+        waiting = {user for user, ids in queued.items() if ids}
+        if found is None:
+            assert not waiting
+            return
+        user = owner[found.command_id]
+        assert queued[user].pop(0) == found.command_id  # each user's own order kept
+        served.append(user)
+        in_line_since[user] = len(served)
+        for other in waiting - {user}:
+            # Between two claims of a user in line, each other user has at most one claim in line
+            # and at most one as a newcomer; so nobody waits more than twice round the others.
+            gap = served[in_line_since.setdefault(other, len(served) - 1):]
+            assert all(gap.count(v) <= 2 for v in set(gap)), (other, gap)
+
+    for step in [*steps, *["claim"] * 200]:
+        if step == "claim":
+            claim()
+            continue
+        user, count = step
+        batch = commands(user, count)
+        if not queued.get(user):
+            in_line_since[user] = len(served)
+        schedule.enqueue(batch)
+        for command in batch:
+            owner[command.id] = user
+        queued.setdefault(user, []).extend(c.id for c in batch)
+    assert not any(queued.values())

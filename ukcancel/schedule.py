@@ -337,9 +337,9 @@ class Schedule:
         (rq's convention: a method given a pipeline never executes it), with the reads that decide
         their turns; the caller then hands the pipeline's results to `StagedCommands.send_turns`.
         In a caller's WATCH/MULTI transaction the commands exist exactly when its EXEC succeeds."""
+        self.registry.add_many(commands, pipeline)
         by_user: dict[str, list[str]] = defaultdict(list)
         for command in commands:
-            self.registry.add(command, pipeline)
             by_user[command.user_id].append(command.id)
         for user_id, ids in by_user.items():
             # Lua's unpack() takes a few thousand values at most (a 10,000-item batch would fail).

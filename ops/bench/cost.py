@@ -182,7 +182,7 @@ def _batch_acceptance(ctx: Context, store: Store, api: Api, out: dict[str, Any])
     if status == 202:
         out["batch_accept"] = {"mode": "POST /v1/batches", "items": items, "seconds": seconds, "status": status,
                                "load": accept_load}
-        out["batch_accept_goal_met"] = seconds <= 2.0
+        out["batch_accept_goal_met"] = seconds <= 1.0  # the performance issue's "keep" goal
     else:
         fallback_items = 2000 if ctx.quick else items
         store.reset()
@@ -232,7 +232,7 @@ def _cost_table(ctx: Context, store: Store, out: dict[str, Any], config: str, fi
                         f"{fmt(accept['seconds'], 2)} s for {accept['items']:,} "
                         f"(~{fmt(accept['extrapolated_10000_seconds'], 1)} s / 10,000)")
         rows += [
-            [f"accept a 10,000-item batch: {accept['mode']}", accept_value, "<= 2 s",
+            [f"accept a 10,000-item batch: {accept['mode']}", accept_value, "<= 1 s",
              verdict(out["batch_accept_goal_met"])],
             ["  other processes' CPU meanwhile (cores)", fmt(accept["load"]["foreign_cores"], 2)
              if "load" in accept else "-", "", ""],
@@ -253,7 +253,7 @@ def _cost_table(ctx: Context, store: Store, out: dict[str, Any], config: str, fi
                         f"{fmt(per_command, 0)} B (MEMORY STATS) / "
                         f"{fmt(attributed, 0)} B (MEMORY USAGE)", "<= 1,024 B", verdict(out["goal_memory_met"])])
     if accept is not None:
-        ctx.summary.append(["4", "accept a 10,000-item batch", accept_value, "<= 2 s",
+        ctx.summary.append(["4", "accept a 10,000-item batch", accept_value, "<= 1 s",
                             verdict(out["batch_accept_goal_met"]) if out["batch_accept_goal_met"] is not None
                             else "n/a (no batch endpoint)"])
 

@@ -44,6 +44,10 @@ command, then the oldest waiting command of the next user in the round-robin rin
                                           whose line was empty has been put at the head of the ring,
                                           "served" from its claim until the next claim from the ring;
                                           while it is set, newcomers join at the tail.
+    ``ukcancel:fair:sequence``            string, how many commands have been claimed from the ring.
+    ``ukcancel:fair:last_served:{user_id}`` string with expiry (an hour), that count when the user was
+                                          last served from the ring: a user served within the last
+                                          two claims per user on the ring joins at the tail.
     ``ukcancel:due``                      sorted set, command id -> epoch seconds it is due again
                                           (retries, and commands that found the fleet busy).
     ``ukcancel:leases``                   sorted set, command id -> lease expiry (epoch seconds) of
@@ -220,6 +224,7 @@ def command_events(command_id: str) -> str:
 
 FAIR_USERS = f"{PREFIX}:fair:users"
 FAIR_JUMP = f"{PREFIX}:fair:jump"
+FAIR_SEQUENCE = f"{PREFIX}:fair:sequence"
 DUE = f"{PREFIX}:due"
 LEASES = f"{PREFIX}:leases"
 LEASE_HOLDERS = f"{PREFIX}:lease:holders"
@@ -230,6 +235,10 @@ TURNS_WAITING = f"{PREFIX}:turns:waiting"
 
 def fair_queue(user_id: str) -> str:
     return f"{PREFIX}:fair:q:{user_id}"
+
+
+def fair_last_served(user_id: str) -> str:
+    return f"{PREFIX}:fair:last_served:{user_id}"
 
 
 def batch(batch_id: str) -> str:

@@ -6,7 +6,8 @@ What a turn finds is decided by this schedule, never by the broker:
 - **waiting**: per-user lists of command ids, oldest first, and a round-robin ring of the users
   with waiting commands, so a 5,000-item batch ahead of a single cancel does not make it wait. A
   user whose line was empty goes to the head of the ring (its command is the next claimed), but
-  newcomers never take two claims in a row from the users in line;
+  newcomers never take two claims in a row from the users in line, and a user served within the
+  last two claims per user in line joins at the tail;
 - **due**: commands to run again at a given time (retries after a transient failure, and
   commands that found the fleet busy), ordered by that time;
 - **running**: a lease per claimed command, with an expiry that the worker running it renews.
@@ -78,19 +79,28 @@ from ukcancel.store import as_text
 # How long the newcomer mark lives at most: every claim from the ring moves it on, so this only
 # clears a mark no claim will move (a release without the mark shares Redis during an upgrade).
 JUMP_MARK_SECONDS = 10
+# How long the schedule remembers when a user was last served from the ring (see _PUSH).
+SERVED_MEMORY_SECONDS = 3600
 
 # KEYS[1] the user's waiting list   KEYS[2] the round-robin ring of users   KEYS[3] the newcomer mark
+# KEYS[4] the count of claims from the ring   KEYS[5] that count at the user's last claim from it
 # ARGV[1] user id   ARGV[2..] command ids to append
 # Appends the ids; puts the user on the ring when its list was empty before and the user is not
 # on the ring already (a withdrawal can empty a list while its user still waits for a turn). Such
 # a newcomer goes to the head of the ring, so its first command is the next one claimed, unless
-# the mark says a newcomer went ahead and the ring has not served a user in line since (then it
-# goes to the tail): newcomers never take more than every other claim from the users in line.
+# (then it goes to the tail, as in a plain round robin):
+# - the mark says a newcomer went ahead and the ring has not served a user in line since, so
+#   newcomers never take two claims in a row from the users in line; or
+# - the user was served within the last two claims per user on the ring, so a user whose single
+#   commands come one after another is not a newcomer every time (its turn comes round as the others').
 _PUSH = string.Template("""
 local before = redis.call('LLEN', KEYS[1])
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 if before == 0 and not redis.call('LPOS', KEYS[2], ARGV[1]) then
-  if redis.call('SET', KEYS[3], 'ahead', 'NX', 'EX', $mark_seconds) then
+  local last = redis.call('GET', KEYS[5])
+  local rested = not last or
+    tonumber(redis.call('GET', KEYS[4]) or '0') - tonumber(last) >= 2 * redis.call('LLEN', KEYS[2])
+  if rested and redis.call('SET', KEYS[3], 'ahead', 'NX', 'EX', $mark_seconds) then
     redis.call('LPUSH', KEYS[2], ARGV[1])
   else
     redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -101,15 +111,17 @@ return before
 
 # KEYS[1] leases (command id -> expiry)   KEYS[2] lease holders (command id -> holder)
 # KEYS[3] due (command id -> due time)    KEYS[4] the round-robin ring of users   KEYS[5] the newcomer mark
+# KEYS[6] the count of claims from the ring
 # ARGV[1] now   ARGV[2] holder (the turn's task id)   ARGV[3] lease expiry   ARGV[4] key prefix of
-# the per-user lists
+# the per-user lists   ARGV[5] key prefix of the per-user count at their last claim from the ring
 # Takes the oldest expired lease, else the earliest due command, else the oldest command of the
 # user at the head of the ring (moving that user to the tail if it has more waiting). Leases it
 # to the holder and returns {command id, how it was found: "takeover" | "due" | "waiting"}, or
 # false when nothing can run now. A claim from the ring moves the newcomer mark on: "ahead" (this
 # claim serves the newcomer put at the head) becomes "served", which the next claim from the ring
-# (a user that was in line) clears; only then may another newcomer go ahead. (Per-user list keys
-# are derived from ARGV[4], so this script needs a single Redis node, not a cluster.)
+# (a user that was in line) clears; only then may another newcomer go ahead. Each claim from the
+# ring is counted, and the user it served remembers the count. (Per-user keys are derived from
+# ARGV[4] and ARGV[5], so this script needs a single Redis node, not a cluster.)
 _CLAIM = string.Template("""
 local function lease(id, kind)
   redis.call('ZADD', KEYS[1], ARGV[3], id)
@@ -132,6 +144,7 @@ for i = 1, users do
   local id = redis.call('LPOP', list)
   if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[4], user) end
   if id then
+    redis.call('SET', ARGV[5] .. user, redis.call('INCR', KEYS[6]), 'EX', $served_seconds)
     if mark == 'ahead' then
       redis.call('SET', KEYS[5], 'served', 'EX', $mark_seconds)
     elseif mark then
@@ -142,7 +155,7 @@ for i = 1, users do
 end
 redis.call('DEL', KEYS[5])
 return false
-""").substitute(mark_seconds=JUMP_MARK_SECONDS)
+""").substitute(mark_seconds=JUMP_MARK_SECONDS, served_seconds=SERVED_MEMORY_SECONDS)
 
 # KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users   KEYS[4] turns on their way
 # ARGV[1] now   ARGV[2] key prefix of the per-user lists   ARGV[3] 1 when a turn starts
@@ -294,7 +307,8 @@ class Schedule:
     """The schedule: enqueues commands, hands them to turns, leases, reschedules and releases them.
 
     Redis keys owned: ``ukcancel:fair:users``, ``ukcancel:fair:q:{user_id}``, ``ukcancel:fair:jump``,
-    ``ukcancel:due``, ``ukcancel:leases`` and ``ukcancel:lease:holders`` (see `ukcancel.keys`).
+    ``ukcancel:fair:sequence``, ``ukcancel:fair:last_served:{user_id}``, ``ukcancel:due``,
+    ``ukcancel:leases`` and ``ukcancel:lease:holders`` (see `ukcancel.keys`).
     """
 
     def __init__(
@@ -348,7 +362,8 @@ class Schedule:
                 # EVAL, not a registered script: redis-py checks a pipeline's registered scripts with
                 # SCRIPT EXISTS before every execute, one more round trip per enqueue. The text is
                 # sent with the call, so a server that lost its script cache still runs it.
-                pipeline.eval(_PUSH, 3, keys.fair_queue(user_id), keys.FAIR_USERS, keys.FAIR_JUMP, user_id, *chunk)
+                pipeline.eval(_PUSH, 5, keys.fair_queue(user_id), keys.FAIR_USERS, keys.FAIR_JUMP, keys.FAIR_SEQUENCE,
+                              keys.fair_last_served(user_id), user_id, *chunk)
         # Read in the same transaction, after the push: every lane running now will see these
         # commands when it finishes and send its successor, and every turn on its way will claim
         # them, so only lanes that neither covers need a new turn (most enqueues under load send none).
@@ -405,8 +420,8 @@ class Schedule:
         """The command this turn now leases (expired lease, due, then round robin), or None."""
         now = self.clock()
         found = self._claim(
-            keys=[keys.LEASES, keys.LEASE_HOLDERS, keys.DUE, keys.FAIR_USERS, keys.FAIR_JUMP],
-            args=[repr(now), holder, repr(now + self.lease_seconds), keys.fair_queue("")],
+            keys=[keys.LEASES, keys.LEASE_HOLDERS, keys.DUE, keys.FAIR_USERS, keys.FAIR_JUMP, keys.FAIR_SEQUENCE],
+            args=[repr(now), holder, repr(now + self.lease_seconds), keys.fair_queue(""), keys.fair_last_served("")],
         )
         if not found:
             return None

@@ -1,10 +1,14 @@
 """The console in Debian's Chromium (Playwright): sign in, filter jobs, preview and confirm a plan,
 watch the batch complete, withdraw a queued command, isolation between users, an admin changing
-the fleet's limits. The screenshots under docs/ are taken by these tests."""
+the fleet's limits. The screenshots under docs/ are taken by these tests: with
+UKCANCEL_UPDATE_SCREENSHOTS=1 they are written there, otherwise to a temporary folder, so that a
+test run leaves the checkout as it found it."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +21,12 @@ from ukcancel.token import Principal
 Page = Any
 
 
+SHOTS = DOCS if os.environ.get("UKCANCEL_UPDATE_SCREENSHOTS") == "1" else Path(tempfile.mkdtemp(prefix="ukcancel-shots-"))
+
+
 def screenshot(page: Page, name: str) -> Path:
-    DOCS.mkdir(exist_ok=True)
-    path = DOCS / f"console-{name}.png"
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / f"console-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return path

@@ -40,12 +40,12 @@ A Celery message is an anonymous turn; a turn claims, in this order, an expired 
 command, then the oldest waiting command of the next user in the round-robin ring.
     ``ukcancel:fair:users``               list, round-robin ring of user ids with waiting commands.
     ``ukcancel:fair:q:{user_id}``         list, that user's waiting command ids, oldest first.
-    ``ukcancel:fair:jump``                string with expiry, the newcomer mark: "ahead" while a user
+    ``ukcancel:fair:jump``                string with expiry (a day), the newcomer mark: "ahead" while a user
                                           whose line was empty has been put at the head of the ring,
                                           "served" from its claim until the next claim from the ring;
                                           while it is set, newcomers join at the tail.
     ``ukcancel:fair:sequence``            string, how many commands have been claimed from the ring.
-    ``ukcancel:fair:last_served:{user_id}`` string with expiry (an hour), that count when the user was
+    ``ukcancel:fair:last_served:{user_id}`` string with expiry (a day), that count when the user was
                                           last served from the ring: a user served within the last
                                           two claims per user on the ring joins at the tail.
     ``ukcancel:due``                      sorted set, command id -> epoch seconds it is due again

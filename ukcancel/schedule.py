@@ -76,11 +76,12 @@ from ukcancel.command import (
 from ukcancel.dispatch import DispatchError
 from ukcancel.store import as_text
 
-# How long the newcomer mark lives at most: every claim from the ring moves it on, so this only
-# clears a mark no claim will move (a release without the mark shares Redis during an upgrade).
-JUMP_MARK_SECONDS = 10
-# How long the schedule remembers when a user was last served from the ring (see _PUSH).
-SERVED_MEMORY_SECONDS = 3600
+# How long the newcomer mark and a user's last claim from the ring are kept: a day, far longer
+# than the 1,000 s between two claims at the lowest accepted fleet rate, so both rules hold at
+# any rate. Every claim from the ring moves the mark on; the expiry only clears a mark that no
+# claim will move (a release without it sharing Redis during an upgrade: newcomers then join at
+# the tail, as that release has them do).
+FAIRNESS_MEMORY_SECONDS = 86_400
 
 # KEYS[1] the user's waiting list   KEYS[2] the round-robin ring of users   KEYS[3] the newcomer mark
 # KEYS[4] the count of claims from the ring   KEYS[5] that count at the user's last claim from it
@@ -100,14 +101,14 @@ if before == 0 and not redis.call('LPOS', KEYS[2], ARGV[1]) then
   local last = redis.call('GET', KEYS[5])
   local rested = not last or
     tonumber(redis.call('GET', KEYS[4]) or '0') - tonumber(last) >= 2 * redis.call('LLEN', KEYS[2])
-  if rested and redis.call('SET', KEYS[3], 'ahead', 'NX', 'EX', $mark_seconds) then
+  if rested and redis.call('SET', KEYS[3], 'ahead', 'NX', 'EX', $memory_seconds) then
     redis.call('LPUSH', KEYS[2], ARGV[1])
   else
     redis.call('RPUSH', KEYS[2], ARGV[1])
   end
 end
 return before
-""").substitute(mark_seconds=JUMP_MARK_SECONDS)
+""").substitute(memory_seconds=FAIRNESS_MEMORY_SECONDS)
 
 # KEYS[1] leases (command id -> expiry)   KEYS[2] lease holders (command id -> holder)
 # KEYS[3] due (command id -> due time)    KEYS[4] the round-robin ring of users   KEYS[5] the newcomer mark
@@ -144,9 +145,9 @@ for i = 1, users do
   local id = redis.call('LPOP', list)
   if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[4], user) end
   if id then
-    redis.call('SET', ARGV[5] .. user, redis.call('INCR', KEYS[6]), 'EX', $served_seconds)
+    redis.call('SET', ARGV[5] .. user, redis.call('INCR', KEYS[6]), 'EX', $memory_seconds)
     if mark == 'ahead' then
-      redis.call('SET', KEYS[5], 'served', 'EX', $mark_seconds)
+      redis.call('SET', KEYS[5], 'served', 'EX', $memory_seconds)
     elseif mark then
       redis.call('DEL', KEYS[5])
     end
@@ -155,7 +156,7 @@ for i = 1, users do
 end
 redis.call('DEL', KEYS[5])
 return false
-""").substitute(mark_seconds=JUMP_MARK_SECONDS, served_seconds=SERVED_MEMORY_SECONDS)
+""").substitute(memory_seconds=FAIRNESS_MEMORY_SECONDS)
 
 # KEYS[1] leases   KEYS[2] due   KEYS[3] the round-robin ring of users   KEYS[4] turns on their way
 # ARGV[1] now   ARGV[2] key prefix of the per-user lists   ARGV[3] 1 when a turn starts

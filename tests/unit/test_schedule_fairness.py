@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import pytest
+from fakeredis._socket import _base as fakeredis_socket
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ukcancel import keys
 from ukcancel.command import QUEUED, CancelCommand, CommandRegistry
 from ukcancel.schedule import Schedule
+from ukcancel.settings import MIN_FLEET_RATE_PER_SECOND
 
 A, B, C = "a@example.org", "b@example.org", "c@example.org"
 
@@ -226,3 +229,30 @@ def test_newcomers_going_ahead_keep_every_users_order_and_starve_nobody(steps: l
             owner[command.id] = user
         queued.setdefault(user, []).extend(c.id for c in batch)
     assert not any(queued.values())
+
+
+def test_the_rules_hold_at_the_lowest_accepted_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 0.001 calls/s claims are 1,000 s apart: the mark and the memory of a user's last claim
+    must outlive that, or every newcomer would go ahead (and the last one first)."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(fakeredis_socket, "time", SimpleNamespace(time=lambda: now[0]))  # fakeredis's expiry clock
+    gap = 1 / MIN_FLEET_RATE_PER_SECOND
+    schedule, _ = make_queue()
+    backlog = commands(A, 10)
+    schedule.enqueue(backlog)
+
+    def claim() -> str:
+        now[0] += gap
+        return schedule.claim(f"t{now[0]}").command_id
+
+    taken = [claim(), claim()]
+    first, second = commands(B, 1), commands(C, 1)
+    schedule.enqueue(first)
+    now[0] += gap
+    schedule.enqueue(second)  # B went ahead and has not been served: C joins at the tail
+    taken.append(claim())
+    again = commands(B, 1)
+    now[0] += gap
+    schedule.enqueue(again)  # B was served just now: it joins at the tail, behind A and C
+    taken += [claim(), claim(), claim()]
+    assert taken == [backlog[0].id, backlog[1].id, first[0].id, backlog[2].id, second[0].id, again[0].id]

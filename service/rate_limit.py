@@ -16,8 +16,8 @@ and expiry for the `X-RateLimit-*` headers, and the token lookup would be one mo
 (the bucket is the token's name). Here a request with a bearer token gets a provisional bucket
 naming the token's digest; the storage's hit script reads the token's record, picks the bucket
 (the token's name, or the client address when the token is unknown or revoked), counts the hit
-and returns the window and the record in one reply. The record is the one `service.auth` then uses (`bearer_record`),
-and the headers of the same request are answered from that reply.
+and returns the window and the record in one reply. The record is the one `service.auth` then
+uses (`bearer_record`), and the headers of the same request are answered from that reply.
 """
 
 from __future__ import annotations

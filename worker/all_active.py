@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPAND_ALL_ACTIVE = "ukcancel.expand_all_active"
-# listOldJobs.php has no flag for these, so every job is asked about them (a product a job
-# never had is simply absent from the status reply).
 # Status checks an expansion has under way at once (each under its own fleet permit).
 EXPANSION_THREADS = 4
 
